@@ -1,0 +1,55 @@
+"""Human gold data: each alternative line becomes its own training path.
+
+A writing-room session gives 2–3 gold lines per persona turn. Path ``j`` takes
+alternative ``j`` at every persona turn (the primary line when a turn has fewer
+alternatives), so one session yields up to three complete, coherent dialogues.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .contracts import Conversation, ConversationMetadata, HitlRecord, Turn
+
+
+def expand_paths(rec: HitlRecord) -> list[Conversation]:
+    n_paths = 1 + max((len(t.alternatives) for t in rec.turns if t.role == "user"), default=0)
+    convs = []
+    for j in range(n_paths):
+        turns = []
+        for t in rec.turns:
+            lines = [t.content, *t.alternatives] if t.role == "user" else [t.content]
+            turns.append(Turn(role=t.role, content=lines[j] if j < len(lines) else lines[0]))
+        convs.append(
+            Conversation(
+                id=f"{rec.id}#p{j}", persona_id=rec.persona_id, topic=rec.topic, persona_role="user", turns=turns,
+                metadata=ConversationMetadata(scenario_type=rec.scenario_type, source="hitl",
+                                              generation_model=f"human:{rec.annotator}", path=j),
+            )
+        )
+    return convs
+
+
+def mix_to_target(synthetic: int, hitl_paths: list[Conversation], hitl_share: float) -> tuple[list[Conversation], dict]:
+    """Repeat or subsample HITL paths so they make up ``hitl_share`` of synthetic+HITL.
+
+    Repeats get a ``#r{k}`` suffix so ids stay unique; the achieved mix is reported.
+    """
+    if not 0 <= hitl_share < 1:
+        raise ValueError(f"hitl_share={hitl_share}: must be in [0, 1)")
+    want = round(hitl_share * synthetic / (1 - hitl_share)) if synthetic else len(hitl_paths)
+    out: list[Conversation] = []
+    if hitl_paths and want:
+        reps = math.ceil(want / len(hitl_paths))
+        for k in range(reps):
+            for c in hitl_paths:
+                out.append(c if k == 0 else c.model_copy(update={"id": f"{c.id}#r{k}"}, deep=True))
+        out = out[:want]
+    total = synthetic + len(out)
+    return out, {
+        "target_hitl_share": hitl_share,
+        "achieved_hitl_share": round(len(out) / total, 3) if total else 0.0,
+        "synthetic": synthetic,
+        "hitl": len(out),
+        "unique_hitl_paths": len(hitl_paths),
+    }

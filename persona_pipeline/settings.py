@@ -1,0 +1,64 @@
+"""Where things live and how big a run is.
+
+Paths come from env vars with repo-local defaults; sizes come from a named
+profile (``PERSONA_PIPELINE_PROFILE``): ``demo`` fits 2 CPU cores, ``ci`` is the
+smallest run that still exercises every code path, ``full`` is for GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel
+
+
+def home() -> Path:
+    """Artifacts root: models, adapters, tensors, resumable work files."""
+    return Path(os.environ.get("PERSONA_PIPELINE_HOME", "./.persona_home")).resolve()
+
+
+def data_root() -> Path:
+    """The versioned input data (``data_assets/``)."""
+    default = Path(__file__).resolve().parent.parent / "data_assets"
+    return Path(os.environ.get("PERSONA_PIPELINE_DATA", default)).resolve()
+
+
+class Profile(BaseModel):
+    """Run sizes. Every asset config takes its defaults from here."""
+
+    name: str
+    conversations_per_persona: int
+    min_turns: int
+    max_turns: int
+    persona_max_new_tokens: int
+    assistant_max_new_tokens: int
+    generation_batch_size: int
+    max_line_retries: int
+    survey_follow_up_items: int
+
+
+PROFILES = {
+    "ci": Profile(
+        name="ci", conversations_per_persona=1, min_turns=8, max_turns=8,
+        persona_max_new_tokens=24, assistant_max_new_tokens=24,
+        generation_batch_size=16, max_line_retries=1, survey_follow_up_items=6,
+    ),
+    "demo": Profile(
+        name="demo", conversations_per_persona=2, min_turns=8, max_turns=10,
+        persona_max_new_tokens=40, assistant_max_new_tokens=56,
+        generation_batch_size=32, max_line_retries=2, survey_follow_up_items=20,
+    ),
+    "full": Profile(
+        name="full", conversations_per_persona=60, min_turns=8, max_turns=14,
+        persona_max_new_tokens=96, assistant_max_new_tokens=256,
+        generation_batch_size=128, max_line_retries=3, survey_follow_up_items=200,
+    ),
+}
+
+
+def profile() -> Profile:
+    name = os.environ.get("PERSONA_PIPELINE_PROFILE", "demo")
+    if name not in PROFILES:
+        raise ValueError(f"PERSONA_PIPELINE_PROFILE={name!r} is not one of {sorted(PROFILES)}")
+    return PROFILES[name]

@@ -1,0 +1,44 @@
+"""Unroll conversations into SFT pairs, exactly as the seed pipeline does.
+
+One pair per persona turn: the prompt is the simulator system prompt with the
+persona definition, then ``[PERSONA: id]`` and the history up to that turn; the
+completion is only the persona's next utterance. Conversational
+prompt/completion lists are what TRL's SFTTrainer trains on directly
+(completion-only loss).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .contracts import ChatMessage, Conversation, SftPair
+from .prompts import simulator_prompt
+from .storage import atomic_path
+
+
+def unroll(conv: Conversation, definition: str) -> list[SftPair]:
+    pairs = []
+    history = [{"role": t.role, "content": t.content} for t in conv.turns]
+    for i in conv.persona_turn_indices():
+        prompt = simulator_prompt(conv.persona_id, definition, history[:i])
+        pairs.append(
+            SftPair(
+                id=f"{conv.id}@{i}", persona_id=conv.persona_id, source=conv.metadata.source,
+                conversation_id=conv.id, turn_index=i,
+                prompt=[ChatMessage(**m) for m in prompt],
+                completion=[ChatMessage(role="assistant", content=conv.turns[i].content)],
+            )
+        )
+    return pairs
+
+
+def export_customjson(pairs: list[SftPair], path: Path) -> int:
+    """nanochat CustomJSON: one JSON list of alternating user/assistant messages per line."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for p in pairs:
+            system = next(m.content for m in p.prompt if m.role == "system")
+            user = "\n\n".join([system] + [m.content for m in p.prompt if m.role == "user"])
+            f.write(json.dumps([{"role": "user", "content": user}, {"role": "assistant", "content": p.completion[0].content}],
+                               ensure_ascii=False) + "\n")
+    return len(pairs)
