@@ -7,8 +7,6 @@ alternatives), so one session yields up to three complete, coherent dialogues.
 
 from __future__ import annotations
 
-import math
-
 from .contracts import Conversation, ConversationMetadata, HitlRecord, Turn
 
 
@@ -31,20 +29,20 @@ def expand_paths(rec: HitlRecord) -> list[Conversation]:
 
 
 def mix_to_target(synthetic: int, hitl_paths: list[Conversation], hitl_share: float) -> tuple[list[Conversation], dict]:
-    """Repeat or subsample HITL paths so they make up ``hitl_share`` of synthetic+HITL.
+    """Repeat HITL paths until they make up ``hitl_share`` of synthetic+HITL.
 
-    Repeats get a ``#r{k}`` suffix so ids stay unique; the achieved mix is reported.
+    Gold data is never discarded: when there is more HITL than the target, all
+    unique paths are kept and the report shows the higher achieved share.
+    Repeats get a ``#r{k}`` suffix so ids stay unique.
     """
     if not 0 <= hitl_share < 1:
         raise ValueError(f"hitl_share={hitl_share}: must be in [0, 1)")
-    want = round(hitl_share * synthetic / (1 - hitl_share)) if synthetic else len(hitl_paths)
-    out: list[Conversation] = []
-    if hitl_paths and want:
-        reps = math.ceil(want / len(hitl_paths))
-        for k in range(reps):
-            for c in hitl_paths:
-                out.append(c if k == 0 else c.model_copy(update={"id": f"{c.id}#r{k}"}, deep=True))
-        out = out[:want]
+    want = round(hitl_share * synthetic / (1 - hitl_share))
+    out = list(hitl_paths)
+    k = 1
+    while hitl_paths and len(out) < want:
+        out += [c.model_copy(update={"id": f"{c.id}#r{k}"}, deep=True) for c in hitl_paths[: want - len(out)]]
+        k += 1
     total = synthetic + len(out)
     return out, {
         "target_hitl_share": hitl_share,

@@ -5,8 +5,6 @@ materialises several partitions at once); each partition lands in its own
 file, written atomically. Unpartitioned consumers get all partitions merged.
 """
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 

@@ -5,8 +5,6 @@ Each role picks a backend from env vars (``PERSONA_<ROLE>_KIND``, ``_MODEL``,
 *name* of the env var holding an API key is ever configured or stored.
 """
 
-from __future__ import annotations
-
 import os
 
 import dagster as dg

@@ -87,13 +87,17 @@ def line_ok(text: str) -> bool:
 
 
 class WorkCache:
-    """Per-persona checkpoint of dialogues in flight, keyed by an input fingerprint."""
+    """Per-persona checkpoint of dialogues in flight, keyed by that persona's input fingerprint.
 
-    def __init__(self, root: Path, fingerprint: str):
-        self.root, self.fingerprint = root, fingerprint
+    Editing one persona's spec changes only its fingerprint, so only its
+    dialogues are regenerated.
+    """
+
+    def __init__(self, root: Path, fingerprints: dict[str, str]):
+        self.root, self.fingerprints = root, fingerprints
 
     def _path(self, persona_id: str) -> Path:
-        return self.root / persona_id / f"{self.fingerprint}.json"
+        return self.root / persona_id / f"{self.fingerprints[persona_id]}.json"
 
     def load(self, persona_id: str) -> dict[str, Dialogue]:
         path = self._path(persona_id)
@@ -106,7 +110,7 @@ class WorkCache:
         for d in dialogues:
             by_persona.setdefault(d.persona_id, []).append(asdict(d))
         for pid, rows in by_persona.items():
-            write_json(self._path(pid), {"fingerprint": self.fingerprint, "dialogues": rows})
+            write_json(self._path(pid), {"fingerprint": self.fingerprints[pid], "dialogues": rows})
 
 
 def fingerprint(*parts) -> str:

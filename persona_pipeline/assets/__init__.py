@@ -1,0 +1,1 @@
+"""Thin Dagster wrappers around the core modules, one file per asset group."""
