@@ -6,6 +6,7 @@ user can fix the input without reading code. YAML is read with ``safe_load`` onl
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -33,9 +34,14 @@ def _validate(model: type[M], raw, path: Path, record: str | None = None) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
+        errors = e.errors()  # a typo'd key also reports the real key as missing: name the typo first
+        err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
         field = ".".join(str(p) for p in err["loc"]) or "(record)"
-        raise InputError(f"{_where(path, record)}: field '{field}': {err['msg']}") from None
+        hint = ""
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            close = difflib.get_close_matches(str(err["loc"][0]), list(model.model_fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise InputError(f"{_where(path, record)}: field '{field}': {err['msg']}{hint}") from None
 
 
 def read_yaml(path: Path):
@@ -132,8 +138,16 @@ def load_surveys(folder: Path) -> list[Survey]:
         raw = read_yaml(path)
         items = raw.get("items") if isinstance(raw, dict) else None
         if isinstance(items, list):
+            seen = {}
             for i, item in enumerate(items):  # validate item by item for a precise record
-                _validate(SurveyItem, item, path, f"items[{i}]")
+                item_id = _validate(SurveyItem, item, path, f"items[{i}]").id
+                if item_id in seen:
+                    raise InputError(f"{path}, items[{i}]: field 'id': '{item_id}' is a duplicate of {seen[item_id]}")
+                seen[item_id] = f"items[{i}]"
+            for i, item in enumerate(items):
+                ref = item.get("rephrase_of")
+                if ref and ref not in seen:
+                    raise InputError(f"{path}, items[{i}]: field 'rephrase_of': unknown item id '{ref}'")
         survey = _validate(Survey, raw, path)
         _stem_matches(path, survey.profile.id, "profile.id")
         surveys.append(survey)

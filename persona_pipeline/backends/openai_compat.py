@@ -7,6 +7,7 @@ batch of chats becomes N requests in flight, not N in a row.
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -53,7 +54,7 @@ class OpenAIBackend:
         except openai.APIConnectionError as e:
             raise BackendError(f"could not reach {self.base_url} for {self.model} after retries: {e}") from None
         except openai.APIStatusError as e:
-            raise BackendError(f"{self.base_url} answered HTTP {e.status_code} for {self.model} after retries") from None
+            raise BackendError(f"{self.base_url} answered HTTP {e.status_code} for {self.model}: {e.message}") from None
 
     def complete(self, chats: list[Chat], params: SamplingParams) -> list[str]:
         def one(chat: Chat) -> str:
@@ -75,6 +76,15 @@ class OpenAIBackend:
             content = resp.choices[0].logprobs and resp.choices[0].logprobs.content
             if not content:
                 raise BackendError(f"{self.base_url} returned no logprobs for {self.model}")
-            return {t.token.strip(): t.logprob for t in content[0].top_logprobs}
+            return _merge_stripped((t.token, t.logprob) for t in content[0].top_logprobs)
 
         return self._call(one, chats)
+
+
+def _merge_stripped(pairs) -> dict[str, float]:
+    """Key by stripped token, adding up probabilities: " Yes" and "Yes" are one answer (as in LocalBackend)."""
+    out: dict[str, float] = {}
+    for token, lp in pairs:
+        key = token.strip()
+        out[key] = math.log(math.exp(out[key]) + math.exp(lp)) if key in out else lp
+    return out

