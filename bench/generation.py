@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import time
 
 import torch
@@ -72,6 +73,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     args = ap.parse_args()
 
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     backend = load_embedded(batch_size=args.n)  # the whole set in one generate call
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0)
     chats = build_chats(args.n)
