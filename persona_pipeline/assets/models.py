@@ -1,5 +1,6 @@
 """Models group: the policy base model (later issues add the adapters)."""
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -11,9 +12,12 @@ GROUP = "models"
 
 
 class BaseModelConfig(dg.Config):
-    """``embedded`` converts the shipped SmolLM2 GGUF; otherwise an HF model id or a local folder."""
+    """``embedded`` converts the shipped SmolLM2 GGUF; otherwise an HF model id or a local folder.
 
-    model: str = EMBEDDED
+    Defaults to ``PERSONA_POLICY_MODEL`` so the base and the policy resource agree.
+    """
+
+    model: str = os.environ.get("PERSONA_POLICY_MODEL", EMBEDDED)
 
 
 def _describe_remote(model: str) -> dict:
