@@ -76,13 +76,16 @@ class ChatRequest(BaseModel):
         return default.model_copy(update={k: v for k, v in given.items() if v is not None})
 
 
+def _lp_entry(token: str, logprob: float) -> dict:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+
 def _token_logprobs(backend: Backend, chat: Chat, top: int) -> tuple[str, dict]:
     """The greedy next token and its OpenAI ``logprobs`` block, from ``next_token_logprobs``."""
     dist = backend.next_token_logprobs([chat], top_k=max(top, 1))[0]
     ranked = sorted(dist.items(), key=lambda kv: kv[1], reverse=True)
-    entry = lambda tok, lp: {"token": tok, "logprob": lp, "bytes": list(tok.encode())}  # noqa: E731
-    token, logprob = ranked[0]
-    return token, {"content": [{**entry(token, logprob), "top_logprobs": [entry(t, lp) for t, lp in ranked[:top]]}]}
+    first = {**_lp_entry(*ranked[0]), "top_logprobs": [_lp_entry(t, lp) for t, lp in ranked[:top]]}
+    return ranked[0][0], {"content": [first]}
 
 
 def _run(backend: Backend, lock: threading.Lock, req: ChatRequest, params: SamplingParams) -> tuple[str, dict | None]:
@@ -108,7 +111,7 @@ def _chunks(head: dict, text: str, logprobs: dict | None) -> Iterator[str]:
         return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': [choice]})}\n\n"
 
     yield event({"role": "assistant", "content": ""})
-    for i, piece in enumerate(re.split(r"(?<=\s)", text) if text else []):
+    for i, piece in enumerate(p for p in re.split(r"(?<=\s)", text) if p):  # word by word, as a token stream would
         yield event({"content": piece}, lp=logprobs if i == 0 else None)
     yield event({}, "stop")
     yield "data: [DONE]\n\n"
@@ -117,7 +120,9 @@ def _chunks(head: dict, text: str, logprobs: dict | None) -> Iterator[str]:
 def create_app(backends: dict[str, Backend], default_params: SamplingParams | None = None) -> FastAPI:
     """Serve each backend under its model name at ``/v1/models`` and ``/v1/chat/completions``."""
     app = FastAPI(title="persona-pipeline")
-    locks = {name: threading.Lock() for name in backends}
+    # One lock per backend object: two names may share one loaded model (make_backend caches them).
+    by_object = {id(b): threading.Lock() for b in backends.values()}
+    locks = {name: by_object[id(b)] for name, b in backends.items()}
     defaults = default_params or SamplingParams()
     created = int(time.time())
 
@@ -127,8 +132,7 @@ def create_app(backends: dict[str, Backend], default_params: SamplingParams | No
 
     @app.exception_handler(RequestValidationError)
     def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        where = lambda e: ".".join(str(p) for p in e["loc"][1:]) or "body"  # noqa: E731
-        msg = "; ".join(f"{where(e)}: {e['msg']}" for e in exc.errors())
+        msg = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in exc.errors())
         return APIError(400, f"invalid request: {msg}", "invalid_request").response()
 
     @app.get("/v1/models")

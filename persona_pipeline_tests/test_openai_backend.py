@@ -68,6 +68,15 @@ def test_chat_completion_runs_the_model(client, tiny_backend):
     assert resp.choices[0].message.role == "assistant"
 
 
+def test_stop_string_cuts_the_text(client, tiny_backend):
+    full = local_text(tiny_backend, CHATS[0])
+    stop = full.split()[1]
+    resp = client.chat.completions.create(
+        model="tiny", messages=CHATS[0], max_tokens=12, temperature=1.0, top_p=1.0, seed=3, stop=stop,
+    )
+    assert resp.choices[0].message.content == full[: full.index(stop)].strip()
+
+
 def test_streaming_yields_the_same_text(client, tiny_backend):
     want = local_text(tiny_backend, CHATS[1])
     stream = client.chat.completions.create(

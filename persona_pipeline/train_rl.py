@@ -1,0 +1,165 @@
+"""GRPO refinement of the SFT adapter with an LLM-judge reward and a KL penalty.
+
+TRL no longer ships PPO; GRPO needs no value model and its ``beta`` is the KL
+coefficient (0.1, as in the seed). To keep the KL anchored to the *SFT* model
+(not the raw base), the SFT adapter is merged into the base first and a fresh
+LoRA is trained on top: with ``peft_config`` TRL's reference model is that
+merged SFT model with the new adapter disabled. Finally the two adapters are
+concatenated (PEFT ``cat``: ΔW = B₁A₁ + B₂A₂ exactly) into one standalone
+adapter that loads on the plain base like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .contracts import Conversation
+from .judges import JudgeItem, degeneracy_penalty, persona_scores
+from .prompts import simulator_prompt
+from .storage import atomic_path, write_json
+from .train_sft import LoraSettings, _is_eval
+
+BORING_REPLIES = [
+    "Okay.",
+    "I'm not sure I can help with that.",
+    "Sure. Anything else?",
+    "That depends on many factors.",
+    "Please consult the official documentation.",
+    "I understand. Is there anything else I can help you with?",
+]
+
+
+@dataclass
+class RlSettings:
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, dropout=0.05))
+    beta: float = 0.1
+    learning_rate: float = 2e-5
+    max_steps: int = 6
+    num_generations: int = 4
+    max_completion_length: int = 40
+    temperature: float = 0.9
+    judge_method: str = "logprob"
+    boring_share: float = 0.3
+    seed: int = 0
+
+
+def rl_prompts(convs: list[Conversation], definitions: dict[str, str], n: int, heldout: bool, seed: int = 0,
+               boring_share: float = 0.3, eval_fraction: float = 0.1) -> list[dict]:
+    """Histories cut at many depths, deepest ones included, some with a boring assistant.
+
+    Those are the cases where SFT models drop character. ``heldout`` picks the
+    conversations the SFT stage held out, for before/after evaluation.
+    """
+    rng = random.Random(f"{seed}:{heldout}")
+    pool = [c for c in convs if c.persona_role == "user" and _is_eval(c.id.split("#")[0], eval_fraction) == heldout]
+    if not pool:
+        pool = [c for c in convs if c.persona_role == "user"]
+    if not pool:
+        raise ValueError("no simulated-user conversations to build RL prompts from")
+    cuts = [(c, i) for c in pool for i in c.persona_turn_indices() if i > 0]
+    deepest = sorted(cuts, key=lambda ci: -ci[1])[: max(1, n // 4)]
+    rng.shuffle(cuts)
+    chosen = (deepest + [x for x in cuts if x not in deepest])[:n]
+    out = []
+    for c, i in chosen:
+        history = [{"role": t.role, "content": t.content} for t in c.turns[:i]]
+        boring = rng.random() < boring_share and history[-1]["role"] == "assistant"
+        if boring:
+            history[-1] = {"role": "assistant", "content": rng.choice(BORING_REPLIES)}
+        out.append({
+            "prompt": simulator_prompt(c.persona_id, definitions[c.persona_id], history),
+            "spec": definitions[c.persona_id], "history": json.dumps(history), "persona_id": c.persona_id,
+            "depth": i, "boring": boring,
+        })
+    return out
+
+
+def make_reward(judge, method: str):
+    """TRL reward function: judge persona score in [-1, 1] minus a degeneracy penalty."""
+
+    def persona_reward(prompts, completions, spec, history, **_) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
+        items = [JudgeItem(s, json.loads(h), t) for s, h, t in zip(spec, history, texts)]
+        scores = persona_scores(judge, items, method)
+        return [max(-1.0, (s if s is not None else 0.0) - degeneracy_penalty(t)) for s, t in zip(scores, texts)]
+
+    return persona_reward
+
+
+def mean_reward(backend, rows: list[dict], judge, method: str, max_new_tokens: int) -> float:
+    """Greedy lines from ``backend`` for each prompt, scored by the same reward as training."""
+    from .backends import SamplingParams
+
+    texts = backend.complete([r["prompt"] for r in rows], SamplingParams(max_new_tokens=max_new_tokens, temperature=0))
+    reward = make_reward(judge, method)
+    scores = reward(None, [[{"content": t}] for t in texts], [r["spec"] for r in rows], [r["history"] for r in rows])
+    return sum(scores) / len(scores)
+
+
+@dataclass
+class RlResult:
+    log_history: list[dict]
+    seconds: float
+    seconds_per_step: float
+
+
+def train_rl(base: str | Path, sft_adapter: Path, prompts: list[dict], reward_fn, s: RlSettings, out: Path, card: dict) -> RlResult:
+    """``reward_fn`` is a TRL reward function, normally ``make_reward(judge, method)``."""
+    from datasets import Dataset
+    from peft import PeftModel
+    from trl import GRPOConfig, GRPOTrainer
+
+    from .modelio import cuda_available, load_model
+
+    if not prompts:
+        raise ValueError("no RL prompts: conversations has no simulated-user dialogues")
+    cuda = cuda_available()
+    model, tok = load_model(base, adapter=sft_adapter)
+    model = model.merge_and_unload()  # the SFT policy becomes the reference for the KL term
+    with atomic_path(out) as tmp:
+        args = GRPOConfig(
+            output_dir=str(tmp.parent / "trainer"), learning_rate=s.learning_rate, max_steps=s.max_steps, beta=s.beta,
+            num_generations=s.num_generations, per_device_train_batch_size=s.num_generations,
+            max_completion_length=s.max_completion_length, temperature=s.temperature, logging_steps=1,
+            save_strategy="no", report_to="none", seed=s.seed, bf16=cuda, use_cpu=not cuda, dataloader_num_workers=0,
+        )
+        trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args,
+                              train_dataset=Dataset.from_list(prompts), processing_class=tok, peft_config=s.lora.peft_config())
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
+        delta = tmp.parent / "rl_delta"
+        trainer.model.save_pretrained(delta, safe_serialization=True)
+        combine_adapters(base, sft_adapter, delta, tmp)
+        shutil.rmtree(delta)
+        tok.save_pretrained(tmp)
+        result = RlResult(trainer.state.log_history, seconds, seconds / max(1, s.max_steps))
+        write_json(tmp / "training_summary.json", {**card, "settings": json.loads(json.dumps(asdict(s), default=list)),
+                                                   "seconds": seconds})
+    return result
+
+
+def combine_adapters(base: str | Path, sft: Path, rl_delta: Path, out: Path) -> None:
+    """Save one adapter equal to SFT + RL delta (``cat`` keeps the sum exact)."""
+    from peft import PeftModel
+
+    from .modelio import load_model
+
+    model, _ = load_model(base)
+    peft = PeftModel.from_pretrained(model, str(sft), adapter_name="sft")
+    peft.load_adapter(str(rl_delta), adapter_name="rl")
+    peft.add_weighted_adapter(["sft", "rl"], [1.0, 1.0], adapter_name="combined", combination_type="cat")
+    peft.set_adapter("combined")
+    staging = out.parent / "combined_staging"
+    peft.save_pretrained(staging, selected_adapters=["combined"], safe_serialization=True)
+    src = staging / "combined" if (staging / "combined").exists() else staging
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file():
+            shutil.copy(f, out / f.name)
+    shutil.rmtree(staging)

@@ -1,0 +1,186 @@
+"""Supervised fine-tuning of one LoRA/QLoRA adapter for every persona.
+
+The data mixture follows the survey guide: persona data may be repeated
+(``weights``), and a small retention set of the base model's own answers to
+general prompts keeps the adapter a normal assistant when no persona is asked
+for. Held-out pairs are split by *conversation*, so no eval prompt shares a
+history with a training prompt. TRL trains on conversational prompt/completion
+rows with completion-only loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .storage import atomic_path, write_json
+
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraSettings:
+    r: int = 32
+    alpha: int = 64
+    dropout: float = 0.1
+    target_modules: tuple[str, ...] = TARGET_MODULES
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules), task_type="CAUSAL_LM")
+
+
+@dataclass
+class SftSettings:
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 1024
+    eval_fraction: float = 0.1
+    max_eval_rows: int = 48
+    weights: dict[str, float] = field(default_factory=lambda: {"synthetic": 1, "hitl": 1, "survey": 4, "retention": 1})
+    quantize: str | None = None  # "nf4" → QLoRA
+    logging_steps: int = 2
+    seed: int = 0
+
+
+def _is_eval(conversation_id: str, fraction: float) -> bool:
+    return int(hashlib.sha256(conversation_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def _row(pair: dict) -> dict:
+    return {"prompt": pair["prompt"], "completion": pair["completion"], "source": pair["source"], "persona_id": pair["persona_id"]}
+
+
+def build_mixture(pairs: list[dict], retention: list[dict], s: SftSettings) -> tuple[list[dict], list[dict], dict]:
+    """Weighted training rows, held-out eval rows, and the achieved mixture."""
+    if not pairs:
+        raise ValueError("sft_pairs is empty: nothing to train on (check the conversations filter)")
+    train_src, eval_rows = [], []
+    for p in pairs:
+        (eval_rows if _is_eval(p["conversation_id"], s.eval_fraction) else train_src).append(_row(p))
+    if not eval_rows:  # tiny datasets: hold out the last conversation instead of none
+        last = pairs[-1]["conversation_id"]
+        eval_rows = [_row(p) for p in pairs if p["conversation_id"] == last]
+        train_src = [_row(p) for p in pairs if p["conversation_id"] != last]
+    rows = train_src + [{**r, "source": "retention", "persona_id": "none"} for r in retention]
+    rng = random.Random(s.seed)
+    train: list[dict] = []
+    for r in rows:
+        w = s.weights.get(r["source"], 1.0)
+        copies = int(w) + (1 if rng.random() < w - int(w) else 0)
+        train += [r] * copies
+    rng.shuffle(train)
+    rng.shuffle(eval_rows)
+    eval_rows = eval_rows[: s.max_eval_rows]
+    counts: dict[str, int] = {}
+    for r in train:
+        counts[r["source"]] = counts.get(r["source"], 0) + 1
+    mixture = {k: {"rows": v, "share": round(v / len(train), 3), "weight": s.weights.get(k, 1.0)} for k, v in sorted(counts.items())}
+    return train, eval_rows, {"train_rows": len(train), "eval_rows": len(eval_rows), "sources": mixture}
+
+
+def _dataset(rows: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+
+
+def drop_overlong(rows: list[dict], tok, max_length: int) -> tuple[list[dict], int]:
+    """Drop rows longer than max_length: right-truncation would cut the completion itself."""
+    keep = []
+    for r in rows:
+        ids = tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True)
+        n = len(ids["input_ids"] if isinstance(ids, dict) else ids)
+        if n <= max_length:
+            keep.append(r)
+    return keep, len(rows) - len(keep)
+
+
+@dataclass
+class TrainResult:
+    log_history: list[dict]
+    base_eval_loss: float
+    eval_loss: float
+    train_tokens: int
+    seconds: float
+    tokens_per_second: float
+    dropped_overlong: int
+
+
+def train_sft(base: str | Path, train: list[dict], eval_rows: list[dict], s: SftSettings, out: Path, card: dict) -> TrainResult:
+    """Train and save the adapter folder atomically (a killed run leaves no adapter behind)."""
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    from .modelio import LoadOptions, cuda_available, load_model
+
+    model, tok = load_model(base, opts=LoadOptions(quantize=s.quantize), trainable=True)
+    train, n_drop = drop_overlong(train, tok, s.max_length)
+    eval_rows, n_drop_eval = drop_overlong(eval_rows, tok, s.max_length)
+    if not train or not eval_rows:
+        raise ValueError(f"no training/eval rows fit max_length={s.max_length}; raise it or shorten histories")
+    cuda = cuda_available()
+    with atomic_path(out) as tmp:
+        args = SFTConfig(
+            output_dir=str(tmp.parent / "trainer"), learning_rate=s.learning_rate, num_train_epochs=s.epochs,
+            max_steps=s.max_steps, per_device_train_batch_size=s.batch_size, per_device_eval_batch_size=s.batch_size,
+            gradient_accumulation_steps=s.grad_accum, max_length=s.max_length, logging_steps=s.logging_steps,
+            eval_strategy="no", save_strategy="no", report_to="none", seed=s.seed, bf16=cuda,
+            gradient_checkpointing=cuda, use_cpu=not cuda, completion_only_loss=True, dataloader_num_workers=0,
+            include_num_input_tokens_seen="non_padding",
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=_dataset(train), eval_dataset=_dataset(eval_rows),
+                             processing_class=tok, peft_config=s.lora.peft_config())
+        base_loss = trainer.evaluate()["eval_loss"]  # LoRA B starts at zero: this is the base model's loss
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
+        eval_loss = trainer.evaluate()["eval_loss"]
+        tokens = int(trainer.state.num_input_tokens_seen or 0)
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        result = TrainResult(trainer.state.log_history, base_loss, eval_loss, tokens, seconds,
+                             tokens / seconds if seconds else 0.0, n_drop + n_drop_eval)
+        write_json(tmp / "training_summary.json", {**card, "result": {k: v for k, v in asdict(result).items() if k != "log_history"},
+                                                   "settings": json.loads(json.dumps(asdict(s), default=list))})
+        (tmp / "README.md").write_text(model_card(card, s, result))
+    del trainer, model
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
+def model_card(card: dict, s: SftSettings, r: TrainResult) -> str:
+    return f"""---
+library_name: peft
+base_model: {card.get('base_model', 'unknown')}
+tags: [persona-pipeline, lora, persona-simulator]
+---
+# {card.get('name', 'persona simulator adapter')}
+
+One LoRA adapter for every persona: put `[PERSONA: <id>]` and the dialogue history in
+the prompt (see `persona_pipeline.prompts.simulator_prompt`) and the model writes that
+persona's next line.
+
+- base model: `{card.get('base_model')}`
+- data version: `{card.get('data_version')}`; personas: {', '.join(card.get('personas', []))}
+- LoRA: r={s.lora.r}, alpha={s.lora.alpha}, dropout={s.lora.dropout}, modules={', '.join(s.lora.target_modules)}
+- quantisation: {s.quantize or 'none (full precision base)'}
+- lr={s.learning_rate}, epochs={s.epochs}, max_steps={s.max_steps}, batch={s.batch_size}×{s.grad_accum}, max_length={s.max_length}
+- mixture weights: {s.weights}
+- held-out loss: base {r.base_eval_loss:.4f} → adapter {r.eval_loss:.4f}
+- {r.train_tokens} training tokens in {r.seconds:.0f} s ({r.tokens_per_second:.0f} tok/s)
+
+Load with `PeftModel.from_pretrained(base, this_folder)` or serve with
+`vllm serve <base> --enable-lora --lora-modules persona-simulator=<this_folder>`.
+"""
