@@ -47,9 +47,16 @@ class PersonaSpec(Strict):
     def _lists(cls, v: list[str], info) -> list[str]:
         return _non_empty(v, info.field_name)
 
-    def definition(self) -> str:
-        """The persona definition as it is written into system prompts."""
+    def definition(self, compact: bool = False) -> str:
+        """The persona definition for system prompts.
+
+        ``compact`` (who + traits) is what the simulator is trained on: short
+        prompts train faster and a small model attends to them better. The full
+        form (constraints, stop rules, edge cases, examples) goes to judges.
+        """
         bullets = lambda xs: "\n".join(f"- {x}" for x in xs)  # noqa: E731
+        if compact:
+            return f"{self.name}: {self.description}\nTraits:\n{bullets(self.behavioral_traits)}"
         return (
             f"{self.name}: {self.description}\n"
             f"Traits:\n{bullets(self.behavioral_traits)}\n"

@@ -7,7 +7,7 @@ in-process executor avoids ~3 s of process start-up per step on small machines.
 import dagster as dg
 
 from .assets import data, models, specs
-from .assets.checks import data_checks
+from .assets.checks import data_checks, model_checks
 from .io_manager import ArtifactIOManager
 from .resources import model_resource_from_env
 
@@ -23,7 +23,7 @@ def _single_run(assets):
 
 defs = dg.Definitions(
     assets=_single_run(dg.load_assets_from_modules([specs, data, models])),
-    asset_checks=data_checks,
+    asset_checks=data_checks + model_checks,
     resources={
         "io_manager": ArtifactIOManager(),
         "teacher": model_resource_from_env("teacher"),

@@ -49,7 +49,7 @@ class RlSettings:
 
 
 def rl_prompts(convs: list[Conversation], definitions: dict[str, str], n: int, heldout: bool, seed: int = 0,
-               boring_share: float = 0.3, eval_fraction: float = 0.1) -> list[dict]:
+               boring_share: float = 0.3, eval_fraction: float = 0.1, judge_specs: dict[str, str] | None = None) -> list[dict]:
     """Histories cut at many depths, deepest ones included, some with a boring assistant.
 
     Those are the cases where SFT models drop character. ``heldout`` picks the
@@ -73,7 +73,7 @@ def rl_prompts(convs: list[Conversation], definitions: dict[str, str], n: int, h
             history[-1] = {"role": "assistant", "content": rng.choice(BORING_REPLIES)}
         out.append({
             "prompt": simulator_prompt(c.persona_id, definitions[c.persona_id], history),
-            "spec": definitions[c.persona_id], "history": json.dumps(history), "persona_id": c.persona_id,
+            "spec": (judge_specs or definitions)[c.persona_id], "history": json.dumps(history), "persona_id": c.persona_id,
             "depth": i, "boring": boring,
         })
     return out

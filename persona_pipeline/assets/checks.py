@@ -4,6 +4,7 @@ import dagster as dg
 
 from ..contracts import Conversation
 from ..quality import persona_breaks
+from ..resources import ModelResource
 from ..settings import profile
 
 
@@ -68,3 +69,65 @@ def no_survey_test_items(sft_pairs: list[dict], survey_conversations: list[dict]
 
 
 data_checks = [min_turns, roles_alternate, no_empty_turn, no_persona_break, pairs_match_persona_turns, no_survey_test_items]
+
+
+def _heldout(conversations, persona_specs, surveys, n):
+    from ..simulator import definitions
+    from ..train_rl import rl_prompts
+
+    return rl_prompts(_convs(conversations), definitions(persona_specs, surveys), n, heldout=True,
+                      judge_specs=definitions(persona_specs, surveys, compact=False))
+
+
+def _lines(base_path: str, adapter: str | None, rows: list[dict]) -> list[str]:
+    from ..backends import BackendSpec, SamplingParams, make_backend
+    from ..settings import home
+    from ..simulator import next_lines
+
+    backend = make_backend(BackendSpec(model=base_path, adapter=adapter), home())
+    return next_lines(backend, rows, SamplingParams(max_new_tokens=32, temperature=0))
+
+
+_MODEL_INS = {"conversations": dg.AssetIn(), "persona_specs": dg.AssetIn(), "surveys": dg.AssetIn()}
+
+
+@dg.asset_check(asset="sft_adapter", additional_ins=_MODEL_INS,
+                description="On held-out histories the adapter's greedy lines differ from the base model's.")
+def adapter_changes_outputs(sft_adapter: dict, conversations: list[dict], persona_specs: list[dict], surveys: dict):
+    rows = _heldout(conversations, persona_specs, surveys, profile().check_prompts)
+    base, tuned = _lines(sft_adapter["base_model"], None, rows), _lines(sft_adapter["base_model"], sft_adapter["path"], rows)
+    changed = sum(a != b for a, b in zip(base, tuned))
+    return dg.AssetCheckResult(passed=changed > 0, metadata={
+        "changed": changed, "prompts": len(rows),
+        "example": dg.MetadataValue.md(f"**base:** {base[0]}\n\n**adapter:** {tuned[0]}"),
+    })
+
+
+@dg.asset_check(asset="sft_adapter", description="Held-out eval loss with the adapter is below the base model's.")
+def eval_loss_below_base(sft_adapter: dict):
+    return dg.AssetCheckResult(passed=sft_adapter["eval_loss"] < sft_adapter["base_eval_loss"], metadata={
+        "base_eval_loss": round(sft_adapter["base_eval_loss"], 4), "eval_loss": round(sft_adapter["eval_loss"], 4)})
+
+
+@dg.asset_check(asset="sft_adapter", additional_ins=_MODEL_INS,
+                description="Judge-scored persona adherence with the adapter ≥ the prompt-only base (warn on the embedded model).")
+def adherence_vs_prompt_only(sft_adapter: dict, conversations: list[dict], persona_specs: list[dict], surveys: dict,
+                             judge: ModelResource):
+    from ..simulator import adherence
+
+    rows = _heldout(conversations, persona_specs, surveys, profile().check_prompts)
+    backend = judge.backend()
+    base, _ = adherence(backend, rows, _lines(sft_adapter["base_model"], None, rows))
+    tuned, _ = adherence(backend, rows, _lines(sft_adapter["base_model"], sft_adapter["path"], rows))
+    return dg.AssetCheckResult(passed=bool(tuned >= base), severity=dg.AssetCheckSeverity.WARN, metadata={
+        "adherence_prompt_only": round(base, 4), "adherence_sft": round(tuned, 4), "judge": judge.describe(), "prompts": len(rows)})
+
+
+@dg.asset_check(asset="rl_adapter", description="Mean judge reward on held-out histories: RL ≥ SFT (warn on the embedded model).")
+def rl_reward_not_below_sft(rl_adapter: dict):
+    return dg.AssetCheckResult(passed=rl_adapter["mean_reward_rl"] >= rl_adapter["mean_reward_sft"],
+                               severity=dg.AssetCheckSeverity.WARN,
+                               metadata={"sft": round(rl_adapter["mean_reward_sft"], 4), "rl": round(rl_adapter["mean_reward_rl"], 4)})
+
+
+model_checks = [adapter_changes_outputs, eval_loss_below_base, adherence_vs_prompt_only, rl_reward_not_below_sft]

@@ -8,6 +8,7 @@ from ..hitl import expand_paths
 from ..loaders import load_hitl
 from ..resources import ModelResource
 from ..settings import data_root, home, profile
+from ..simulator import definitions
 from ..simulate import SimConfig, WorkCache, fingerprint, plan_dialogues, simulate
 from ..survey import split_items, survey_conversations as survey_to_convs
 from ..unroll import export_customjson, unroll
@@ -147,11 +148,8 @@ class PairsConfig(dg.Config):
           description="Unrolled prompt/completion pairs: [PERSONA: id] + history → the persona's next line (TRL conversational format).")
 def sft_pairs(context: dg.AssetExecutionContext, config: PairsConfig, conversations: list[dict],
               persona_specs: list[dict], surveys: dict) -> list[dict]:
-    definitions = {s["id"]: PersonaSpec(**s).definition() for s in persona_specs}
-    for sid, raw in surveys.items():
-        p = Survey(**raw).profile
-        definitions[sid] = f"{p.name}, {p.description}. {p.bio} {p.values}"
-    pairs = [pair for row in conversations for pair in unroll(Conversation(**row), definitions[row["persona_id"]])]
+    defs = definitions(persona_specs, surveys)
+    pairs = [pair for row in conversations for pair in unroll(Conversation(**row), defs[row["persona_id"]])]
     meta = {"pairs": len(pairs), "per_source": counts(p.source for p in pairs), "per_persona": counts(p.persona_id for p in pairs)}
     if config.export_customjson:
         path = home() / "exports" / "sft_pairs.customjson.jsonl"

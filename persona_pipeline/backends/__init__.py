@@ -40,11 +40,20 @@ def make_backend(spec: BackendSpec, home: Path) -> Backend:
         from .vllm_engine import VLLMBackend
 
         return VLLMBackend(base, adapter=spec.adapter)
-    return _local(base, spec.adapter, spec.batch_size, spec.quantize, spec.model)
+    stamp = _stamp(spec.adapter)
+    return _local(base, spec.adapter, spec.batch_size, spec.quantize, spec.model, stamp)
+
+
+def _stamp(adapter: str | None) -> float:
+    """Retraining an adapter in place changes its mtime, so a cached copy is never stale."""
+    if not adapter:
+        return 0.0
+    weights = Path(adapter) / "adapter_model.safetensors"
+    return weights.stat().st_mtime if weights.exists() else 0.0
 
 
 @functools.lru_cache(maxsize=4)
-def _local(base: str, adapter: str | None, batch_size: int, quantize: str | None, label: str):
+def _local(base: str, adapter: str | None, batch_size: int, quantize: str | None, label: str, stamp: float):
     """One loaded copy per (weights, adapter) per process: teacher and assistant share it."""
     from ..modelio import LoadOptions
     from .local import LocalBackend
