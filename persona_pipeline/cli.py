@@ -1,6 +1,9 @@
-"""``persona-pipeline`` command line: small helpers around the Dagster project.
+"""``persona-pipeline`` command line: talk to, run and serve the persona simulator.
 
-Later stages add ``chat``, ``simulate`` and ``serve`` here.
+- ``chat``      you play the assistant, the model plays the persona (``--reverse``: the other way round)
+- ``simulate``  a full dialogue between the simulator and an assistant backend, saved as a Conversation
+- ``serve``     an OpenAI-compatible endpoint; model ``persona-simulator[-sft|-rl]:<persona>``
+- ``info``, ``partition-range``  helpers for scripts and the Makefile
 """
 
 from __future__ import annotations
@@ -8,8 +11,136 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 
 from .settings import data_root, home, profile
+
+ADAPTERS = ("sft", "rl", "none")
+
+
+class CliError(SystemExit):
+    def __init__(self, message: str):
+        super().__init__(f"persona-pipeline: error: {message}")
+
+
+def _definitions() -> dict[str, str]:
+    from . import loaders
+    from .simulator import definitions
+
+    specs = [s.model_dump() for s in loaders.load_personas(data_root() / "personas")]
+    surveys = {s.profile.id: s.model_dump() for s in loaders.load_surveys(data_root() / "surveys")}
+    return definitions(specs, surveys)
+
+
+def adapter_path(kind: str) -> Path | None:
+    """Where the trained adapter lives; a clear error if it has not been trained yet."""
+    if kind == "none":
+        return None
+    path = home() / "models" / f"{kind}_adapter"
+    if not (path / "adapter_config.json").exists():
+        raise CliError(f"no {kind} adapter at {path}: materialise `{kind}_adapter` first (make demo)")
+    return path
+
+
+def _base() -> str:
+    import os
+
+    from .modelio import resolve_base
+
+    return str(resolve_base(os.environ.get("PERSONA_POLICY_MODEL", "embedded"), home()))
+
+
+def policy_backend(kind: str):
+    from .backends import BackendSpec, make_backend
+
+    adapter = adapter_path(kind)
+    return make_backend(BackendSpec(model=_base(), adapter=str(adapter) if adapter else None), home())
+
+
+def persona_backend(persona: str, kind: str):
+    from .simulator import PersonaBackend
+
+    defs = _definitions()
+    if persona not in defs:
+        raise CliError(f"unknown persona {persona!r}; known: {', '.join(sorted(defs))}")
+    return PersonaBackend(policy_backend(kind), persona, defs[persona], name=f"persona-simulator-{kind}:{persona}")
+
+
+def _assistant():
+    from .resources import model_resource_from_env
+
+    return model_resource_from_env("assistant").backend()
+
+
+def _chat(args) -> int:
+    from .backends import SamplingParams
+    from .prompts import assistant_chat
+
+    params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature)
+    model = persona_backend(args.persona, args.adapter) if not args.reverse else policy_backend(args.adapter)
+    you, it = ("persona", "assistant") if args.reverse else ("assistant", args.persona)
+    print(f"You are the {you}; the model is {it}. Empty line or Ctrl-D to stop.", file=sys.stderr)
+    turns: list[dict] = []
+    if not args.reverse:
+        turns.append({"role": "user", "content": model.complete([turns], params)[0]})
+        print(f"{it}> {turns[-1]['content']}")
+    while True:
+        try:
+            line = input(f"{you}> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        turns.append({"role": "assistant" if not args.reverse else "user", "content": line})
+        chat = turns if not args.reverse else assistant_chat(turns)
+        reply = model.complete([chat], params)[0]
+        turns.append({"role": "user" if not args.reverse else "assistant", "content": reply})
+        print(f"{it}> {reply}")
+    return 0
+
+
+def _simulate(args) -> int:
+    from .simulate import Dialogue, converse
+    from .storage import write_json
+
+    sim = persona_backend(args.persona, args.adapter)
+    d = Dialogue(id=f"{args.persona}-{int(time.time())}", persona_id=args.persona, topic="open", scenario_type="cli")
+    (conv,) = converse([d], {args.persona: sim}, _assistant(), args.turns, seed=args.seed, model_name=sim.name)
+    for t in conv.turns:
+        print(f"{args.persona if t.role == 'user' else 'assistant'}> {t.content}")
+    out = Path(args.out) if args.out else home() / "simulations" / f"{conv.id}.json"
+    write_json(out, conv.model_dump(mode="json"))
+    print(f"saved {out}", file=sys.stderr)
+    return 0
+
+
+def serve_backends(adapters: list[str]) -> dict:
+    """Model name → backend: raw ``base``/``sft``/``rl`` and ``persona-simulator[-kind]:<id>``; loaded lazily."""
+    from .simulator import LazyBackend, PersonaBackend
+
+    defs = _definitions()
+    out: dict = {}
+    for kind in adapters:
+        if kind != "none":
+            adapter_path(kind)  # fail now, not on the first request
+        raw = LazyBackend(lambda k=kind: policy_backend(k), name="base" if kind == "none" else kind)
+        out[raw.name] = raw
+        for pid, definition in defs.items():
+            names = [f"persona-simulator-{kind}:{pid}"] + ([f"persona-simulator:{pid}"] if kind == adapters[0] else [])
+            for name in names:
+                out[name] = PersonaBackend(raw, pid, definition, name=name)
+    return out
+
+
+def _serve(args) -> int:
+    from .serve import create_app, run_server
+
+    backends = serve_backends(args.adapters)
+    print(f"serving {len(backends)} models on http://{args.host}:{args.port}/v1 (e.g. persona-simulator:{next(iter(_definitions()))})",
+          file=sys.stderr)
+    run_server(create_app(backends), host=args.host, port=args.port)
+    return 0
 
 
 def _partition_range(args) -> int:
@@ -18,8 +149,7 @@ def _partition_range(args) -> int:
 
     keys = {"persona": persona_partitions}[args.kind].get_partition_keys()
     if not keys:
-        print(f"no {args.kind} partitions under {data_root()}", file=sys.stderr)
-        return 2
+        raise CliError(f"no {args.kind} partitions under {data_root()}")
     print(f"{keys[0]}...{keys[-1]}")
     return 0
 
@@ -29,14 +159,37 @@ def _info(_args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="persona-pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
+    chat = sub.add_parser("chat", help="talk to a persona simulator")
+    chat.add_argument("--persona", required=True)
+    chat.add_argument("--adapter", choices=ADAPTERS, default="sft")
+    chat.add_argument("--reverse", action="store_true", help="you play the persona, the model the assistant")
+    chat.add_argument("--max-tokens", type=int, default=64)
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.set_defaults(fn=_chat)
+    sim = sub.add_parser("simulate", help="simulate a full dialogue and save it")
+    sim.add_argument("--persona", required=True)
+    sim.add_argument("--turns", type=int, default=8)
+    sim.add_argument("--adapter", choices=ADAPTERS, default="sft")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--out", help="where to save the Conversation JSON")
+    sim.set_defaults(fn=_simulate)
+    srv = sub.add_parser("serve", help="OpenAI-compatible endpoint for the simulator")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--adapters", nargs="+", choices=ADAPTERS, default=["sft", "rl", "none"])
+    srv.set_defaults(fn=_serve)
     pr = sub.add_parser("partition-range", help="print first...last partition key")
     pr.add_argument("kind", choices=["persona"])
     pr.set_defaults(fn=_partition_range)
     sub.add_parser("info", help="show where artifacts go and the active profile").set_defaults(fn=_info)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.fn(args)
 
 

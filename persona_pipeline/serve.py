@@ -121,8 +121,12 @@ def create_app(backends: dict[str, Backend], default_params: SamplingParams | No
     """Serve each backend under its model name at ``/v1/models`` and ``/v1/chat/completions``."""
     app = FastAPI(title="persona-pipeline")
     # One lock per backend object: two names may share one loaded model (make_backend caches them).
-    by_object = {id(b): threading.Lock() for b in backends.values()}
-    locks = {name: by_object[id(b)] for name, b in backends.items()}
+    # Persona wrappers share their ``inner`` model, so lock on the innermost backend.
+    def model_of(b):
+        return model_of(b.inner) if hasattr(b, "inner") else b
+
+    by_object = {id(model_of(b)): threading.Lock() for b in backends.values()}
+    locks = {name: by_object[id(model_of(b))] for name, b in backends.items()}
     defaults = default_params or SamplingParams()
     created = int(time.time())
 

@@ -188,3 +188,30 @@ def to_conversation(d: Dialogue, model_name: str) -> Conversation:
 
 
 __all__ = ["Dialogue", "SimConfig", "WorkCache", "fingerprint", "plan_dialogues", "simulate"]
+
+
+def converse(dialogues: list[Dialogue], personas: dict[str, Backend], assistant: Backend, turns: int,
+             persona_tokens: int = 48, assistant_tokens: int = 96, temperature: float = 0.7, seed: int = 0,
+             source: str = "simulated", model_name: str = "persona-simulator") -> list[Conversation]:
+    """Dialogues between trained persona simulators (``PersonaBackend``) and an assistant.
+
+    Every step is one batched call per persona backend plus one for the
+    assistant; the persona speaks first and the dialogue runs ``turns`` turns.
+    """
+    for step in range(turns):
+        params = SamplingParams(max_new_tokens=persona_tokens if step % 2 == 0 else assistant_tokens,
+                                temperature=temperature, seed=seed + step)
+        if step % 2 == 0:
+            for pid in sorted({d.persona_id for d in dialogues}):
+                group = [d for d in dialogues if d.persona_id == pid]
+                lines = personas[pid].complete([d.turns for d in group], params)
+                for d, line in zip(group, lines):
+                    d.turns.append({"role": "user", "content": clean_persona_line(line, "")[0]})
+        else:
+            replies = assistant.complete([assistant_chat(d.turns) for d in dialogues], params)
+            for d, reply in zip(dialogues, replies):
+                d.turns.append({"role": "assistant", "content": reply})
+    convs = [to_conversation(d, model_name) for d in dialogues]
+    for c in convs:
+        c.metadata.source = source
+    return convs

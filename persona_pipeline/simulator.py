@@ -34,3 +34,47 @@ def adherence(judge: Backend, rows: list[dict], lines: list[str], method: str = 
     scores = persona_scores(judge, items, method)
     valid = [s for s in scores if s is not None]
     return (sum(valid) / len(valid) if valid else float("nan")), scores
+
+
+class PersonaBackend:
+    """A Backend that answers *as the persona*: the chat it gets is the dialogue so far
+    seen from the assistant's side (``user`` = the persona's earlier lines), and it
+    returns the persona's next line via the unrolled simulator prompt.
+
+    This is what ``serve`` exposes as ``persona-simulator:<id>``.
+    """
+
+    def __init__(self, inner: Backend, persona_id: str, definition: str, name: str | None = None):
+        self.inner, self.persona_id, self.definition = inner, persona_id, definition
+        self.name = name or f"persona-simulator:{persona_id}"
+
+    def _prompt(self, chat: list[dict]) -> list[dict]:
+        from .prompts import simulator_prompt
+
+        history = [m for m in chat if m["role"] in ("user", "assistant")]
+        return simulator_prompt(self.persona_id, self.definition, history)
+
+    def complete(self, chats: list[list[dict]], params: SamplingParams) -> list[str]:
+        return self.inner.complete([self._prompt(c) for c in chats], params)
+
+    def next_token_logprobs(self, chats: list[list[dict]], top_k: int = 20) -> list[dict[str, float]]:
+        return self.inner.next_token_logprobs([self._prompt(c) for c in chats], top_k)
+
+
+class LazyBackend:
+    """Loads the wrapped backend on first use, so a server with many models starts instantly."""
+
+    def __init__(self, factory, name: str):
+        self._factory, self._backend, self.name = factory, None, name
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = self._factory()
+        return self._backend
+
+    def complete(self, chats, params):
+        return self.backend.complete(chats, params)
+
+    def next_token_logprobs(self, chats, top_k: int = 20):
+        return self.backend.next_token_logprobs(chats, top_k)

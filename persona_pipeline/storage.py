@@ -23,10 +23,14 @@ def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temp path next to ``final``; move it into place only on success.
 
     Works for files and folders: the caller writes whichever it likes to the
-    yielded path. An existing ``final`` is replaced.
+    yielded path. An existing ``final`` is replaced. One writer per path is
+    assumed (model steps share the ``gpu`` pool), so temp folders left by a
+    killed run are swept away here.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.*.tmp"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)) / final.name
     try:
         yield tmp

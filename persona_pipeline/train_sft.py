@@ -47,7 +47,7 @@ class SftSettings:
     max_length: int = 1024
     eval_fraction: float = 0.1
     max_eval_rows: int = 48
-    weights: dict[str, float] = field(default_factory=lambda: {"synthetic": 1, "hitl": 1, "survey": 4, "retention": 1})
+    weights: dict[str, float] = field(default_factory=lambda: {"synthetic": 1, "hitl": 2, "survey": 2, "retention": 1})
     quantize: str | None = None  # "nf4" → QLoRA
     logging_steps: int = 2
     seed: int = 0

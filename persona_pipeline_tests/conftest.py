@@ -68,3 +68,14 @@ def embedded_backend(embedded_dir):
 @pytest.fixture()
 def data_dir() -> Path:
     return REPO / "data_assets"
+
+
+@pytest.fixture(scope="session")
+def materialized(tmp_path_factory, embedded_dir, shared_home):
+    """Every asset materialised once through the real CLI (ci profile) on a temp instance: (env, assets dir)."""
+    from _dagster_helpers import isolated_env, materialize_cmd, persona_range, run_cli
+
+    tmp = tmp_path_factory.mktemp("cli")
+    env = isolated_env(tmp, shared_home)
+    run_cli(materialize_cmd("*", persona_range()), env, timeout=1800)
+    return env, tmp / "persona_home" / "assets"

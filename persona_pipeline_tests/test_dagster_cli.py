@@ -1,21 +1,14 @@
-"""The whole data stage through the real CLI, as CI users run it, on a temp instance."""
+"""Data and models stages through the real CLI, as CI users run it, on a temp instance."""
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from _dagster_helpers import check_results, isolated_env, materialize_cmd, persona_range, run_cli
+from _dagster_helpers import check_results
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-@pytest.fixture(scope="module")
-def materialized(tmp_path_factory, embedded_dir, shared_home):
-    tmp = tmp_path_factory.mktemp("cli")
-    env = isolated_env(tmp, shared_home)
-    run_cli(materialize_cmd("*", persona_range()), env)
-    return env, tmp / "persona_home" / "assets"
 
 
 def test_every_data_stage_asset_is_stored(materialized):
@@ -55,9 +48,28 @@ def test_conversations_merge_sources_and_pairs_match(materialized):
     assert base["layers"] == 30 and base["cache_hit"] is True
 
 
-def test_all_data_checks_pass(materialized):
+ERROR_CHECKS = {"min_turns", "roles_alternate", "no_empty_turn", "no_persona_break", "pairs_match_persona_turns",
+                "no_survey_test_items", "adapter_changes_outputs", "eval_loss_below_base"}
+WARN_CHECKS = {"adherence_vs_prompt_only", "rl_reward_not_below_sft"}  # the 135M judge is too weak to insist
+
+
+def test_all_checks_ran_and_error_checks_pass(materialized):
     env, _ = materialized
     results = check_results(env)
-    assert set(results) >= {"min_turns", "roles_alternate", "no_empty_turn", "no_persona_break",
-                            "pairs_match_persona_turns", "no_survey_test_items"}
-    assert all(results.values()), results
+    assert set(results) >= ERROR_CHECKS | WARN_CHECKS
+    assert all(results[name] for name in ERROR_CHECKS), results
+
+
+def test_adapters_are_safetensors_with_a_model_card(materialized):
+    _, assets = materialized
+    sft = json.loads((assets / "sft_adapter.json").read_text())
+    rl = json.loads((assets / "rl_adapter.json").read_text())
+    for manifest in (sft, rl):
+        folder = Path(manifest["path"])
+        assert (folder / "adapter_model.safetensors").exists() and (folder / "adapter_config.json").exists()
+        assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
+    assert "r=32" in (Path(sft["path"]) / "README.md").read_text()
+    assert sft["eval_loss"] < sft["base_eval_loss"]
+    assert set(sft["mixture"]["sources"]) >= {"synthetic", "hitl", "survey", "retention"}
+    assert (Path(sft["path"]).parent / "sft_loss.png").stat().st_size > 1000
+    assert {"mean_reward_sft", "mean_reward_rl"} <= set(rl)

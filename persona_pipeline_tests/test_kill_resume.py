@@ -59,3 +59,33 @@ def test_sigkill_then_rerun_resumes_without_loss_or_duplicates(tmp_path, embedde
         kept = [t["content"] for t in final[cid]["turns"][: len(state["turns"])]]
         assert kept == [t["content"] for t in state["turns"]], f"{cid}: checkpointed turns were regenerated"
         assert len(final[cid]["turns"]) >= 8
+
+
+def test_sigkill_during_sft_leaves_no_adapter_and_rerun_works(tmp_path, materialized, tiny_model_dir, shared_home):
+    import shutil
+
+    src_env, src_assets = materialized
+    env = isolated_env(tmp_path, shared_home)
+    home = tmp_path / "persona_home"
+    shutil.copytree(src_assets, home / "assets", ignore=shutil.ignore_patterns("sft_adapter.json", "rl_adapter.json"))
+    (home / "assets" / "base_model.json").write_text(json.dumps({"path": str(tiny_model_dir)}))  # fast to train
+    long_run = ["--config-json", json.dumps({"ops": {"sft_adapter": {"config": {"max_steps": 5000, "batch_size": 1}}}})]
+    proc = subprocess.Popen(materialize_cmd("sft_adapter") + long_run, cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    models = home / "models"
+    try:
+        deadline = time.time() + 300
+        while not list(models.glob(".sft_adapter.*.tmp/trainer")):
+            assert proc.poll() is None and time.time() < deadline, "training never started"
+            time.sleep(0.2)
+        time.sleep(2)  # well inside the training loop
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (models / "sft_adapter").exists(), "a killed training run left an adapter a later stage would load"
+    assert not (home / "assets" / "sft_adapter.json").exists()
+
+    short = ["--config-json", json.dumps({"ops": {"sft_adapter": {"config": {"max_steps": 2, "batch_size": 1}}}})]
+    run_cli(materialize_cmd("sft_adapter") + short, env)
+    assert (models / "sft_adapter" / "adapter_model.safetensors").exists()
+    assert not list(models.glob(".sft_adapter.*.tmp")), "the killed run's temp folder was not swept"
