@@ -69,13 +69,18 @@ def _stem_matches(path: Path, value: str, field: str) -> None:
         raise InputError(f"{path}: field '{field}': '{value}' must equal the file name '{path.stem}'")
 
 
+def _load_named(folder: Path, model: type[M], what: str, id_field: str) -> list[M]:
+    """One record per YAML file, its id field equal to the file name."""
+    records = []
+    for path in _yaml_files(folder, what):
+        record = _validate(model, read_yaml(path), path)
+        _stem_matches(path, getattr(record, id_field), id_field)
+        records.append(record)
+    return records
+
+
 def load_personas(folder: Path) -> list[PersonaSpec]:
-    specs = []
-    for path in _yaml_files(folder, "persona specs"):
-        spec = _validate(PersonaSpec, read_yaml(path), path)
-        _stem_matches(path, spec.id, "id")
-        specs.append(spec)
-    return specs
+    return _load_named(folder, PersonaSpec, "persona specs", "id")
 
 
 def heldout_topic(text: str, fraction: float = 0.1) -> bool:
@@ -106,12 +111,7 @@ def load_topics(path: Path, heldout_fraction: float = 0.1) -> list[Topic]:
 
 
 def load_traits(folder: Path) -> list[Trait]:
-    traits = []
-    for path in _yaml_files(folder, "trait definitions"):
-        trait = _validate(Trait, read_yaml(path), path)
-        _stem_matches(path, trait.trait, "trait")
-        traits.append(trait)
-    return traits
+    return _load_named(folder, Trait, "trait definitions", "trait")
 
 
 def load_roles(folder: Path) -> RoleSet:
