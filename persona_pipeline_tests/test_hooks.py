@@ -68,3 +68,18 @@ def test_response_only_steering_leaves_the_prompt_pass_alone(tiny_backend):
 def test_relative_coef_scales_by_layer_norm():
     v = torch.ones(4) * 2  # norm 4
     assert relative_coef(0.5, 100.0, v) == 12.5
+
+
+def test_local_backend_generates_with_steering_for_a_batch(tiny_backend):
+    from persona_pipeline.backends import SamplingParams
+
+    chats = [[{"role": "user", "content": "tell me a story"}], [{"role": "user", "content": "hi"}]]
+    p = SamplingParams(max_new_tokens=6, temperature=1.0, top_p=1.0, seed=1)
+    v = torch.randn(tiny_backend.model.config.hidden_size)
+    base = tiny_backend.next_token_logprobs(chats, top_k=3)
+    with tiny_backend.steered([Steer(v, layer=1, coef=0.0)]):
+        assert tiny_backend.next_token_logprobs(chats, top_k=3) == base
+        assert tiny_backend.complete(chats, p) == tiny_backend.complete(chats, p)
+    with tiny_backend.steered([Steer(v, layer=1, coef=20.0)]):
+        assert tiny_backend.next_token_logprobs(chats, top_k=3) != base
+    assert tiny_backend.next_token_logprobs(chats, top_k=3) == base  # removed on exit

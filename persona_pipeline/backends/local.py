@@ -18,7 +18,7 @@ class LocalBackend:
     def __init__(self, model, tokenizer, name: str = "local", batch_size: int = 32):
         self.model, self.tok, self.name, self.batch_size = model, tokenizer, name, batch_size
         self.tok.padding_side = "left"
-        self.steering = contextlib.nullcontext  # the representations stage swaps in hooks
+        self._steers: list = []
 
     @classmethod
     def from_pretrained(cls, base, adapter=None, name: str | None = None, batch_size: int = 32, opts=None):
@@ -26,6 +26,20 @@ class LocalBackend:
 
         model, tok = load_model(base, adapter, opts or LoadOptions())
         return cls(model, tok, name=name or str(base), batch_size=batch_size)
+
+    @contextlib.contextmanager
+    def steered(self, steers: list):
+        """Generate with ``hooks.Steer`` interventions for every call inside the block."""
+        previous, self._steers = self._steers, list(steers)
+        try:
+            yield self
+        finally:
+            self._steers = previous
+
+    def steering(self):
+        from ..hooks import steering
+
+        return steering(self.model, self._steers) if self._steers else contextlib.nullcontext()
 
     @property
     def device(self):
