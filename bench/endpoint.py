@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import functools
 import os
-import time
 
 import torch
 from fastapi import FastAPI

@@ -111,7 +111,6 @@ class RlResult:
 def train_rl(base: str | Path, sft_adapter: Path, prompts: list[dict], reward_fn, s: RlSettings, out: Path, card: dict) -> RlResult:
     """``reward_fn`` is a TRL reward function, normally ``make_reward(judge, method)``."""
     from datasets import Dataset
-    from peft import PeftModel
     from trl import GRPOConfig, GRPOTrainer
 
     from .modelio import cuda_available, load_model

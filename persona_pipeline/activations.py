@@ -1,0 +1,74 @@
+"""Per-layer activations of (prompt, response) pairs, all layers in one forward pass per batch.
+
+For every item we keep three views of the residual stream after each decoder
+layer, as in the persona-vectors work: the mean over response tokens, the mean
+over prompt tokens, and the last prompt token. Right padding keeps the
+prompt/response boundary at the same index as in the unpadded text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .hooks import capture, decoder_layers
+
+VIEWS = ("response_avg", "prompt_avg", "prompt_last")
+
+
+@dataclass
+class Item:
+    chat: list[dict]  # system/user messages: the prompt
+    response: str
+
+
+def _encode(tok, item: Item) -> tuple[list[int], int]:
+    prompt = tok.apply_chat_template(item.chat, tokenize=False, add_generation_prompt=True)
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    r_ids = tok(item.response, add_special_tokens=False)["input_ids"]
+    return p_ids + r_ids, len(p_ids)
+
+
+def middle_layers(n_layers: int, k: int = 1) -> list[int]:
+    mid = n_layers // 2
+    return list(range(max(0, mid - k // 2), min(n_layers, mid - k // 2 + k)))
+
+
+@torch.inference_mode()
+def extract(model, tok, items: list[Item], layers: list[int] | None = None, batch_size: int = 16,
+            response_agg: str = "mean") -> dict[str, torch.Tensor]:
+    """{view: float32 tensor [items, layers, hidden]}; ``response_agg`` is mean | last | none.
+
+    ``none`` keeps every response token and returns ``response_tokens``
+    [total response tokens, layers, hidden] plus ``response_owner`` [tokens].
+    """
+    if response_agg not in ("mean", "last", "none"):
+        raise ValueError(f"response_agg={response_agg!r}: use mean, last or none")
+    layers = list(range(len(decoder_layers(model)))) if layers is None else layers
+    device = next(model.parameters()).device
+    views: dict[str, list[torch.Tensor]] = {v: [] for v in VIEWS}
+    tokens, owners = [], []
+    for start in range(0, len(items), batch_size):
+        encoded = [_encode(tok, it) for it in items[start : start + batch_size]]
+        width = max(len(ids) for ids, _ in encoded)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded], device=device)
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in encoded], device=device)
+        with capture(model, layers) as store:
+            model(input_ids=input_ids, attention_mask=mask)
+        hidden = torch.stack([store[layer][0] for layer in layers], dim=2).float().cpu()  # [b, seq, L, h]
+        for row, (ids, p_len) in enumerate(encoded):
+            h = hidden[row]
+            views["prompt_avg"].append(h[:p_len].mean(0))
+            views["prompt_last"].append(h[p_len - 1])
+            resp = h[p_len : len(ids)] if len(ids) > p_len else h[p_len - 1 : p_len]
+            views["response_avg"].append(resp.mean(0) if response_agg != "last" else resp[-1])
+            if response_agg == "none":
+                tokens.append(resp)
+                owners += [start + row] * len(resp)
+    out = {v: torch.stack(t) for v, t in views.items()}
+    if response_agg == "none":
+        out["response_tokens"] = torch.cat(tokens)
+        out["response_owner"] = torch.tensor(owners)
+    return out
