@@ -1,0 +1,38 @@
+"""Trait judges: the 0–100 logprob protocol and the offline embedding judge."""
+
+import pytest
+
+from persona_pipeline.judges import logprob_score, parse_score
+from persona_pipeline.trait_judge import EmbeddingJudge, number_tokens, score_prompts
+
+
+def test_logprob_score_is_the_probability_weighted_mean_and_discards_non_numbers():
+    import math
+
+    d = {"80": math.log(0.5), "60": math.log(0.3), "hello": math.log(0.2)}
+    assert logprob_score(d) == pytest.approx((80 * 0.5 + 60 * 0.3) / 0.8)
+    assert logprob_score({"REFUSAL": math.log(0.9), "5": math.log(0.1)}) is None
+    assert logprob_score({"150": 0.0}) is None
+
+
+def test_parse_score_handles_json_fences_and_prose():
+    assert parse_score('{"score": 0.5, "reasoning": "ok"}') == 0.5
+    assert parse_score('Sure!\n```json\n{"score": -0.25}\n```') == -0.25
+    assert parse_score("Score: 0.8 because it fits") == 0.8
+    assert parse_score("no number here") is None
+    assert parse_score('{"score": 7}') is None  # out of range is not silently clipped
+
+
+def test_digit_tokenizers_get_a_digit_scale(tiny_backend):
+    assert number_tokens(tiny_backend) == 9  # SmolLM2 splits numbers into digits
+    scores = score_prompts(tiny_backend, ["Rate this from 0 to 100: 'hello'", "Rate: 'bye'"])
+    assert len(scores) == 2 and all(s is None or 0 <= s <= 100 for s in scores)
+
+
+@pytest.mark.integration
+def test_embedding_judge_separates_trait_from_its_absence():
+    judge = EmbeddingJudge()
+    pos = ["Ha! What a hilarious question, let me joke about it", "That's so funny, here's a pun for you"]
+    neg = ["Here is a precise, factual answer.", "The information you requested is as follows."]
+    funny, dry = judge.score(pos, neg, ["LOL, that's a joke and a pun, so funny!", "The capital of France is Paris."])
+    assert funny > 60 > dry
