@@ -53,6 +53,17 @@ class Message(BaseModel):
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
+class SteeringSpec(BaseModel):
+    """One steering intervention in a request (an extension field, sent via ``extra_body``)."""
+
+    vector: str
+    layer: int = Field(ge=0)
+    coef: float = 0.0
+    mode: Literal["add", "ablate", "cap"] = "add"
+    positions: Literal["all", "prompt", "response"] = "all"
+    threshold: float | None = None
+
+
 class ChatRequest(BaseModel):
     """The subset of the chat completions request we honour; unknown fields are ignored."""
 
@@ -68,6 +79,7 @@ class ChatRequest(BaseModel):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     stream: bool = False
+    steering: list[SteeringSpec] = Field(default_factory=list)
 
     def sampling(self, default: SamplingParams) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
@@ -88,15 +100,46 @@ def _token_logprobs(backend: Backend, chat: Chat, top: int) -> tuple[str, dict]:
     return ranked[0][0], {"content": [first]}
 
 
-def _run(backend: Backend, lock: threading.Lock, req: ChatRequest, params: SamplingParams) -> tuple[str, dict | None]:
+def _local_model(backend):
+    """The innermost backend that can be steered (through persona and lazy wrappers), or None."""
+    while True:
+        if hasattr(backend, "steered"):
+            return backend
+        nxt = getattr(backend, "inner", None) or getattr(backend, "backend", None)
+        if nxt is None or nxt is backend:
+            return None
+        backend = nxt
+
+
+def _steers(backend: Backend, specs: list[SteeringSpec], vectors) -> tuple[object | None, list]:
+    if not specs:
+        return None, []
+    from .hooks import Steer
+
+    local = _local_model(backend)
+    if local is None:
+        raise APIError(400, f"{backend.name} cannot be steered (only local models can)", "unsupported_value")
+    steers = []
+    for spec in specs:
+        vec = vectors(spec.vector) if vectors else None
+        if vec is None:
+            raise APIError(400, f"unknown steering vector {spec.vector!r}", "vector_not_found")
+        if vec.dim() == 2:  # [layers × hidden] persona vectors: take the requested layer
+            vec = vec[spec.layer]
+        steers.append(Steer(vec, spec.layer, spec.coef, spec.mode, spec.positions, spec.threshold))
+    return local, steers
+
+
+def _run(backend: Backend, lock: threading.Lock, req: ChatRequest, params: SamplingParams, vectors=None) -> tuple[str, dict | None]:
     """Generate one completion: text and the logprobs block (or None)."""
     if req.n != 1:
         raise APIError(400, f"n={req.n}: only n=1 is supported", "unsupported_value")
     chat = [m.as_chat_turn() for m in req.messages]
     if req.logprobs and params.max_new_tokens != 1:
         raise APIError(400, "logprobs are only supported with max_tokens=1 (next-token scoring)", "unsupported_value")
+    local, steers = _steers(backend, req.steering, vectors)
     try:
-        with lock:
+        with lock, (local.steered(steers) if local else contextlib.nullcontext()):
             if req.logprobs:
                 return _token_logprobs(backend, chat, req.top_logprobs or 0)
             return backend.complete([chat], params)[0], None
@@ -117,8 +160,12 @@ def _chunks(head: dict, text: str, logprobs: dict | None) -> Iterator[str]:
     yield "data: [DONE]\n\n"
 
 
-def create_app(backends: dict[str, Backend], default_params: SamplingParams | None = None) -> FastAPI:
-    """Serve each backend under its model name at ``/v1/models`` and ``/v1/chat/completions``."""
+def create_app(backends: dict[str, Backend], default_params: SamplingParams | None = None, vectors=None) -> FastAPI:
+    """Serve each backend under its model name at ``/v1/models`` and ``/v1/chat/completions``.
+
+    ``vectors`` resolves a steering-vector name to a tensor ([hidden] or
+    [layers × hidden]) for requests that carry a ``steering`` list.
+    """
     app = FastAPI(title="persona-pipeline")
     # One lock per backend object: two names may share one loaded model (make_backend caches them).
     # Persona wrappers share their ``inner`` model, so lock on the innermost backend.
@@ -149,7 +196,7 @@ def create_app(backends: dict[str, Backend], default_params: SamplingParams | No
         if req.model not in backends:
             known = ", ".join(backends) or "none"
             raise APIError(404, f"model {req.model!r} not found; this server has: {known}", "model_not_found")
-        text, logprobs = _run(backends[req.model], locks[req.model], req, req.sampling(defaults))
+        text, logprobs = _run(backends[req.model], locks[req.model], req, req.sampling(defaults), vectors)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
         if req.stream:
             return StreamingResponse(_chunks(head, text, logprobs), media_type="text/event-stream")

@@ -224,3 +224,29 @@ def test_batch_fans_out_concurrently_and_keeps_order():
         out = OpenAIBackend("m", base_url=url, concurrency=4).complete(CHATS, SEEDED)
     assert out == [c[-1]["content"] for c in CHATS]
     assert app.state.max_in_flight == 4
+
+
+def test_a_request_can_carry_a_steering_vector(tiny_backend):
+    import openai
+    import torch
+
+    from persona_pipeline.serve import create_app, serving
+
+    torch.manual_seed(0)
+    vectors = {"push": torch.randn(tiny_backend.model.config.hidden_size) * 50}
+    app = create_app({"tiny": tiny_backend}, vectors=vectors.get)
+    msgs = [{"role": "user", "content": "hello"}]
+    with serving(app) as url:
+        client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
+
+        def top(steering):
+            r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=1, logprobs=True, top_logprobs=3,
+                                               extra_body={"steering": steering})
+            return [(t.token, round(t.logprob, 4)) for t in r.choices[0].logprobs.content[0].top_logprobs]
+
+        plain = top([])
+        assert top([{"vector": "push", "layer": 1, "coef": 0.0}]) == plain
+        assert top([{"vector": "push", "layer": 1, "coef": 1.0}]) != plain
+        assert top([]) == plain  # the hook is gone after the request
+        with pytest.raises(openai.BadRequestError, match="unknown steering vector"):
+            top([{"vector": "nope", "layer": 0, "coef": 1.0}])
