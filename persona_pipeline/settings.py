@@ -33,7 +33,6 @@ class Profile(BaseModel):
     max_turns: int
     persona_max_new_tokens: int
     assistant_max_new_tokens: int
-    generation_batch_size: int
     max_line_retries: int
     survey_follow_up_items: int
     sft_max_steps: int
@@ -49,19 +48,19 @@ PROFILES = {
     "ci": Profile(
         name="ci", conversations_per_persona=1, min_turns=8, max_turns=8,
         persona_max_new_tokens=24, assistant_max_new_tokens=24,
-        generation_batch_size=16, max_line_retries=1, survey_follow_up_items=6,
+        max_line_retries=1, survey_follow_up_items=6,
         sft_max_steps=3, sft_batch_size=2, retention_prompts=4, rl_max_steps=1, rl_num_generations=2, rl_prompts=4, check_prompts=4,
     ),
     "demo": Profile(
         name="demo", conversations_per_persona=2, min_turns=8, max_turns=10,
         persona_max_new_tokens=40, assistant_max_new_tokens=56,
-        generation_batch_size=32, max_line_retries=2, survey_follow_up_items=20,
+        max_line_retries=2, survey_follow_up_items=20,
         sft_max_steps=12, sft_batch_size=4, retention_prompts=16, rl_max_steps=3, rl_num_generations=4, rl_prompts=24, check_prompts=8,
     ),
     "full": Profile(
         name="full", conversations_per_persona=60, min_turns=8, max_turns=14,
         persona_max_new_tokens=96, assistant_max_new_tokens=256,
-        generation_batch_size=128, max_line_retries=3, survey_follow_up_items=200,
+        max_line_retries=3, survey_follow_up_items=200,
         sft_max_steps=-1, sft_batch_size=8, retention_prompts=48, rl_max_steps=300, rl_num_generations=8, rl_prompts=2000, check_prompts=64,
     ),
 }
