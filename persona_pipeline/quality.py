@@ -14,7 +14,7 @@ from .contracts import Conversation
 
 PERSONA_BREAK = re.compile(
     r"\b(as an ai|an ai (language )?model|language model|i am an ai|i'm an ai|i'?m (just )?an? (ai|assistant|chatbot|bot)"
-    r"|as a (helpful )?assistant|how (can|may) i (help|assist) you( today)?|i'?m here to (help|assist)|happy to (help|assist) you|i do not have personal)\b",
+    r"|as a (helpful )?assistant|how (can|may) i (help|assist) you( today)?|i'?m here to (help|assist)|(happy|glad) to (help|assist)|if you have any (other |more |further )?questions|let me know if you need|i do not have personal)\b",
     re.IGNORECASE,
 )
 
