@@ -133,3 +133,13 @@ def test_combine_adapters_is_the_exact_sum(tiny_model_dir, tmp_path):
     got = PeftModel.from_pretrained(load_model(tiny_model_dir)[0], str(tmp_path / "ab")).eval()
     with torch.no_grad():
         assert torch.allclose(expected(**ids).logits, got(**ids).logits, atol=1e-4)
+
+
+def test_qlora_nf4_training_runs_when_asked(tiny_model_dir, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    s = SftSettings(lora=SMALL_LORA, max_steps=2, batch_size=2, max_length=512, quantize="nf4", eval_fraction=0.3)
+    train, ev, _ = build_mixture(pairs(dialogues()), [], s)
+    result = train_sft(tiny_model_dir, train, ev, s, tmp_path / "qlora", {"base_model": "tiny"})
+    assert (tmp_path / "qlora" / "adapter_model.safetensors").exists()
+    assert "nf4" in (tmp_path / "qlora" / "README.md").read_text()
+    assert result.train_tokens > 0
