@@ -78,7 +78,8 @@ def _chat(args) -> int:
     from .prompts import assistant_chat
 
     params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature)
-    model = persona_backend(args.persona, args.adapter) if not args.reverse else policy_backend(args.adapter)
+    # --reverse: the model is the assistant the simulator is meant to test (PERSONA_ASSISTANT_*), not the simulator
+    model = persona_backend(args.persona, args.adapter) if not args.reverse else _assistant()
     you, it = ("persona", "assistant") if args.reverse else ("assistant", args.persona)
     print(f"You are the {you}; the model is {it}. Empty line or Ctrl-D to stop.", file=sys.stderr)
     turns: list[dict] = []

@@ -103,7 +103,7 @@ def retention_rows(base_path: str, questions: list[str], n: int) -> list[dict]:
 @dg.asset(group_name=GROUP, kinds={"pytorch", "safetensors"}, pool="gpu",
           description="One LoRA/QLoRA adapter for all personas (switch by [PERSONA: id]), trained with TRL SFTTrainer on sft_pairs.")
 def sft_adapter(context: dg.AssetExecutionContext, config: SftConfig, sft_pairs: list[dict], base_model: dict,
-                role_specs: dict, persona_specs: list[dict]) -> dict:
+                role_specs: dict) -> dict:
     s = config.settings()
     n_ret = config.retention_prompts if config.retention_prompts is not None else profile().retention_prompts
     retention = retention_rows(base_model["path"], role_specs["questions"], n_ret)
