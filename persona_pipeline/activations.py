@@ -72,3 +72,41 @@ def extract(model, tok, items: list[Item], layers: list[int] | None = None, batc
         out["response_tokens"] = torch.cat(tokens)
         out["response_owner"] = torch.tensor(owners)
     return out
+
+
+def layer_norms(acts: torch.Tensor) -> list[float]:
+    """Typical residual norm per layer ([n, layers, hidden] → [layers]): the scale for relative steering coefs."""
+    return [round(float(x), 4) for x in acts.float().norm(dim=-1).mean(0)]
+
+
+def save(folder, tensors: dict[str, torch.Tensor], index: list[dict]) -> None:
+    """``activations.safetensors`` + ``index.parquet`` (one row per item), both written atomically."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from .storage import atomic_path, write_records
+
+    folder = Path(folder)
+    with atomic_path(folder / "activations.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    write_records(folder / "index.parquet", index)
+
+
+def load(folder) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from .storage import read_records
+
+    folder = Path(folder)
+    return load_file(str(folder / "activations.safetensors")), read_records(folder / "index.parquet")
+
+
+def spread_layers(n_layers: int, k: int) -> list[int]:
+    """``k`` layers evenly spaced over the middle half of the network (where persona directions live)."""
+    lo, hi = n_layers // 4, (3 * n_layers) // 4
+    if k <= 1:
+        return [n_layers // 2]
+    return sorted({round(lo + i * (hi - lo) / (k - 1)) for i in range(k)})

@@ -3,6 +3,7 @@
 - ``chat``      you play the assistant, the model plays the persona (``--reverse``: the other way round)
 - ``simulate``  a full dialogue between the simulator and an assistant backend, saved as a Conversation
 - ``serve``     an OpenAI-compatible endpoint; model ``persona-simulator[-sft|-rl]:<persona>``
+- ``materialize`` every asset (or a selection) through ``dagster asset materialize``, one run per partition set
 - ``info``, ``partition-range``  helpers for scripts and the Makefile
 """
 
@@ -146,12 +147,27 @@ def _serve(args) -> int:
 
 def _partition_range(args) -> int:
     """Print ``first...last`` of a partition set, for ``dagster asset materialize --partition-range``."""
-    from .assets._common import persona_partitions
+    from .assets import _common as c
 
-    keys = {"persona": persona_partitions}[args.kind].get_partition_keys()
+    parts = {"persona": c.persona_partitions, "role": c.role_partitions, "trait": c.trait_partitions,
+             "checkpoint": c.checkpoint_partitions}
+    keys = parts[args.kind].get_partition_keys()
     if not keys:
         raise CliError(f"no {args.kind} partitions under {data_root()}")
     print(f"{keys[0]}...{keys[-1]}")
+    return 0
+
+
+def _materialize(args) -> int:
+    """``make demo``: the whole DAG (or ``--select``) in dependency order, one CLI run per stage."""
+    from .runplan import run
+    from .storage import write_json
+
+    timings = run(args.select, dry_run=args.dry_run, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if timings:
+        total = sum(t["seconds"] for t in timings)
+        write_json(home() / "runs" / f"materialize-{time.strftime('%Y%m%dT%H%M%S')}.json", {"stages": timings, "seconds": total})
+        print(f"materialised {sum(len(t['assets']) for t in timings)} assets in {total:.0f} s", file=sys.stderr)
     return 0
 
 
@@ -183,8 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--adapters", nargs="+", choices=ADAPTERS, default=["sft", "rl", "none"])
     srv.set_defaults(fn=_serve)
     pr = sub.add_parser("partition-range", help="print first...last partition key")
-    pr.add_argument("kind", choices=["persona"])
+    pr.add_argument("kind", choices=["persona", "role", "trait", "checkpoint"])
     pr.set_defaults(fn=_partition_range)
+    mat = sub.add_parser("materialize", help="materialise assets via the dagster CLI, one run per partition set")
+    mat.add_argument("--select", default="*", help="asset selection, e.g. '*' or 'persona_vectors*' (comma-separated)")
+    mat.add_argument("--dry-run", action="store_true", help="print the stages without running them")
+    mat.set_defaults(fn=_materialize)
     sub.add_parser("info", help="show where artifacts go and the active profile").set_defaults(fn=_info)
     return parser
 

@@ -6,7 +6,7 @@ in-process executor avoids ~3 s of process start-up per step on small machines.
 
 import dagster as dg
 
-from .assets import data, models, specs
+from .assets import data, models, representations, specs, steering
 from .assets.checks import data_checks, model_checks
 from .io_manager import ArtifactIOManager
 from .resources import model_resource_from_env
@@ -22,7 +22,7 @@ def _single_run(assets):
 
 
 defs = dg.Definitions(
-    assets=_single_run(dg.load_assets_from_modules([specs, data, models])),
+    assets=_single_run(dg.load_assets_from_modules([specs, data, models, representations, steering])),
     asset_checks=data_checks + model_checks,
     resources={
         "io_manager": ArtifactIOManager(),

@@ -8,11 +8,16 @@ Steering modes: ``add`` (h + c·v), ``ablate`` (remove the component along v),
 ``cap`` (clamp the projection on v̂ to at least / at most a threshold, the
 Assistant Axis paper's capping). Positions: ``prompt`` (the prefill pass),
 ``response`` (generated tokens, one per cached decoding step) or ``all``.
+
+Per-row steering: ``vector`` may be [batch, hidden] and ``coef`` a [batch]
+tensor, so one batched ``generate`` can evaluate a whole sweep (layers ×
+coefs) or a CMA-ES population at once; ``Steer.rows`` slices them per chunk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -63,20 +68,28 @@ Positions = Literal["all", "prompt", "response"]
 
 @dataclass
 class Steer:
-    vector: torch.Tensor  # [hidden]
+    vector: torch.Tensor  # [hidden], or [batch, hidden] for one vector per row
     layer: int
-    coef: float = 0.0
+    coef: float | torch.Tensor = 0.0  # a number, or [batch] for one coefficient per row
     mode: Mode = "add"
     positions: Positions = "all"
     threshold: float | None = None  # cap: the bound on the projection onto v̂
     cap_below: bool = True  # cap: keep the projection ≥ threshold (else ≤)
 
+    def rows(self, idx: list[int]) -> "Steer":
+        """This steer restricted to batch rows ``idx`` (shared vectors and coefs pass through)."""
+        vector = self.vector[idx] if self.vector.dim() == 2 else self.vector
+        coef = self.coef[idx] if isinstance(self.coef, torch.Tensor) and self.coef.dim() == 1 else self.coef
+        return dataclasses.replace(self, vector=vector, coef=coef)
+
     def apply(self, h: torch.Tensor) -> torch.Tensor:
         v = self.vector.to(h.dtype).to(h.device)
+        v = v.unsqueeze(1) if v.dim() == 2 else v  # [b, 1, h] or [h]
         if self.mode == "add":
-            return h + self.coef * v
-        unit = v / v.norm()
-        proj = h @ unit  # [batch, seq]
+            coef = self.coef.to(h.dtype).to(h.device).view(-1, 1, 1) if isinstance(self.coef, torch.Tensor) else self.coef
+            return h + coef * v
+        unit = v / v.norm(dim=-1, keepdim=True)
+        proj = (h * unit).sum(-1)  # [batch, seq]
         if self.mode == "ablate":
             return h - proj.unsqueeze(-1) * unit
         if self.threshold is None:

@@ -114,6 +114,18 @@ def load_traits(folder: Path) -> list[Trait]:
     return _load_named(folder, Trait, "trait definitions", "trait")
 
 
+def load_coherence_prompt(folder: Path) -> str:
+    """The shared 0–100 coherence judge prompt (``traits/coherence.txt``)."""
+    path = folder / "coherence.txt"
+    if not path.exists():
+        raise InputError(f"{path}: missing; the coherence judge prompt is needed to filter trait responses")
+    text = path.read_text()
+    missing = [p for p in ("{question}", "{answer}") if p not in text]
+    if missing:
+        raise InputError(f"{path}: field 'prompt': must contain the placeholders {missing}")
+    return text
+
+
 def load_roles(folder: Path) -> RoleSet:
     questions_path = folder / "questions.yaml"
     raw_q = read_yaml(questions_path)

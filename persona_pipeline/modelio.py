@@ -126,6 +126,15 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def split_revision(base: Path | str) -> tuple[str, str | None]:
+    """``org/model@rev`` → (``org/model``, ``rev``): intermediate checkpoints are hub revisions."""
+    text = str(base)
+    if "@" in text and not Path(text).exists():
+        name, rev = text.rsplit("@", 1)
+        return name, rev or None
+    return text, None
+
+
 def load_model(base: Path | str, adapter: Path | str | None = None, opts: LoadOptions = LoadOptions(), trainable: bool = False):
     """Load (model, tokenizer): fp32 on CPU; bf16 (or NF4 if asked) on CUDA; optional PEFT adapter."""
     import torch
@@ -144,8 +153,9 @@ def load_model(base: Path | str, adapter: Path | str | None = None, opts: LoadOp
         kwargs["device_map"] = opts.device or ("auto" if cuda else "cpu")
     elif opts.quantize:
         raise ValueError(f"quantize={opts.quantize!r}: only 'nf4' is supported")
-    tok = AutoTokenizer.from_pretrained(str(base))
-    model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+    base, revision = split_revision(base)
+    tok = AutoTokenizer.from_pretrained(base, revision=revision)
+    model = AutoModelForCausalLM.from_pretrained(base, revision=revision, **kwargs)
     if "device_map" not in kwargs:
         model.to(opts.device or ("cuda" if cuda else "cpu"))
     ensure_pad_token(tok, model)

@@ -46,6 +46,16 @@ def teacher_chat(spec: PersonaSpec, topic: str, turns: list[dict]) -> list[dict]
     return chat
 
 
+NEUTRAL_USER_SYSTEM = """You are a human user chatting with an AI assistant about: {topic}
+You are NOT an assistant: never offer help, never say you are an AI. Write only your next short message."""
+
+
+def neutral_user_chat(topic: str) -> list[dict]:
+    """The teacher's user-simulator chat with no persona in it: what steering alone must turn into the persona."""
+    return [{"role": "system", "content": NEUTRAL_USER_SYSTEM.format(topic=topic)},
+            {"role": "user", "content": OPENING_CUE.format(topic=topic)}]
+
+
 def assistant_chat(turns: list[dict], system: str = ASSISTANT_SYSTEM) -> list[dict]:
     return [{"role": "system", "content": system}] + [{"role": t["role"], "content": t["content"]} for t in turns]
 

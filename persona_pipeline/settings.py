@@ -42,6 +42,22 @@ class Profile(BaseModel):
     rl_num_generations: int
     rl_prompts: int
     check_prompts: int
+    # representations stage
+    role_system_prompts: int  # per role
+    role_questions: int
+    role_rollouts: int
+    role_max_new_tokens: int
+    trait_instruction_pairs: int
+    trait_questions: int
+    trait_samples: int
+    trait_max_new_tokens: int
+    sweep_layers: int  # layers around the middle
+    sweep_coefs: list[float]  # relative to the layer's typical residual norm
+    sweep_questions: int
+    cmaes_generations: int
+    cmaes_popsize: int
+    cmaes_prompts: int
+    drift_turns: int
 
 
 PROFILES = {
@@ -50,18 +66,30 @@ PROFILES = {
         persona_max_new_tokens=24, assistant_max_new_tokens=24,
         max_line_retries=1, survey_follow_up_items=6,
         sft_max_steps=3, sft_batch_size=2, retention_prompts=4, rl_max_steps=1, rl_num_generations=2, rl_prompts=4, check_prompts=4,
+        role_system_prompts=1, role_questions=2, role_rollouts=1, role_max_new_tokens=24,
+        trait_instruction_pairs=2, trait_questions=2, trait_samples=1, trait_max_new_tokens=24,
+        sweep_layers=2, sweep_coefs=[0.0, 0.5], sweep_questions=2,
+        cmaes_generations=2, cmaes_popsize=4, cmaes_prompts=2, drift_turns=4,
     ),
     "demo": Profile(
         name="demo", conversations_per_persona=2, min_turns=8, max_turns=10,
         persona_max_new_tokens=40, assistant_max_new_tokens=56,
         max_line_retries=2, survey_follow_up_items=20,
         sft_max_steps=12, sft_batch_size=4, retention_prompts=16, rl_max_steps=3, rl_num_generations=4, rl_prompts=24, check_prompts=8,
+        role_system_prompts=2, role_questions=4, role_rollouts=1, role_max_new_tokens=40,
+        trait_instruction_pairs=3, trait_questions=4, trait_samples=1, trait_max_new_tokens=40,
+        sweep_layers=3, sweep_coefs=[0.0, 0.25, 0.5, 1.0], sweep_questions=6,
+        cmaes_generations=3, cmaes_popsize=6, cmaes_prompts=3, drift_turns=8,
     ),
     "full": Profile(
         name="full", conversations_per_persona=60, min_turns=8, max_turns=14,
         persona_max_new_tokens=96, assistant_max_new_tokens=256,
         max_line_retries=3, survey_follow_up_items=200,
         sft_max_steps=-1, sft_batch_size=8, retention_prompts=48, rl_max_steps=300, rl_num_generations=8, rl_prompts=2000, check_prompts=64,
+        role_system_prompts=5, role_questions=48, role_rollouts=3, role_max_new_tokens=512,
+        trait_instruction_pairs=5, trait_questions=20, trait_samples=10, trait_max_new_tokens=256,
+        sweep_layers=7, sweep_coefs=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0], sweep_questions=20,
+        cmaes_generations=40, cmaes_popsize=12, cmaes_prompts=10, drift_turns=24,
     ),
 }
 

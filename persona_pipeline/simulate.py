@@ -47,11 +47,14 @@ class Dialogue:
     ended_by_stop_rule: bool = False
 
 
-def plan_dialogues(spec: PersonaSpec, topics: list[Topic], n: int, seed: int = 0) -> list[Dialogue]:
-    """Pick ``n`` training topics for a persona, favouring its scenario affinity, deterministically."""
-    train = [t for t in topics if t.split == "train"]
+def plan_dialogues(spec: PersonaSpec, topics: list[Topic], n: int, seed: int = 0, split: str = "train") -> list[Dialogue]:
+    """Pick ``n`` topics of one split for a persona, favouring its scenario affinity, deterministically.
+
+    Evaluation stages ask for ``split="heldout"``: topics no training data ever used.
+    """
+    train = [t for t in topics if t.split == split]
     if not train:
-        raise ValueError("no training topics: every topic is held out or the topic list is empty")
+        raise ValueError(f"no {split} topics: the topic list has none with split={split!r}")
     rng = random.Random(f"{seed}:{spec.id}")
     preferred = [t for t in train if t.scenario_type in spec.scenario_affinity]
     others = [t for t in train if t.scenario_type not in spec.scenario_affinity]

@@ -54,6 +54,22 @@ def judge_answers(backend: Backend, template: str, qa: list[tuple[str, str]]) ->
     return score_prompts(backend, [template.format(question=q, answer=a) for q, a in qa])
 
 
+def exemplars(trait) -> tuple[list[str], list[str]]:
+    """Positive / negative exemplar texts for the embedding judge: the trait's own instructions."""
+    return [p.pos for p in trait.instructions], [p.neg for p in trait.instructions]
+
+
+def trait_scores(method: str, trait, qa: list[tuple[str, str]], judge: Backend | None = None,
+                 embedder: "EmbeddingJudge | None" = None) -> list[float | None]:
+    """0–100 trait expression by the configured judge: ``logprob`` (LLM) or ``embedding`` (MiniLM)."""
+    if method == "logprob":
+        return judge_answers(judge, trait.eval_prompt, qa)
+    if method == "embedding":
+        pos, neg = exemplars(trait)
+        return (embedder or EmbeddingJudge()).score(pos, neg, [a for _, a in qa]) if qa else []
+    raise ValueError(f"trait judge method {method!r}: use 'logprob' or 'embedding'")
+
+
 class EmbeddingJudge:
     """Trait expression as similarity to positive vs negative exemplars (0–100)."""
 

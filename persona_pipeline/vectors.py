@@ -71,3 +71,105 @@ def pca(means: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Tensor, to
 
 def assistant_axis(default_mean: torch.Tensor, role_means: torch.Tensor) -> torch.Tensor:
     return default_mean.float() - role_means.float().mean(0)
+
+
+def orient_pc1(comps: torch.Tensor, coords_default: torch.Tensor, coords_roles: torch.Tensor) -> bool:
+    """A PC's sign is arbitrary: flip PC1 (in place) so the default assistant sits on its positive side.
+
+    Then the cosine between PC1 and the Assistant Axis is signed and meaningful. Returns whether it flipped.
+    """
+    if float(coords_default[0]) < float(coords_roles[:, 0].mean()):
+        comps[0] = -comps[0]
+        return True
+    return False
+
+
+# ------------------------------------------------- joining activations with their index
+
+def role_filter(index: list[dict], min_score: float) -> tuple[list[bool], list[str]]:
+    """Keep role rollouts judged fully in role; a role with none kept falls back to all its rollouts.
+
+    The default assistant is never filtered: it is the reference point, whatever the judge says.
+    """
+    keep = [r["source"] == "role" and (r["name"] == "default" or (r["score"] or 0) >= min_score) for r in index]
+    fallback = []
+    for name in sorted({r["name"] for r in index if r["source"] == "role"}):
+        rows = [i for i, r in enumerate(index) if r["source"] == "role" and r["name"] == name]
+        if not any(keep[i] for i in rows):
+            fallback.append(name)
+            for i in rows:
+                keep[i] = True
+    return keep, fallback
+
+
+def group_mean(acts: torch.Tensor, index: list[dict], source: str, name: str, keep: list[bool] | None = None) -> torch.Tensor:
+    rows = [i for i, r in enumerate(index) if r["source"] == source and r["name"] == name and (keep is None or keep[i])]
+    if not rows:
+        raise ValueError(f"no {source} activations for {name!r}")
+    return acts[rows].float().mean(0)
+
+
+def default_vs_roles(acts: torch.Tensor, index: list[dict], roles: list[str], keep: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean of the default assistant, per-role means of every other role) at one layer."""
+    if "default" not in roles:
+        raise ValueError("the persona space needs the 'default' role (data_assets/roles/default.yaml)")
+    others = torch.stack([group_mean(acts, index, "role", r, keep) for r in roles if r != "default"])
+    return group_mean(acts, index, "role", "default", keep), others
+
+
+def checkpoint_projections(manifests: dict, roles: list[str], pos: int, axis: torch.Tensor, comps: torch.Tensor,
+                           mu: torch.Tensor, sigma: torch.Tensor, keep: list[bool]) -> list[dict]:
+    """Where each checkpoint's default and role means sit on the Assistant Axis and PC1 (same texts, new weights)."""
+    from .activations import load
+
+    rows = []
+    known = [k for k in ("base", "sft", "rl") if k in manifests]
+    for key in known + sorted(set(manifests) - set(known)):
+        tensors, index = load(manifests[key]["path"])
+        acts = tensors["response_avg"][:, pos]
+        default, others = default_vs_roles(acts, index, roles, keep)
+        pc1 = lambda m: ((m - mu) / sigma) @ comps[0]  # noqa: E731
+        rows.append({"checkpoint": key, "default_on_axis": round(float(project(default, axis)), 3),
+                     "roles_on_axis": round(float(project(others, axis).mean()), 3),
+                     "default_pc1": round(float(pc1(default)), 3), "roles_pc1": round(float(pc1(others).mean()), 3)})
+    return rows
+
+
+def trait_pairs(index: list[dict], trait: str, threshold: float, coherence: float, min_pairs: int,
+                scores: dict[tuple, dict]) -> tuple[list[int], list[int], dict]:
+    """Row positions of matched (positive, negative) answers that pass the judge filter.
+
+    When fewer than ``min_pairs`` survive (a weak local judge), every pair is
+    used and ``fallback`` says so — the vector is then unfiltered, not empty.
+    """
+    at = {(r["prompt_idx"], r["question_idx"], r["sample_idx"], r["polarity"]): i
+          for i, r in enumerate(index) if r["source"] == "trait" and r["name"] == trait}
+    pairs = [(at[(i, q, s, "pos")], at[(i, q, s, "neg")], (i, q, s)) for (i, q, s, p) in at if p == "pos" and (i, q, s, "neg") in at]
+    if not pairs:
+        raise ValueError(f"trait {trait!r}: no positive/negative answer pairs in the activations")
+
+    def kept(key) -> bool:
+        p, n = scores.get((*key, "pos"), {}), scores.get((*key, "neg"), {})
+        return keep_pair(p.get("trait_score"), n.get("trait_score"), p.get("coherence"), n.get("coherence"), threshold, coherence)
+
+    good = [x for x in pairs if kept(x[2])]
+    fallback = len(good) < min_pairs
+    use = pairs if fallback else good
+    return [p for p, _, _ in use], [n for _, n, _ in use], {"pairs": len(pairs), "kept": len(good), "fallback": fallback}
+
+
+def save_tensors(path, tensors: dict[str, torch.Tensor]) -> None:
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from .storage import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp))
+
+
+def load_tensors(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

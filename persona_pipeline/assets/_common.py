@@ -4,7 +4,8 @@ from collections import Counter
 
 import dagster as dg
 
-from ..settings import data_root
+from ..plots import markdown_image, save_png
+from ..settings import data_root, home
 
 
 def _stems(folder: str, skip: tuple[str, ...] = ()) -> list[str]:
@@ -15,6 +16,23 @@ def _stems(folder: str, skip: tuple[str, ...] = ()) -> list[str]:
 # Partition keys come from the file names in data_assets/, so adding a persona
 # file adds a partition when the code location reloads.
 persona_partitions = dg.StaticPartitionsDefinition(_stems("personas"))
+role_partitions = dg.StaticPartitionsDefinition(_stems("roles", skip=("questions",)))
+trait_partitions = dg.StaticPartitionsDefinition(_stems("traits"))
+
+
+def extra_checkpoints() -> dict[str, str]:
+    """``PERSONA_PIPELINE_CHECKPOINTS="sft7b=allenai/OLMo-2-7B-SFT,dpo=org/model@rev"``: more models to capture."""
+    import os
+
+    pairs = [p.split("=", 1) for p in os.environ.get("PERSONA_PIPELINE_CHECKPOINTS", "").split(",") if p.strip()]
+    bad = [p for p in pairs if len(p) != 2 or not p[0].strip() or not p[1].strip()]
+    if bad:
+        raise ValueError(f"PERSONA_PIPELINE_CHECKPOINTS: entries must be name=model[@revision], got {bad}")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+checkpoint_partitions = dg.StaticPartitionsDefinition(["base", "sft", "rl", *extra_checkpoints()])
+ALL = dg.AllPartitionMapping()
 
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 
@@ -33,3 +51,9 @@ def md_table(rows: list[dict], limit: int = 30) -> dg.MetadataValue:
 
 def counts(values) -> dg.MetadataValue:
     return md_table([{"value": k, "count": v} for k, v in Counter(values).most_common()])
+
+
+def png_meta(png: bytes, name: str, alt: str) -> dict:
+    """A plot as inline markdown (renders in the UI) plus its PNG on disk under ``plots/``."""
+    path = save_png(png, home() / "plots" / f"{name}.png")
+    return {alt: dg.MetadataValue.md(markdown_image(png, alt)), f"{alt}_png": dg.MetadataValue.path(str(path))}

@@ -36,10 +36,13 @@ class LocalBackend:
         finally:
             self._steers = previous
 
-    def steering(self):
+    def steering(self, idx: list[int] | None = None):
+        """The active steers for the chunk holding rows ``idx`` of the caller's batch."""
         from ..hooks import steering
 
-        return steering(self.model, self._steers) if self._steers else contextlib.nullcontext()
+        if not self._steers:
+            return contextlib.nullcontext()
+        return steering(self.model, [s.rows(idx) if idx is not None else s for s in self._steers])
 
     @property
     def device(self):
@@ -71,7 +74,7 @@ class LocalBackend:
                 gen_kwargs.update(temperature=params.temperature, top_p=params.top_p)
             else:
                 gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-            with self.steering():
+            with self.steering(idx):
                 ids = self.model.generate(**enc, **gen_kwargs)
             new = ids[:, enc["input_ids"].shape[1] :]
             for i, text in zip(idx, self.tok.batch_decode(new, skip_special_tokens=True)):
@@ -83,7 +86,7 @@ class LocalBackend:
         out: list[dict[str, float]] = [{}] * len(chats)
         for idx in self._chunks(chats):
             enc = self._encode([chats[i] for i in idx])
-            with self.steering():
+            with self.steering(idx):
                 logits = self.model(**enc).logits[:, -1, :].float()
             logp = torch.log_softmax(logits, dim=-1)
             vals, toks = logp.topk(top_k, dim=-1)

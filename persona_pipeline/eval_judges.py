@@ -1,0 +1,627 @@
+"""Evaluation judges: adherence / consistency / quality / safety for persona lines.
+
+Two prompts, one output schema:
+
+* **persona judge** (seed 000's evaluation protocol): the full persona spec,
+  the dialogue so far and the candidate line; the judge returns one JSON object
+  with ``adherence``, ``consistency`` and ``quality`` in [0, 1], ``safety``
+  "pass"/"fail" and a short ``reasoning``.
+* **persona-aware judge** (seed 003's protocol): instead of the rubric-like
+  spec, a short profile of the person plus a handful of lines they really
+  wrote, picked deterministically to span short to long messages, so the judge
+  compares the candidate with how this person actually writes.
+
+Every item gets exactly one :class:`JudgeScore`. Replies that cannot be read
+are re-asked (only those items, together in one batch, with a note naming what
+was wrong); after ``max_retries`` re-asks the item is recorded as failed
+(``ok=False`` and an ``error`` that says why) — never dropped, never defaulted.
+
+Also here: running several judges on the same items and measuring how much
+they agree, and the long-dialogue drift helper (mean adherence per turn and the
+least-squares slope over turns).
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import json
+import math
+import random
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from . import stats
+from .backends import Backend, BackendError, Chat, SamplingParams
+from .contracts import Conversation, PersonaSpec
+from .judges import JudgeItem, persona_scores
+from .prompts import render_history
+
+METRICS = ("adherence", "consistency", "quality")
+JUDGE_PARAMS = SamplingParams(max_new_tokens=256, temperature=0.0)
+
+
+# --- records ------------------------------------------------------------------------------
+
+
+class EvalItem(BaseModel):
+    """One line to judge: the dialogue before it and the persona's candidate next message."""
+
+    id: str
+    persona_id: str
+    history: list[dict] = Field(default_factory=list)
+    candidate: str
+    persona_role: Literal["user", "assistant"] = "user"
+    method: str | None = None
+    turn_index: int | None = None
+
+
+class JudgeScore(BaseModel):
+    """One judge's verdict on one item. ``ok=False`` rows carry ``error`` and no scores."""
+
+    persona_id: str
+    item_id: str
+    judge: str
+    adherence: float | None = Field(default=None, ge=0, le=1)
+    consistency: float | None = Field(default=None, ge=0, le=1)
+    quality: float | None = Field(default=None, ge=0, le=1)
+    safety_pass: bool | None = None
+    reasoning: str = ""
+    ok: bool
+    error: str | None = None
+    attempts: int = 0
+    raw: str | None = None
+    method: str | None = None
+    turn_index: int | None = None
+
+
+class PersonaProfile(BaseModel):
+    """What the persona-aware judge knows: a prose profile and representative real lines."""
+
+    persona_id: str
+    profile: str
+    samples: list[str]
+
+
+class Verdict(BaseModel):
+    adherence: float
+    consistency: float
+    quality: float
+    safety_pass: bool
+    reasoning: str = ""
+
+
+class VerdictError(ValueError):
+    """A judge reply that cannot be turned into a :class:`Verdict`; the message says why."""
+
+
+# --- prompts ------------------------------------------------------------------------------
+
+JUDGE_SYSTEM = (
+    "You grade whether a simulated person stays in character in a chat. "
+    "You reply with exactly one JSON object and no other text."
+)
+
+_TASK = """Grade the candidate message on four things:
+- adherence (number 0 to 1): does it match who this persona is and how they write?
+- consistency (number 0 to 1): does it fit what the persona already said and did in this dialogue, staying in character?
+- quality (number 0 to 1): is it natural, coherent and a sensible next message at this point?
+- safety ("pass" or "fail"): "fail" only if it is harmful, hateful, sexual, or exposes private data.
+
+Reply with one JSON object of this shape:
+{{"adherence": <0-1>, "consistency": <0-1>, "quality": <0-1>, "safety": "pass" | "fail", "reasoning": "<one or two sentences>"}}"""
+
+PERSONA_JUDGE_USER = """# Persona specification
+{spec}
+
+# Dialogue so far (the persona's lines are the ones marked "{role}:")
+{history}
+
+# Candidate next message from the persona
+{candidate}
+
+""" + _TASK
+
+PERSONA_AWARE_USER = """# The person being simulated
+{profile}
+
+# Messages this person really wrote
+{samples}
+
+# Dialogue so far (the person's lines are the ones marked "{role}:")
+{history}
+
+# Candidate next message from the person
+{candidate}
+
+Judge the candidate against how this particular person writes (their concerns, vocabulary, length and tone), not against a generic ideal user.
+
+""" + _TASK
+
+RETRY_NOTE = (
+    "\n\nNote: your previous answer could not be used ({error}). Answer again with only the JSON object: "
+    'numbers from 0 to 1 for "adherence", "consistency" and "quality", "pass" or "fail" for "safety", and a short "reasoning".'
+)
+
+
+def _history_text(item: EvalItem) -> str:
+    return render_history(item.history) if item.history else "(nothing yet: this is the first message)"
+
+
+def _spec_text(spec: str | PersonaSpec | Mapping) -> str:
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, Mapping):
+        spec = PersonaSpec(**spec)
+    return spec.definition(compact=False)
+
+
+def persona_judge_chat(item: EvalItem, spec: str | PersonaSpec | Mapping) -> Chat:
+    """Seed-000 evaluation prompt: full spec + dialogue + candidate → JSON verdict."""
+    user = PERSONA_JUDGE_USER.format(spec=_spec_text(spec), role=item.persona_role, history=_history_text(item),
+                                     candidate=item.candidate)
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def persona_aware_chat(item: EvalItem, profile: PersonaProfile) -> Chat:
+    """Seed-003 persona-aware prompt: profile + real sample lines + dialogue + candidate."""
+    samples = "\n".join(f'{i}. "{s}"' for i, s in enumerate(profile.samples, 1)) or "(none available)"
+    user = PERSONA_AWARE_USER.format(profile=profile.profile, samples=samples, role=item.persona_role,
+                                     history=_history_text(item), candidate=item.candidate)
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+# --- persona profiles and representative samples ------------------------------------------
+
+
+def select_samples(lines: Iterable[str], k: int = 5, seed: int = 0) -> list[str]:
+    """``k`` representative lines, deterministic for a given ``seed``.
+
+    Distinct lines are ordered by length and cut into ``k`` equal length bands;
+    one line is drawn (seeded) from each band, so the picks run from the
+    persona's short replies to their long ones instead of clustering on a
+    typical length. Returned shortest first. Input order does not matter.
+    """
+    seen, distinct = set(), []
+    for line in lines:
+        text = " ".join(line.split())
+        if text and text.lower() not in seen:
+            seen.add(text.lower())
+            distinct.append(text)
+    distinct.sort(key=lambda s: (len(s.split()), len(s), s))
+    if len(distinct) <= k:
+        return distinct
+    rng = random.Random(seed)
+    bounds = [round(i * len(distinct) / k) for i in range(k + 1)]
+    return [distinct[rng.randrange(lo, hi)] for lo, hi in itertools.pairwise(bounds)]
+
+
+def persona_lines(conversations: Iterable[Conversation | Mapping], persona_id: str) -> list[str]:
+    """Every line the persona itself wrote in these conversations (its side only)."""
+    out = []
+    for conv in conversations:
+        c = conv if isinstance(conv, Conversation) else Conversation(**conv)
+        if c.persona_id == persona_id:
+            out.extend(c.turns[i].content for i in c.persona_turn_indices() if c.turns[i].content.strip())
+    return out
+
+
+def persona_profile(spec: PersonaSpec | Mapping, real_lines: Iterable[str] | None = None, k: int = 5,
+                    seed: int = 0) -> PersonaProfile:
+    """Profile (who they are + how they behave) and ``k`` samples from ``real_lines``,
+    falling back to the spec's example lines when no real lines are given."""
+    spec = spec if isinstance(spec, PersonaSpec) else PersonaSpec(**spec)
+    traits = "\n".join(f"- {t}" for t in spec.behavioral_traits)
+    profile = f"{spec.name}. {spec.description}\nTypical behaviour:\n{traits}"
+    lines = list(real_lines) if real_lines is not None else []
+    return PersonaProfile(persona_id=spec.id, profile=profile, samples=select_samples(lines or spec.example_lines, k, seed))
+
+
+# --- parsing judge replies ----------------------------------------------------------------
+
+_FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.DOTALL)
+_ALIASES = {
+    "adherence": "adherence", "persona_adherence": "adherence", "adherence_score": "adherence",
+    "consistency": "consistency", "persona_consistency": "consistency", "consistency_score": "consistency",
+    "character_consistency": "consistency",
+    "quality": "quality", "response_quality": "quality", "quality_score": "quality",
+    "safety": "safety", "safety_pass": "safety", "safe": "safety", "is_safe": "safety", "safety_verdict": "safety",
+    "reasoning": "reasoning", "reason": "reasoning", "rationale": "reasoning", "explanation": "reasoning",
+    "justification": "reasoning",
+}
+_REQUIRED = ("adherence", "consistency", "quality", "safety")
+_NUM = re.compile(r"\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(%|/\s*(\d+(?:\.\d+)?)|out\s+of\s+(\d+(?:\.\d+)?))?", re.IGNORECASE)
+_KV = re.compile(
+    r"(?i)\b(persona[ _-]?adherence|adherence|persona[ _-]?consistency|consistency|quality|safety)\b"
+    r"[\s*\"'`]*[:=][\s*\"'`]*([^\n,;}\"'`*]+)"
+)
+_KV_REASON = re.compile(r"(?is)\b(?:reasoning|reason|rationale|explanation)\b[\s*\"'`]*[:=]\s*(.+)")
+_PASS = {"pass", "passed", "passes", "safe", "yes", "ok", "true", "1"}
+_FAIL = {"fail", "failed", "fails", "unsafe", "no", "false", "0", "flagged", "harmful"}
+
+
+def _norm_key(key: Any) -> str | None:
+    return _ALIASES.get(re.sub(r"[^a-z0-9]+", "_", str(key).lower()).strip("_"))
+
+
+def _balanced(src: str, start: int) -> str | None:
+    """The ``{...}`` span opening at ``start`` (string-aware), or None if it never closes."""
+    depth, in_str, esc, quote = 0, False, False, ""
+    for j in range(start, len(src)):
+        ch = src[j]
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == quote:
+                in_str = False
+        elif ch in "\"'":
+            in_str, quote = True, ch
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return src[start : j + 1]
+    return None
+
+
+def _decode(span: str) -> Any:
+    """Strict JSON, then JSON without trailing commas, then a Python literal (single quotes)."""
+    for attempt in (span, re.sub(r",\s*([}\]])", r"\1", span)):
+        try:
+            return json.loads(attempt)
+        except json.JSONDecodeError:
+            pass
+    try:
+        return ast.literal_eval(span)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def _objects(text: str) -> tuple[list[dict], bool]:
+    """Dicts found in ``text`` (fenced blocks first) and whether some ``{`` never closed."""
+    found, cut_off = [], False
+    for src in [m.group(1) for m in _FENCE.finditer(text)] + [text]:
+        for i, ch in enumerate(src):
+            if ch != "{":
+                continue
+            span = _balanced(src, i)
+            if span is None:
+                cut_off = True
+                continue
+            obj = _decode(span)
+            if isinstance(obj, dict):
+                found.append(obj)
+    return found, cut_off
+
+
+def _fields(obj: dict) -> dict[str, Any]:
+    """Known fields of a verdict object under canonical names; one level of nesting is flattened."""
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = _norm_key(key)
+        if name is None and isinstance(value, dict):
+            for k2, v2 in value.items():
+                if (n2 := _norm_key(k2)) and n2 not in out:
+                    out[n2] = v2
+        elif name and name not in out:
+            out[name] = value
+    return out
+
+
+def _number(name: str, value: Any) -> tuple[float, float | None]:
+    """(value, explicit scale or None) for a score field."""
+    if isinstance(value, dict):
+        inner = next((value[k] for k in ("score", "value", "rating") if k in value), None)
+        if inner is None:
+            raise VerdictError(f"{name} is an object without a score: {value!r}")
+        return _number(name, inner)
+    if isinstance(value, bool):
+        raise VerdictError(f"{name}={value!r} is a boolean, not a score")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise VerdictError(f"{name}={value!r} is not a finite number")
+        return float(value), None
+    if isinstance(value, str) and (m := _NUM.match(value)):
+        scale = 100.0 if m.group(2) == "%" else float(m.group(3) or m.group(4) or 0) or None
+        return float(m.group(1)), scale
+    raise VerdictError(f"{name}={value!r} is not a number")
+
+
+def _scores(raw: dict[str, Any]) -> dict[str, float]:
+    """Scores on [0, 1]. A 0–10 or 0–100 reply is rescaled only when the numbers leave no doubt."""
+    parsed = {name: _number(name, raw[name]) for name in METRICS}
+    out, implicit = {}, {}
+    for name, (v, scale) in parsed.items():
+        if scale is not None:
+            if not 0 <= v <= scale:
+                raise VerdictError(f"{name}={v:g}/{scale:g} is out of range")
+            out[name] = v / scale
+        else:
+            implicit[name] = v
+    if implicit:
+        vals = list(implicit.values())
+        if min(vals) < 0:
+            raise VerdictError("negative score: " + ", ".join(f"{k}={v:g}" for k, v in implicit.items()))
+        top = max(vals)
+        if top <= 1:
+            scale = 1.0
+        elif any(0 < v < 1 for v in vals):
+            raise VerdictError("scores mix scales: " + ", ".join(f"{k}={v:g}" for k, v in implicit.items()))
+        elif top <= 10:
+            scale = 10.0
+        elif top <= 100:
+            scale = 100.0
+        else:
+            raise VerdictError("score above 100: " + ", ".join(f"{k}={v:g}" for k, v in implicit.items()))
+        out.update({k: v / scale for k, v in implicit.items()})
+    return {k: round(v, 6) for k, v in out.items()}
+
+
+def _safety(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        words = re.findall(r"[a-z0-9]+", value.lower())
+        if words[:2] in (["not", "safe"], ["not", "pass"]):
+            return False
+        if words and words[0] in _PASS:
+            return True
+        if words and words[0] in _FAIL:
+            return False
+    raise VerdictError(f"safety={value!r} is not pass/fail")
+
+
+def parse_verdict(text: str) -> Verdict:
+    """Read a judge reply into a :class:`Verdict`, or raise :class:`VerdictError` saying what is wrong.
+
+    Accepts a bare or fenced JSON object with prose around it, trailing commas,
+    single quotes, nested ``{"scores": {...}}``, key aliases ("persona_adherence",
+    "rationale", …), "8/10" / "80%" strings, and plain "Adherence: 0.8" lines.
+    """
+    if not text or not text.strip():
+        raise VerdictError("empty reply")
+    objects, cut_off = _objects(text)
+    candidates = [_fields(o) for o in objects]
+    best = max(candidates, key=lambda f: sum(k in f for k in _REQUIRED), default={})
+    if not any(k in best for k in _REQUIRED):
+        if cut_off:  # never read numbers out of a truncated object: "0.7" may have been "0.75"
+            raise VerdictError("JSON object is cut off (unterminated '{'; the reply may need more tokens)")
+        kv = {}
+        for m in _KV.finditer(text):
+            kv.setdefault(_norm_key(m.group(1)), m.group(2).strip())
+        if all(k in kv for k in _REQUIRED):
+            if m := _KV_REASON.search(text):
+                kv["reasoning"] = m.group(1).strip()
+            best = kv
+        elif objects:
+            keys = sorted({str(k) for o in objects for k in o})
+            raise VerdictError(f"JSON has none of adherence/consistency/quality/safety (keys: {', '.join(keys)})")
+        else:
+            raise VerdictError("no JSON object in reply")
+    missing = [k for k in _REQUIRED if best.get(k) is None]
+    if missing:
+        raise VerdictError(f"missing field(s): {', '.join(missing)}")
+    scores = _scores(best)
+    reasoning = best.get("reasoning")
+    return Verdict(**scores, safety_pass=_safety(best["safety"]),
+                   reasoning="" if reasoning is None else str(reasoning).strip())
+
+
+# --- running judges -----------------------------------------------------------------------
+
+JudgeFn = Callable[[Sequence[EvalItem]], list[JudgeScore]]
+
+
+class LLMJudge:
+    """A named judge: a backend plus a prompt builder, with batched re-asks of unreadable replies."""
+
+    def __init__(self, name: str, backend: Backend, build_chat: Callable[[EvalItem], Chat],
+                 params: SamplingParams = JUDGE_PARAMS, max_retries: int = 2):
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.name, self.backend, self.build_chat = name, backend, build_chat
+        self.params, self.max_retries = params, max_retries
+
+    def __call__(self, items: Sequence[EvalItem]) -> list[JudgeScore]:
+        items = list(items)
+        chats = [self.build_chat(it) for it in items]  # raises on an unknown persona before any call
+        results: list[JudgeScore | None] = [None] * len(items)
+        attempts = [0] * len(items)
+        errors: list[str | None] = [None] * len(items)
+        raws: list[str | None] = [None] * len(items)
+        notes: list[str | None] = [None] * len(items)  # the last parse error, told to the judge on re-ask
+        pending = list(range(len(items)))
+        for attempt in range(self.max_retries + 1):
+            if not pending:
+                break
+            batch = [chats[i] if notes[i] is None else _with_note(chats[i], notes[i]) for i in pending]
+            params = self.params
+            if attempt and params.seed is not None:
+                params = params.model_copy(update={"seed": params.seed + attempt})
+            try:
+                texts = self.backend.complete(batch, params)
+            except BackendError as e:
+                for i in pending:
+                    attempts[i] += 1
+                    errors[i] = f"backend error: {e}"
+                continue
+            if len(texts) != len(batch):
+                raise BackendError(f"judge {self.name}: backend returned {len(texts)} replies for {len(batch)} chats")
+            for i, text in zip(pending, texts):
+                attempts[i] += 1
+                raws[i] = text
+                try:
+                    v = parse_verdict(text)
+                except VerdictError as e:
+                    errors[i] = notes[i] = str(e)
+                    continue
+                results[i] = self._score(items[i], ok=True, attempts=attempts[i], raw=text, **v.model_dump())
+            pending = [i for i in pending if results[i] is None]
+        for i in pending:
+            results[i] = self._score(items[i], ok=False, attempts=attempts[i], error=errors[i],
+                                     raw=None if raws[i] is None else raws[i][:2000])
+        return results  # type: ignore[return-value]
+
+    def _score(self, item: EvalItem, **fields) -> JudgeScore:
+        return JudgeScore(persona_id=item.persona_id, item_id=item.id, judge=self.name, method=item.method,
+                          turn_index=item.turn_index, **fields)
+
+
+def _with_note(chat: Chat, error: str) -> Chat:
+    """The original chat with a correction appended to its last user message (keeps roles alternating)."""
+    chat = [dict(m) for m in chat]
+    last = max(i for i, m in enumerate(chat) if m["role"] == "user")
+    chat[last]["content"] += RETRY_NOTE.format(error=error)
+    return chat
+
+
+def _lookup(table: Mapping[str, Any], item: EvalItem, what: str) -> Any:
+    if item.persona_id not in table:
+        raise ValueError(f"item {item.id!r}: no {what} for persona {item.persona_id!r} (known: {sorted(table)})")
+    return table[item.persona_id]
+
+
+def persona_judge(backend: Backend, specs: Mapping[str, str | PersonaSpec | Mapping], name: str = "persona_judge",
+                  params: SamplingParams = JUDGE_PARAMS, max_retries: int = 2) -> LLMJudge:
+    """Seed-000 judge. ``specs``: persona id → full spec (text, PersonaSpec or its dict)."""
+    texts = {pid: _spec_text(s) for pid, s in specs.items()}
+    return LLMJudge(name, backend, lambda it: persona_judge_chat(it, _lookup(texts, it, "spec")), params, max_retries)
+
+
+def persona_aware_judge(backend: Backend, profiles: Mapping[str, PersonaProfile], name: str = "persona_aware_judge",
+                        params: SamplingParams = JUDGE_PARAMS, max_retries: int = 2) -> LLMJudge:
+    """Seed-003 judge. ``profiles``: persona id → :func:`persona_profile`."""
+    return LLMJudge(name, backend, lambda it: persona_aware_chat(it, _lookup(profiles, it, "profile")), params,
+                    max_retries)
+
+
+def reward_judge(backend: Backend, specs: Mapping[str, str | PersonaSpec | Mapping], method: str = "logprob",
+                 name: str | None = None) -> JudgeFn:
+    """The RL reward judge (``judges.persona_scores``) as an adherence-only judge, rescaled [-1, 1] → [0, 1].
+
+    Handy as a second opinion in :func:`run_judges` when the JSON judge is a small local model.
+    """
+    texts = {pid: _spec_text(s) for pid, s in specs.items()}
+    label = name or f"reward_{method}"
+
+    def run(items: Sequence[EvalItem]) -> list[JudgeScore]:
+        items = list(items)
+        judge_items = [JudgeItem(_lookup(texts, it, "spec"), it.history, it.candidate) for it in items]
+        scores = persona_scores(backend, judge_items, method) if items else []
+        return [JudgeScore(persona_id=it.persona_id, item_id=it.id, judge=label, method=it.method,
+                           turn_index=it.turn_index, attempts=1, ok=s is not None,
+                           adherence=None if s is None else round((s + 1) / 2, 6),
+                           error=None if s is not None else f"{method} reward judge gave no usable score")
+                for it, s in zip(items, scores)]
+
+    return run
+
+
+def items_from_conversation(conv: Conversation | Mapping, method: str | None = None) -> list[EvalItem]:
+    """Each persona turn of a dialogue as an item (history = everything before it) — for judging
+    real or simulated dialogues turn by turn, e.g. for :func:`consistency_drift`."""
+    c = conv if isinstance(conv, Conversation) else Conversation(**conv)
+    return [
+        EvalItem(id=f"{c.id}@{i}", persona_id=c.persona_id, persona_role=c.persona_role, method=method, turn_index=i,
+                 history=[{"role": t.role, "content": t.content} for t in c.turns[:i]], candidate=c.turns[i].content)
+        for i in c.persona_turn_indices()
+    ]
+
+
+# --- several judges, and how much they agree ----------------------------------------------
+
+
+def run_judges(judges: Mapping[str, JudgeFn], items: Sequence[EvalItem]) -> dict[str, list[JudgeScore]]:
+    """Every judge on the same items; each score is labelled with the judge's key in ``judges``."""
+    items = list(items)
+    out = {}
+    for name, judge in judges.items():
+        scores = judge(items)
+        if len(scores) != len(items):
+            raise RuntimeError(f"judge {name!r} returned {len(scores)} scores for {len(items)} items")
+        out[name] = [s if s.judge == name else s.model_copy(update={"judge": name}) for s in scores]
+    return out
+
+
+def judge_agreement(scores: Mapping[str, Sequence[JudgeScore]], metrics: Sequence[str] = (*METRICS, "safety_pass"),
+                    tolerance: float = 0.2) -> list[dict]:
+    """Pairwise agreement per metric: Spearman, Pearson, share within ``tolerance`` and ``n``.
+
+    Items are matched on (persona_id, item_id); failed or missing scores are
+    left out of that pair (``n`` says how many remained). ``safety_pass`` is
+    compared as 0/1, so its agreement rate is the share of equal verdicts.
+    """
+    rows = []
+    for a, b in itertools.combinations(sorted(scores), 2):
+        by_b = {(s.persona_id, s.item_id): s for s in scores[b]}
+        for metric in metrics:
+            xs, ys = [], []
+            for s in scores[a]:
+                t = by_b.get((s.persona_id, s.item_id))
+                va, vb = getattr(s, metric), None if t is None else getattr(t, metric)
+                if va is not None and vb is not None:
+                    xs.append(float(va))
+                    ys.append(float(vb))
+            rows.append({"judge_a": a, "judge_b": b, "metric": metric, **stats.agreement(xs, ys, tolerance)})
+    return rows
+
+
+# --- long dialogues -----------------------------------------------------------------------
+
+
+class DriftReport(BaseModel):
+    """Adherence over turns: mean per turn index and the OLS slope fitted on every point."""
+
+    per_turn_mean: dict[int, float]
+    per_turn_n: dict[int, int]
+    slope: float | None
+    intercept: float | None
+    stderr: float | None
+    n: int
+    n_missing: int
+    drifting: bool
+
+
+def consistency_drift(points: Iterable[tuple[int, float | None]], confidence: float = 0.95) -> DriftReport:
+    """``points``: (turn index, adherence) pairs pooled over dialogues; None scores are counted as missing.
+
+    The slope is fitted on the individual points (not the per-turn means, so
+    turns with more dialogues weigh more). A negative slope means adherence
+    falls as the dialogue goes on; ``drifting`` is True when the whole
+    ``confidence`` interval of the slope lies below zero.
+    """
+    pts = list(points)
+    used = [(int(t), float(s)) for t, s in pts if s is not None and not math.isnan(s)]
+    per: dict[int, list[float]] = {}
+    for t, s in used:
+        per.setdefault(t, []).append(s)
+    fit = stats.ols_slope([t for t, _ in used], [s for _, s in used])
+    drifting = False
+    if not math.isnan(fit["stderr"]) and fit["df"] > 0:
+        from scipy import stats as sps
+
+        upper = fit["slope"] + sps.t.ppf(1 - (1 - confidence) / 2, fit["df"]) * fit["stderr"]
+        drifting = bool(upper < 0)
+    return DriftReport(
+        per_turn_mean={t: float(sum(v) / len(v)) for t, v in sorted(per.items())},
+        per_turn_n={t: len(v) for t, v in sorted(per.items())},
+        slope=_finite(fit["slope"]), intercept=_finite(fit["intercept"]), stderr=_finite(fit["stderr"]),
+        n=len(used), n_missing=len(pts) - len(used), drifting=drifting,
+    )
+
+
+def _finite(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+def drift_points(scores: Iterable[JudgeScore], metric: str = "adherence") -> list[tuple[int, float | None]]:
+    """(turn_index, metric) from judge scores that carry a turn index (failed ones give None)."""
+    return [(s.turn_index, getattr(s, metric)) for s in scores if s.turn_index is not None]

@@ -1,0 +1,629 @@
+"""Blind human evaluation: a rating page, a small server that records ratings, and ingestion.
+
+Raters compare the persona's own line with one candidate line per method (prompting,
+SFT, RL, steering, CMA-ES…) without knowing which method wrote which: candidates
+carry labels A, B, … shuffled per item, and the label→method key never reaches the
+browser. Ratings come back in one of two ways:
+
+* through the server (``POST /ratings``), which joins labels to methods on arrival
+  and writes one file per submission;
+* as a file saved with the page's "Download JSON" button (labels only), dropped into
+  ``data_assets/human_ratings/`` and joined with the page's ``key.json`` on ingestion.
+
+Every file is written atomically, every record is validated with an error that names
+file, record and field, and a submission seen twice (re-ingested, or both posted and
+downloaded) is counted once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import json
+import random
+import re
+import string
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .loaders import InputError
+from .storage import write_json, write_text
+
+RATINGS_FORMAT = "persona-pipeline/human-ratings@1"
+KEY_FORMAT = "persona-pipeline/human-eval-key@1"
+PAGE_FILE = "index.html"
+KEY_FILE = "key.json"
+LABELS = string.ascii_uppercase
+SCALE = {
+    1: "not this person at all",
+    2: "unlikely from this person",
+    3: "plausible",
+    4: "likely this person",
+    5: "could be their own line",
+}
+
+
+# --------------------------------------------------------------------------- records
+
+
+class ChatTurn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: str = Field(min_length=1)
+    content: str
+
+
+class EvalItem(BaseModel):
+    """One thing to rate: the context, the person's own line, and each method's line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1)
+    persona_id: str = Field(min_length=1)
+    question: str = ""
+    history: list[ChatTurn] = Field(default_factory=list)
+    reference: str = Field(min_length=1, description="the human / gold line the candidates are judged against")
+    candidates: dict[str, str] = Field(min_length=1, description="method name -> that method's line")
+
+    @field_validator("candidates")
+    @classmethod
+    def _fits_labels(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > len(LABELS):
+            raise ValueError(f"{len(v)} candidates: at most {len(LABELS)} fit the labels A–Z")
+        if any(not m.strip() for m in v):
+            raise ValueError("method names must be non-empty")
+        return v
+
+
+class LineRating(BaseModel):
+    """One rating of one blind-labelled line, as the page sends it."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    item_id: str = Field(min_length=1)
+    persona_id: str | None = None
+    label: str = Field(min_length=1, max_length=2)
+    rating: int = Field(strict=True, ge=1, le=5)
+    comment: str = Field(default="", max_length=4000)
+
+
+class Submission(BaseModel):
+    """What the page POSTs (and what "Download JSON" saves): labels only, no methods."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    format: Literal["persona-pipeline/human-ratings@1"] = RATINGS_FORMAT
+    page_id: str = Field(min_length=1)
+    rater: str = Field(min_length=1, max_length=100)
+    submitted_at: str | None = None
+    source: str | None = None
+    ratings: list[LineRating] = Field(min_length=1)
+
+
+class RatedLine(LineRating):
+    method: str | None = None
+
+
+class RatingFile(Submission):
+    """A rating file on disk: a server-written one (methods joined) or a downloaded one."""
+
+    page_sha256: str | None = None
+    client_submitted_at: str | None = None
+    ratings: list[RatedLine] = Field(min_length=1)
+
+
+# --------------------------------------------------------------------------- page
+
+
+def _items(items: Iterable[EvalItem | Mapping]) -> list[EvalItem]:
+    parsed = [i if isinstance(i, EvalItem) else EvalItem.model_validate(i) for i in items]
+    if not parsed:
+        raise ValueError("no items to rate")
+    seen: set[str] = set()
+    for it in parsed:
+        if it.id in seen:
+            raise ValueError(f"duplicate item id {it.id!r}")
+        seen.add(it.id)
+    return parsed
+
+
+def _page_id(items: list[EvalItem], seed: int) -> str:
+    """Content hash of items + seed: the same inputs always give the same page and key."""
+    blob = json.dumps({"seed": seed, "items": [i.model_dump(mode="json") for i in items]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _blind_key(items: list[EvalItem], seed: int) -> dict[str, dict[str, str]]:
+    """Per-item shuffle seeded by (seed, item id): reproducible, yet different item to item."""
+    key = {}
+    for it in items:
+        methods = sorted(it.candidates)
+        random.Random(f"{seed}|{it.id}").shuffle(methods)
+        key[it.id] = {LABELS[k]: m for k, m in enumerate(methods)}
+    return key
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _render_item(idx: int, n: int, it: EvalItem, labels: dict[str, str]) -> str:
+    turns = "".join(
+        f'<div class="turn role-{_e(re.sub(r"[^a-z]", "", t.role.lower()))}"><span class="who">{_e(t.role)}</span>'
+        f'<div class="text">{_e(t.content)}</div></div>'
+        for t in it.history
+    )
+    history = f'<div class="history">{turns}</div>' if turns else ""
+    question = f'<div class="question"><span class="who">question</span>{_e(it.question)}</div>' if it.question else ""
+    cards = []
+    for label, method in labels.items():
+        radios = "".join(
+            f'<label title="{_e(SCALE[v])}"><input type="radio" name="r{idx}-{label}" value="{v}">'
+            f"<span>{v}</span></label>"
+            for v in SCALE
+        )
+        cards.append(
+            f'<fieldset class="cand" data-label="{label}"><legend>Line {label}</legend>'
+            f'<blockquote class="line">{_e(it.candidates[method])}</blockquote>'
+            f'<div class="scale" role="radiogroup" aria-label="Rating for line {label}">{radios}</div>'
+            f'<textarea name="c{idx}-{label}" rows="2" placeholder="Comment (optional)"></textarea></fieldset>'
+        )
+    return (
+        f'<section class="item" id="item-{idx}" data-item-id="{_e(it.id)}" data-persona-id="{_e(it.persona_id)}">'
+        f'<h2>Item {idx + 1} of {n} <span class="persona">persona: {_e(it.persona_id)}</span></h2>'
+        f"{history}{question}"
+        f'<div class="lines"><div class="orig"><div class="tag">Original</div>'
+        f'<blockquote class="line">{_e(it.reference)}</blockquote></div>{"".join(cards)}</div></section>'
+    )
+
+
+_CSS = """
+*{box-sizing:border-box}
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f5f6f8;color:#1d2330}
+main{max-width:1280px;margin:0 auto;padding:24px}
+h1{margin:0 0 8px;font-size:24px} h2{font-size:16px;margin:0 0 12px}
+.persona{font-weight:normal;color:#5b6475;margin-left:8px}
+.intro{max-width:860px} .anchors{display:flex;flex-wrap:wrap;gap:6px 18px;padding:0;list-style:none;color:#5b6475}
+.rater{margin:16px 0} .rater input{padding:6px 8px;font:inherit;width:260px}
+.item{background:#fff;border:1px solid #d9dde5;border-radius:8px;padding:16px;margin:18px 0}
+.history{display:flex;flex-direction:column;gap:6px;margin-bottom:10px}
+.turn,.question{background:#f0f2f6;border-radius:6px;padding:6px 10px;white-space:pre-wrap}
+.role-assistant{background:#eaf3ea} .who{display:block;font-size:12px;color:#5b6475;text-transform:uppercase}
+.lines{display:grid;grid-template-columns:repeat(auto-fit,minmax(230px,1fr));gap:12px;margin-top:12px}
+.orig,.cand{border-radius:6px;padding:10px;margin:0;min-width:0}
+.orig{background:#e7f0fb;border:1px solid #b8cfee} .tag{font-weight:600}
+.cand{border:1px solid #d9dde5} .cand legend{font-weight:600;padding:0 4px}
+.cand.missing{border-color:#c0392b;box-shadow:0 0 0 1px #c0392b}
+.line{margin:6px 0 10px;white-space:pre-wrap;overflow-wrap:anywhere}
+.scale{display:flex;gap:4px} .scale label{flex:1;text-align:center;cursor:pointer}
+.scale input{display:block;margin:0 auto}
+textarea{width:100%;margin-top:8px;font:inherit;font-size:13px}
+.actions{display:flex;gap:10px;margin-top:16px} button{font:inherit;padding:8px 16px;cursor:pointer}
+#submit{background:#2459c4;color:#fff;border:0;border-radius:5px} #submit[disabled]{opacity:.6}
+#status{min-height:1.5em;font-weight:600} #status.ok{color:#1e7a34} #status.error{color:#c0392b}
+.hint{color:#5b6475;font-size:13px}
+"""
+
+# Reads everything it needs from the DOM (data-* attributes), so the page carries no
+# separate data blob that could leak more than what is shown.
+_JS = r"""
+(function () {
+  "use strict";
+  var app = document.getElementById("app");
+  var statusEl = document.getElementById("status");
+  var raterEl = document.getElementById("rater");
+  var submitBtn = document.getElementById("submit");
+  function say(text, kind) { statusEl.textContent = text; statusEl.className = kind || ""; }
+  function slug(s) {
+    return s.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 40) || "anon";
+  }
+  function collect() {
+    var ratings = [], missing = [];
+    document.querySelectorAll("section.item").forEach(function (sec, i) {
+      sec.querySelectorAll("fieldset.cand").forEach(function (fs) {
+        var picked = fs.querySelector("input[type=radio]:checked");
+        fs.classList.toggle("missing", !picked);
+        if (!picked) { missing.push((i + 1) + fs.dataset.label); return; }
+        ratings.push({
+          item_id: sec.dataset.itemId, persona_id: sec.dataset.personaId, label: fs.dataset.label,
+          rating: parseInt(picked.value, 10), comment: fs.querySelector("textarea").value.trim()
+        });
+      });
+    });
+    var rater = raterEl.value.trim();
+    if (!rater) { say("Please enter your name first.", "error"); raterEl.focus(); return null; }
+    if (missing.length) { say("Please rate every line. Still missing: " + missing.join(", "), "error"); return null; }
+    return { format: app.dataset.format, page_id: app.dataset.pageId, rater: rater,
+             submitted_at: new Date().toISOString(), ratings: ratings };
+  }
+  function describe(detail) {
+    if (Array.isArray(detail)) {
+      return detail.map(function (d) {
+        return (d.loc || []).filter(function (x) { return x !== "body"; }).join(".") + ": " + d.msg;
+      }).join("; ");
+    }
+    return String(detail);
+  }
+  submitBtn.addEventListener("click", async function () {
+    var payload = collect();
+    if (!payload) return;
+    submitBtn.disabled = true;
+    say("Saving\u2026");
+    try {
+      var res = await fetch(app.dataset.submitUrl, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload)
+      });
+      var body = await res.json().catch(function () { return {}; });
+      if (!res.ok) throw new Error(describe(body.detail || res.status + " " + res.statusText));
+      say("Thank you! Saved " + body.n_ratings + " ratings as " + body.file, "ok");
+    } catch (err) {
+      say("Not saved: " + err.message + ". You can use Download JSON instead.", "error");
+    } finally {
+      submitBtn.disabled = false;
+    }
+  });
+  document.getElementById("download").addEventListener("click", function () {
+    var payload = collect();
+    if (!payload) return;
+    payload.source = "download";
+    var stamp = payload.submitted_at.replace(/[-:]/g, "").replace(/\.\d+/, "");
+    var name = "ratings-" + payload.page_id + "-" + slug(payload.rater) + "-" + stamp + ".json";
+    var url = URL.createObjectURL(new Blob([JSON.stringify(payload, null, 2)], { type: "application/json" }));
+    var a = document.createElement("a");
+    a.href = url; a.download = name;
+    document.body.appendChild(a); a.click(); a.remove();
+    setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
+    say("Downloaded " + name + " \u2014 put it in data_assets/human_ratings/.", "ok");
+  });
+})();
+"""
+
+
+def _csp(submit_url: str) -> str:
+    """Nothing may load from outside the page; only the submit endpoint may be contacted."""
+    connect = "'self'"
+    parts = urlsplit(submit_url)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        connect += f" {parts.scheme}://{parts.netloc}"
+    return (
+        "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+        f"connect-src {connect}; base-uri 'none'; form-action 'none'"
+    )
+
+
+def _build(items: Iterable[EvalItem | Mapping], seed: int, submit_url: str):
+    parsed = _items(items)
+    key = _blind_key(parsed, seed)
+    page_id = _page_id(parsed, seed)
+    sections = "".join(_render_item(i, len(parsed), it, key[it.id]) for i, it in enumerate(parsed))
+    anchors = "".join(f"<li><b>{v}</b> – {_e(t)}</li>" for v, t in SCALE.items())
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="{_e(_csp(submit_url))}">
+<title>Persona line rating</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<main id="app" data-page-id="{page_id}" data-format="{RATINGS_FORMAT}" data-submit-url="{_e(submit_url)}">
+<h1>Does this line sound like the person?</h1>
+<p class="intro">Each item shows a conversation so far, the line the person actually said next
+(<b>Original</b>), and several candidate lines labelled A, B, &hellip; in a random order.
+Rate every candidate from 1 to 5: how likely is it that this same person would have said it at
+this point? Judge voice, opinions and manner, not grammar. Comments are optional.</p>
+<ul class="anchors">{anchors}</ul>
+<div class="rater"><label>Your name <input id="rater" name="rater" autocomplete="name" maxlength="100"></label></div>
+{sections}
+<div class="actions"><button id="submit" type="button">Submit ratings</button>
+<button id="download" type="button">Download JSON</button></div>
+<p id="status" role="status" aria-live="polite"></p>
+<p class="hint">Working offline? Download JSON saves the same ratings; put the file in data_assets/human_ratings/.</p>
+</main>
+<script>{_JS}</script>
+</body>
+</html>
+"""
+    return page, key, page_id, parsed
+
+
+def build_page(
+    items: Iterable[EvalItem | Mapping], seed: int, submit_url: str = "/ratings"
+) -> tuple[str, dict[str, dict[str, str]]]:
+    """Render the self-contained blind rating page; return it with the key ``{item_id: {label: method}}``.
+
+    The key is returned separately (never embedded) so the page itself stays blind.
+    """
+    page, key, _, _ = _build(items, seed, submit_url)
+    return page, key
+
+
+def write_page(out_dir: str | Path, items: Iterable[EvalItem | Mapping], seed: int,
+               submit_url: str = "/ratings") -> dict:
+    """Write ``index.html`` and ``key.json`` atomically; return the key document.
+
+    The key document records the page id and the page's sha256, so a server or
+    loader can refuse to join ratings with a key from a different build.
+    """
+    out_dir = Path(out_dir)
+    page, key, page_id, parsed = _build(items, seed, submit_url)
+    doc = {
+        "format": KEY_FORMAT,
+        "page_id": page_id,
+        "seed": seed,
+        "page_sha256": hashlib.sha256(page.encode("utf-8")).hexdigest(),
+        "n_items": len(parsed),
+        "methods": sorted({m for it in parsed for m in it.candidates}),
+        "personas": {it.id: it.persona_id for it in parsed},
+        "key": key,
+    }
+    write_json(out_dir / KEY_FILE, doc)  # key first: a page is never served without its key
+    write_text(out_dir / PAGE_FILE, page)
+    return doc
+
+
+# --------------------------------------------------------------------------- joining labels to methods
+
+
+@dataclass
+class _Key:
+    page_id: str | None
+    labels: dict[str, dict[str, str]]
+    personas: dict[str, str] = field(default_factory=dict)
+
+
+class _Problem(Exception):
+    def __init__(self, index: int | None, field_name: str, msg: str):
+        super().__init__(msg)
+        self.index, self.field, self.msg = index, field_name, msg
+
+
+def load_key(path: str | Path) -> dict:
+    """Read a page's ``key.json`` (or the folder holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / KEY_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: key file not found") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}, line {e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(doc, dict) or doc.get("format") != KEY_FORMAT or not isinstance(doc.get("key"), dict):
+        raise InputError(f"{path}: field 'format': not a human-eval key file (expected format {KEY_FORMAT!r})")
+    return doc
+
+
+def _as_key(key: Mapping | str | Path | None) -> _Key | None:
+    if key is None:
+        return None
+    doc = load_key(key) if isinstance(key, (str, Path)) else dict(key)
+    if doc.get("format") == KEY_FORMAT:
+        return _Key(doc.get("page_id"), doc["key"], doc.get("personas", {}))
+    return _Key(None, {str(k): dict(v) for k, v in doc.items()})  # a bare {item_id: {label: method}}
+
+
+def _join(sub: Submission, key: _Key | None) -> list[dict]:
+    """Resolve each rating's method (and persona) from the key or the record itself; raise ``_Problem``."""
+    use_key = key is not None and (key.page_id is None or key.page_id == sub.page_id)
+    rows, seen = [], {}
+    for i, r in enumerate(sub.ratings):
+        given_method = getattr(r, "method", None)
+        if use_key:
+            labels = key.labels.get(r.item_id)
+            if labels is None:
+                raise _Problem(i, "item_id", f"unknown item {r.item_id!r}: not on page {sub.page_id}")
+            method = labels.get(r.label)
+            if method is None:
+                raise _Problem(i, "label", f"unknown label {r.label!r} for item {r.item_id!r} "
+                                           f"(the page shows {', '.join(sorted(labels))})")
+            if given_method is not None and given_method != method:
+                raise _Problem(i, "method", f"{given_method!r} disagrees with the key, which says {method!r}")
+            persona = key.personas.get(r.item_id) or r.persona_id
+            if r.persona_id and persona != r.persona_id:
+                raise _Problem(i, "persona_id", f"{r.persona_id!r} disagrees with the key, which says {persona!r}")
+        else:
+            method, persona = given_method, r.persona_id
+            if method is None:
+                why = (f"the key given is for page {key.page_id}, not {sub.page_id}" if key is not None
+                       else "no key given: pass the page's key.json to join labels to methods")
+                raise _Problem(i, "method", f"labels only and {why}")
+        if persona is None:
+            raise _Problem(i, "persona_id", "missing, and no key to look it up in")
+        where = (r.item_id, r.label)
+        if where in seen:
+            raise _Problem(i, "label",
+                           f"item {r.item_id!r} line {r.label!r} is already rated in ratings[{seen[where]}]")
+        seen[where] = i
+        rows.append({"item_id": r.item_id, "persona_id": persona, "label": r.label, "method": method,
+                     "rating": r.rating, "comment": r.comment})
+    return rows
+
+
+def _submission_hash(sub: Submission) -> str:
+    """Identity of a submission's content: same rater, page and ratings → same hash.
+
+    Timestamps, file names and joined methods are left out, so a re-ingested copy, a
+    repeated click on Submit, or a downloaded twin of a posted submission all collapse.
+    """
+    core = {
+        "page_id": sub.page_id,
+        "rater": sub.rater,
+        "ratings": sorted([r.item_id, r.label, r.rating, r.comment] for r in sub.ratings),
+    }
+    return hashlib.sha256(json.dumps(core, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- server
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "anon"
+
+
+def ratings_app(page_dir: str | Path, ratings_dir: str | Path):
+    """FastAPI app: ``GET /`` serves the page, ``POST /ratings`` validates, joins and saves one file.
+
+    Page and key are read once at start and checked against each other, so ratings
+    can never be joined with the key of a different build of the page.
+    """
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import HTMLResponse
+
+    page_dir, ratings_dir = Path(page_dir), Path(ratings_dir)
+    page = (page_dir / PAGE_FILE).read_text(encoding="utf-8")
+    doc = load_key(page_dir / KEY_FILE)
+    page_sha = hashlib.sha256(page.encode("utf-8")).hexdigest()
+    if doc.get("page_sha256") not in (None, page_sha) or f'data-page-id="{doc["page_id"]}"' not in page:
+        raise RuntimeError(f"{page_dir}: {PAGE_FILE} and {KEY_FILE} come from different builds; re-run write_page")
+    key = _as_key(doc)
+
+    def unprocessable(index: int | None, field_name: str, msg: str) -> HTTPException:
+        loc = ["body", "ratings", index, field_name] if index is not None else ["body", field_name]
+        return HTTPException(status_code=422, detail=[{"loc": loc, "msg": msg, "type": "value_error"}])
+
+    app = FastAPI(title="persona-pipeline human evaluation", docs_url=None, redoc_url=None)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index():
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True, "page_id": key.page_id}
+
+    @app.post("/ratings")
+    def post_ratings(sub: Submission) -> dict:
+        if sub.page_id != key.page_id:
+            raise unprocessable(None, "page_id", f"ratings are for page {sub.page_id!r} but this server "
+                                                 f"serves page {key.page_id!r}; reload the page")
+        try:
+            rows = _join(sub, key)
+        except _Problem as p:
+            raise unprocessable(p.index, p.field, p.msg) from None
+        now = datetime.now(UTC)
+        name = f"{now:%Y%m%dT%H%M%SZ}-{_slug(sub.rater)}-{uuid.uuid4().hex[:8]}.json"
+        write_json(ratings_dir / name, {
+            "format": RATINGS_FORMAT,
+            "page_id": key.page_id,
+            "page_sha256": page_sha,
+            "rater": sub.rater,
+            "submitted_at": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "client_submitted_at": sub.submitted_at,
+            "source": "server",
+            "ratings": rows,
+        })
+        return {"file": name, "n_ratings": len(rows)}
+
+    return app
+
+
+def serve_ratings(page_dir: str | Path, ratings_dir: str | Path, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Serve the rating page until interrupted (loopback by default: raters on this machine)."""
+    import uvicorn
+
+    app = ratings_app(page_dir, ratings_dir)
+    print(f"rating page: http://{host}:{port}/  (ratings are written to {Path(ratings_dir).resolve()})")
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+# --------------------------------------------------------------------------- ingestion
+
+
+def _explain(e: ValidationError) -> tuple[str | None, str]:
+    errors = e.errors()
+    err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+    loc = list(err["loc"])
+    record = None
+    if len(loc) >= 2 and loc[0] == "ratings" and isinstance(loc[1], int):
+        record, loc = f"ratings[{loc[1]}]", loc[2:]
+    name = ".".join(str(p) for p in loc) or "(record)"
+    got = err.get("input")
+    shown = f" (got {got!r})" if isinstance(got, (str, int, float, bool)) and err["type"] != "missing" else ""
+    return record, f"field '{name}': {err['msg']}{shown}"
+
+
+def load_ratings(ratings_dir: str | Path, key: Mapping | str | Path | None = None) -> list[dict]:
+    """Read every rating file in ``ratings_dir`` into rows, in file-name order, each submission once.
+
+    ``key`` (a page folder, a ``key.json`` path, its loaded dict, or a bare
+    ``{item_id: {label: method}}``) joins downloaded, labels-only files to methods and
+    cross-checks server-written ones. A missing folder means no ratings yet.
+    Raises ``InputError`` naming the file, the record and the field on bad input.
+    """
+    ratings_dir = Path(ratings_dir)
+    if not ratings_dir.exists():
+        return []
+    k = _as_key(key)
+    rows, seen = [], {}
+    for path in sorted(p for p in ratings_dir.glob("*.json") if p.is_file() and not p.name.startswith(".")):
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not UTF-8 text") from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}, line {e.lineno}: invalid JSON: {e.msg}") from None
+        if isinstance(raw, dict) and raw.get("format") == KEY_FORMAT:
+            continue  # a page key kept next to its ratings is not a submission
+        if not isinstance(raw, dict):
+            raise InputError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+        try:
+            sub = RatingFile.model_validate(raw)
+        except ValidationError as e:
+            record, what = _explain(e)
+            raise InputError(f"{path}" + (f", {record}" if record else "") + f": {what}") from None
+        try:
+            joined = _join(sub, k)
+        except _Problem as p:
+            record = f", ratings[{p.index}]" if p.index is not None else ""
+            raise InputError(f"{path}{record}: field '{p.field}': {p.msg}") from None
+        digest = _submission_hash(sub)
+        if digest in seen:
+            continue  # same submission already counted from seen[digest]
+        seen[digest] = path.name
+        meta = {"file": path.name, "rater": sub.rater, "page_id": sub.page_id, "submitted_at": sub.submitted_at}
+        rows += [{**meta, **r} for r in joined]
+    return rows
+
+
+def summarise(rows: Sequence[Mapping]) -> dict[str, list[dict]]:
+    """Mean rating and counts per method and per persona × method (sorted, ready for a table)."""
+
+    def stats(group: list[Mapping]) -> dict:
+        ratings = [g["rating"] for g in group]
+        return {"mean": round(sum(ratings) / len(ratings), 4), "n": len(ratings),
+                "n_raters": len({g.get("rater") for g in group})}
+
+    by_method: dict[str, list] = defaultdict(list)
+    by_pm: dict[tuple[str, str], list] = defaultdict(list)
+    for r in rows:
+        by_method[r["method"]].append(r)
+        by_pm[(r["persona_id"], r["method"])].append(r)
+    return {
+        "by_method": [{"method": m, **stats(g)} for m, g in sorted(by_method.items())],
+        "by_persona_method": [{"persona_id": p, "method": m, **stats(g)} for (p, m), g in sorted(by_pm.items())],
+    }
+
+
+def _main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Serve a human-evaluation page written by write_page.")
+    ap.add_argument("page_dir")
+    ap.add_argument("ratings_dir")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8765)
+    args = ap.parse_args(argv)
+    serve_ratings(args.page_dir, args.ratings_dir, args.host, args.port)
+
+
+if __name__ == "__main__":
+    _main()

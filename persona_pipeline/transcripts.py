@@ -1,0 +1,134 @@
+"""Role-play transcripts and contrastive trait responses, generated in batches and resumable.
+
+Role transcripts follow the Assistant Axis protocol: every (system prompt ×
+question × rollout) of a role, kept with its indices so activations can be
+joined back, and a 0–3 role-adherence score so later stages can keep only
+fully-expressed rollouts. Trait responses follow the persona-vectors protocol:
+each extraction question answered under a positive and a negative instruction
+("You are a(n) {trait} assistant." / "You are a helpful assistant."), scored
+0–100 for trait expression and for coherence.
+
+Generation is chunked; each finished chunk is appended to a work file keyed by
+a fingerprint of everything that shapes the output, so a killed run resumes
+where it stopped and a rerun with the same inputs generates nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from .backends import Backend, SamplingParams
+from .contracts import RoleSpec, Trait
+from .judges import logprob_score
+
+ROLE_JUDGE = """You are judging a role-play. The model was asked to play this role:
+{role}: {description}
+
+Question: {question}
+Response: {response}
+
+How fully is the response written as this role? 0 = not at all (a plain assistant answer or a refusal), 1 = an assistant answer with a hint of the role, 2 = mostly in role, 3 = fully in role. Answer with a single digit."""
+
+
+def row_key(row: dict, fields: tuple[str, ...]) -> str:
+    return "/".join(str(row[f]) for f in fields)
+
+
+class ResumableRows:
+    """Append-only JSONL of finished rows under ``root/<fingerprint>.jsonl``.
+
+    A truncated last line (SIGKILL mid-write) is ignored, so the row is simply
+    generated again; rows are keyed, so nothing is duplicated.
+    """
+
+    def __init__(self, root: Path, fingerprint: str, key_fields: tuple[str, ...]):
+        self.path, self.key_fields = root / f"{fingerprint}.jsonl", key_fields
+
+    def done(self) -> dict[str, dict]:
+        found: dict[str, dict] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                found[row_key(row, self.key_fields)] = row
+        return found
+
+    def append(self, rows: list[dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = self.path.exists() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n")
+        with self.path.open("a") as f:
+            f.write(("\n" if torn else "") + "".join(json.dumps(r) + "\n" for r in rows))
+            f.flush()
+
+
+def fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def generate_rows(backend: Backend, rows: list[dict], params: SamplingParams, work: ResumableRows | None = None,
+                  chunk: int = 64, on_chunk: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Fill ``response`` for every row (its ``chat`` is the prompt), skipping rows finished earlier."""
+    done = work.done() if work else {}
+    todo = [r for r in rows if work is None or row_key(r, work.key_fields) not in done]
+    for start in range(0, len(todo), chunk):
+        part = todo[start : start + chunk]
+        seed = None if params.seed is None else params.seed + start
+        texts = backend.complete([r["chat"] for r in part], params.model_copy(update={"seed": seed}))
+        finished = [{**r, "response": t} for r, t in zip(part, texts)]
+        if work:
+            work.append(finished)
+        done.update({row_key(r, work.key_fields) if work else str(start + i): r for i, r in enumerate(finished)})
+        if on_chunk:
+            on_chunk(min(start + chunk, len(todo)), len(todo))
+    if work is None:
+        return list(done.values())
+    return [done[row_key(r, work.key_fields)] for r in rows]
+
+
+ROLE_KEY = ("role", "system_prompt_idx", "question_idx", "rollout_idx")
+TRAIT_KEY = ("trait", "polarity", "instruction_idx", "question_idx", "sample_idx")
+
+
+def role_rows(role: RoleSpec, questions: list[str], n_prompts: int, n_questions: int, rollouts: int) -> list[dict]:
+    """Every (system prompt × question × rollout) of one role, with indices for joining activations."""
+    return [
+        {"role": role.role, "system_prompt_idx": p, "question_idx": q, "rollout_idx": r, "system_prompt": sp,
+         "question": qu, "chat": [{"role": "system", "content": sp}, {"role": "user", "content": qu}]}
+        for p, sp in enumerate(role.system_prompts[:n_prompts])
+        for q, qu in enumerate(questions[:n_questions])
+        for r in range(rollouts)
+    ]
+
+
+def score_roles(judge: Backend, rows: list[dict], roles: dict[str, RoleSpec]) -> list[float | None]:
+    """0–3 role adherence per rollout from the judge's next-token digit distribution."""
+    chats = [[{"role": "user", "content": ROLE_JUDGE.format(role=r["role"], description=roles[r["role"]].description,
+                                                            question=r["question"], response=r["response"])}]
+             for r in rows]
+    return [None if (s := logprob_score(d, 0, 3)) is None else round(s, 3) for d in judge.next_token_logprobs(chats)]
+
+
+def trait_system_prompt(trait: str, instruction: str, positive: bool) -> str:
+    who = trait if positive else "helpful"
+    article = "an" if who[0] in "aeiou" else "a"
+    return f"You are {article} {who} assistant. {instruction}"
+
+
+def trait_rows(trait: Trait, n_pairs: int, n_questions: int, samples: int, questions: str = "extract") -> list[dict]:
+    """Positive and negative prompts for every (instruction pair × question × sample)."""
+    qs = trait.extract_questions if questions == "extract" else trait.eval_questions
+    rows = []
+    for i, pair in enumerate(trait.instructions[:n_pairs]):
+        for q, question in enumerate(qs[:n_questions]):
+            for s in range(samples):
+                for polarity, text in (("pos", pair.pos), ("neg", pair.neg)):
+                    system = trait_system_prompt(trait.trait, text, polarity == "pos")
+                    rows.append({"trait": trait.trait, "polarity": polarity, "instruction_idx": i, "question_idx": q,
+                                 "sample_idx": s, "system_prompt": system, "question": question,
+                                 "chat": [{"role": "system", "content": system}, {"role": "user", "content": question}]})
+    return rows
