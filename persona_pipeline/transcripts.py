@@ -105,8 +105,11 @@ def role_rows(role: RoleSpec, questions: list[str], n_prompts: int, n_questions:
     ]
 
 
-def score_roles(judge: Backend, rows: list[dict], roles: dict[str, RoleSpec]) -> list[float | None]:
-    """0–3 role adherence per rollout from the judge's next-token digit distribution."""
+def score_roles(judge: Backend, rows: list[dict], roles: dict[str, RoleSpec], method: str = "logprob") -> list[float | None]:
+    """0–3 role adherence per rollout: the LLM judge's digit distribution (``logprob``) or,
+    for a small local judge, embedding similarity to this role vs the others (``embedding``)."""
+    if method == "embedding":
+        return _embedding_roles(rows, roles)
     chats = [[{"role": "user", "content": ROLE_JUDGE.format(role=r["role"], description=roles[r["role"]].description,
                                                             question=r["question"], response=r["response"])}]
              for r in rows]
@@ -132,3 +135,22 @@ def trait_rows(trait: Trait, n_pairs: int, n_questions: int, samples: int, quest
                                  "sample_idx": s, "system_prompt": system, "question": question,
                                  "chat": [{"role": "system", "content": system}, {"role": "user", "content": question}]})
     return rows
+
+
+def _embedding_roles(rows: list[dict], roles: dict[str, RoleSpec]) -> list[float]:
+    """Similarity of each response to its role's own prompts vs every other role's, mapped to 0–3."""
+    from .trait_judge import embedding_judge
+
+    judge = embedding_judge()
+    texts = {name: [r.description, *r.system_prompts] for name, r in roles.items()}
+    scores: list[float] = []
+    for name in dict.fromkeys(r["role"] for r in rows):
+        mine = [r["response"] for r in rows if r["role"] == name]
+        others = [t for other, ts in texts.items() if other != name for t in ts[:2]]
+        scores_for = judge.score(texts[name], others, mine) if mine else []
+        scores += [round(s * 3 / 100, 3) for s in scores_for]
+    order = [i for name in dict.fromkeys(r["role"] for r in rows) for i, r in enumerate(rows) if r["role"] == name]
+    out = [0.0] * len(rows)
+    for i, s in zip(order, scores):
+        out[i] = s
+    return out

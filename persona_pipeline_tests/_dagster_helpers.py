@@ -25,6 +25,26 @@ def isolated_env(tmp: Path, shared_home: Path, profile: str = "ci") -> dict[str,
             "PERSONA_PIPELINE_PROFILE": profile, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+SMALL = {"personas": ("skeptic", "retiree", "student"), "roles": ("default", "pirate", "therapist", "scientist"),
+         "traits": ("humorous", "formal", "apathetic")}
+
+
+def small_data(tmp: Path) -> Path:
+    """A copy of data_assets/ with a few personas, roles and traits: every code path, CI-sized."""
+    dest = tmp / "data_assets"
+    shutil.copytree(REPO / "data_assets", dest)
+    for folder, keep in SMALL.items():
+        for path in (dest / folder).glob("*.yaml"):
+            if path.stem not in keep and path.stem != "questions":
+                path.unlink()
+    return dest
+
+
+def run_pipeline(env: dict, select: str = "*", timeout: int = 2400) -> subprocess.CompletedProcess:
+    """``persona-pipeline materialize`` (what ``make demo`` runs): one CLI run per partition set."""
+    return run_cli([str(Path(sys.executable).parent / "persona-pipeline"), "materialize", "--select", select], env, timeout)
+
+
 def persona_range() -> str:
     from persona_pipeline.assets._common import persona_partitions
 

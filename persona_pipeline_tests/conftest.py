@@ -73,9 +73,10 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def materialized(tmp_path_factory, embedded_dir, shared_home):
     """Every asset materialised once through the real CLI (ci profile) on a temp instance: (env, assets dir)."""
-    from _dagster_helpers import isolated_env, materialize_cmd, persona_range, run_cli
+    from _dagster_helpers import isolated_env, run_pipeline, small_data
 
     tmp = tmp_path_factory.mktemp("cli")
-    env = isolated_env(tmp, shared_home)
-    run_cli(materialize_cmd("*", persona_range()), env, timeout=1800)
+    env = {**isolated_env(tmp, shared_home), "PERSONA_PIPELINE_DATA": str(small_data(tmp)),
+           "PERSONA_PIPELINE_RATINGS": str(tmp / "ratings")}
+    run_pipeline(env)
     return env, tmp / "persona_home" / "assets"

@@ -89,3 +89,40 @@ def test_sigkill_during_sft_leaves_no_adapter_and_rerun_works(tmp_path, material
     run_cli(materialize_cmd("sft_adapter") + short, env)
     assert (models / "sft_adapter" / "adapter_model.safetensors").exists()
     assert not list(models.glob(".sft_adapter.*.tmp")), "the killed run's temp folder was not swept"
+
+
+def test_sigkill_role_transcripts_then_rerun_keeps_finished_rollouts(tmp_path, embedded_dir, shared_home):
+    from persona_pipeline.assets._common import role_partitions
+
+    env = isolated_env(tmp_path, shared_home)
+    run_cli(materialize_cmd("role_specs,base_model"), env)
+    home = tmp_path / "persona_home"
+    work, out = home / "work" / "role_transcripts", home / "assets" / "role_transcripts"
+    keys = role_partitions.get_partition_keys()
+    cfg = ["--config-json", json.dumps({"ops": {"role_transcripts": {"config": {"chunk": 2, "max_new_tokens": 8}}}})]
+    cmd = materialize_cmd("role_transcripts", f"{keys[0]}...{keys[-1]}") + cfg
+
+    def finished():
+        return [json.loads(x) for p in work.glob("*.jsonl") for x in p.read_text().splitlines() if x.endswith("}")]
+
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and len(finished()) < 4:
+            assert proc.poll() is None, "the run finished before it could be killed"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = {(r["role"], r["system_prompt_idx"], r["question_idx"], r["rollout_idx"]): r["response"] for r in finished()}
+    assert before, "no rollout was checkpointed before the kill"
+    assert not out.exists() or not list(out.glob("*.parquet")), "a killed run left a half-written artifact"
+
+    run_cli(cmd, env)
+    rows = [r for p in out.glob("*.parquet") for r in pq.read_table(p).to_pylist()]
+    keys_after = [(r["role"], r["system_prompt_idx"], r["question_idx"], r["rollout_idx"]) for r in rows]
+    assert len(keys_after) == len(set(keys_after)), "a rollout was duplicated"
+    assert set(before) <= set(keys_after), "a checkpointed rollout was lost"
+    got = dict(zip(keys_after, (r["response"] for r in rows)))
+    assert all(got[k] == v for k, v in before.items()), "checkpointed rollouts were regenerated"

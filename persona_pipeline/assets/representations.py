@@ -14,7 +14,7 @@ from ..loaders import load_coherence_prompt
 from ..plots import bar_plot, heatmap, line_plot, scatter_plot
 from ..resources import ModelResource
 from ..settings import data_root, home, profile
-from ..trait_judge import judge_answers, trait_scores
+from ..trait_judge import judge_answers, likelihood_coherence, trait_scores
 from ._common import (ALL, SINGLE_RUN, checkpoint_partitions, extra_checkpoints, md_table, png_meta, role_partitions,
                       trait_partitions)
 
@@ -33,6 +33,8 @@ class TranscriptConfig(dg.Config):
     rollouts: int | None = None
     max_new_tokens: int | None = None
     temperature: float = 0.8
+    judge_method: str = "auto"  # auto: embedding role judge with a local judge model, logprob with an endpoint
+    chunk: int = 64  # rollouts per batched call; each finished chunk is checkpointed
     seed: int = 0
 
 
@@ -56,13 +58,14 @@ def role_transcripts(context: dg.AssetExecutionContext, config: TranscriptConfig
     params = SamplingParams(max_new_tokens=_pick(config.max_new_tokens, "role_max_new_tokens"),
                             temperature=config.temperature, seed=config.seed)
     work = tr.ResumableRows(home() / "work" / "role_transcripts", tr.fingerprint(rows, params, base_model["path"]), tr.ROLE_KEY)
-    rows = tr.generate_rows(_generator(base_model), rows, params, work, on_chunk=_progress(context, "rollouts"))
-    for row, score in zip(rows, tr.score_roles(judge.backend(), rows, roles)):
+    rows = tr.generate_rows(_generator(base_model), rows, params, work, config.chunk, _progress(context, "rollouts"))
+    method = trait_method(config.judge_method, judge)
+    for row, score in zip(rows, tr.score_roles(judge.backend(), rows, roles, method)):
         row["score"] = score
         row.pop("chat")
     by_role = {k: [r for r in rows if r["role"] == k] for k in context.partition_keys}
     context.add_output_metadata({
-        "rollouts": len(rows),
+        "rollouts": len(rows), "role_judge": method,
         "per_role": md_table([{"role": k, "rollouts": len(v), "mean_score": _mean([r["score"] for r in v]),
                                "fully_in_role": sum((r["score"] or 0) >= 2.5 for r in v)} for k, v in by_role.items()]),
         "sample": md_table([{"role": r["role"], "question": r["question"][:60], "response": r["response"][:140],
@@ -95,9 +98,17 @@ def trait_method(choice: str, judge: ModelResource) -> str:
 
 
 def score_answers(rows: list[dict], trait: Trait, method: str, judge) -> None:
-    """Add ``trait_score`` (configured judge) and ``coherence`` (logprob judge), both 0–100, in place."""
+    """Add ``trait_score`` (configured judge) and ``coherence``, both 0–100, in place.
+
+    Coherence comes from the LLM judge's prompt when the judge is an endpoint;
+    a small local judge cannot grade it, so there it is the local model's own
+    likelihood of the answer (see ``trait_judge.likelihood_coherence``).
+    """
     qa = [(r["question"], r["response"]) for r in rows]
-    coherence = judge_answers(judge, load_coherence_prompt(data_root() / "traits"), qa)
+    if hasattr(judge, "tok"):
+        coherence = likelihood_coherence(judge, qa)
+    else:
+        coherence = judge_answers(judge, load_coherence_prompt(data_root() / "traits"), qa)
     for r, t, c in zip(rows, trait_scores(method, trait, qa, judge), coherence):
         r["trait_score"], r["coherence"] = t, c
 

@@ -125,7 +125,7 @@ class CmaesConfig(dg.Config):
 
 def _targets(keys: list[str], persona_specs: list[dict], topics: list[dict], n: int, seed: int) -> list[ss.Target]:
     specs = {s["id"]: PersonaSpec(**s) for s in persona_specs}
-    full = definitions(persona_specs, compact=False)
+    full = definitions(persona_specs)  # compact (who + traits): the fitness judge reads it hundreds of times
     all_topics = [Topic(**t) for t in topics]
     targets = []
     for pid in keys:
@@ -156,7 +156,8 @@ def cmaes_steering(context: dg.AssetExecutionContext, config: CmaesConfig, perso
                           popsize=_pick(config.popsize, "cmaes_popsize"), seed=config.seed, max_new_tokens=config.max_new_tokens)
     targets = _targets(context.partition_keys, persona_specs, topics, _pick(config.prompts, "cmaes_prompts"), config.seed)
     backend, judge_fn = _policy(base_model), _judge_fn(judge, config.judge_method)
-    found = ss.cmaes_search(backend, judge_fn, targets, units, s)
+    found = ss.cmaes_search(backend, judge_fn, targets, units, s,
+                            lambda g, n: context.log.info(f"CMA-ES generation {g}/{n} done for {len(targets)} personas"))
     results = _heldout(backend, judge_fn, targets, units, s, found)
     out = {}
     for t in targets:

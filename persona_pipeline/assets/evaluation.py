@@ -1,0 +1,233 @@
+"""Evaluation group: judged test dialogues per method, survey replication, the leaderboard,
+the HTML report, and the human-evaluation page whose ratings flow back in."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+import dagster as dg
+
+from .. import eval_judges as ej
+from .. import stats
+from .. import steer_search as ss
+from .. import vectors as vec
+from ..contracts import Conversation, PersonaSpec, Survey, Topic
+from ..eval_dialogues import Contestant, persona_turns, run_dialogues
+from ..prompts import neutral_user_chat, simulator_prompt, teacher_chat
+from ..quality import PERSONA_BREAK, text_safety_flags
+from ..resources import ModelResource
+from ..settings import home, profile
+from ..simulate import plan_dialogues
+from ..simulator import definitions
+from ._common import ALL, md_table, png_meta
+from .steering import _policy
+
+GROUP = "evaluation"
+METHODS = ("prompt", "sft", "rl", "steering", "cmaes")
+
+
+def file_version(path: str | Path) -> str:
+    """Short content hash of an artifact (adapter weights, vectors): what exactly was scored."""
+    p = Path(path)
+    target = p / "adapter_model.safetensors" if p.is_dir() else p
+    if not target.exists():
+        return "missing"
+    return hashlib.sha256(target.read_bytes()).hexdigest()[:12]
+
+
+def _steering_vector(pid: str, cmaes: dict, sweep_rows: list[dict], persona_vectors: dict) -> tuple[torch.Tensor, int]:
+    """The single trait most weighted for this persona, at its sweep's best (layer, coef), signed by the weight."""
+    weights = cmaes[pid]["weights"]
+    trait = max(weights, key=lambda t: abs(weights[t]))
+    summary = ss.summarise_sweep([r for r in sweep_rows if r["trait"] == trait])
+    best = ss.best_point(summary) or min((s for s in summary if s["rel_coef"] > 0), key=lambda s: (s["rel_coef"], s["layer"]))
+    v = persona_vectors[trait]
+    i = v["layers"].index(best["layer"])
+    unit = vec.load_tensors(v["path"])["mean_diff_response_avg"][i]
+    sign = 1.0 if weights[trait] >= 0 else -1.0
+    return sign * best["rel_coef"] * v["layer_norms"][i] * unit / unit.norm(), best["layer"]
+
+
+def contestants(persona_specs: list[dict], cmaes: dict, sweep_rows: list[dict], persona_vectors: dict,
+                methods: list[str]) -> list[Contestant]:
+    """Every (method, persona): which model speaks, with which prompt and steering."""
+    specs = {s["id"]: PersonaSpec(**s) for s in persona_specs}
+    defs = definitions(persona_specs)
+    out = []
+    for pid in sorted(specs):
+        sim = lambda _topic, turns, pid=pid: simulator_prompt(pid, defs[pid], turns)  # noqa: E731
+        neutral = lambda topic, turns: neutral_user_chat(topic, turns)  # noqa: E731
+        made = {"prompt": lambda: Contestant("prompt", pid, "base", lambda t, h, s=specs[pid]: teacher_chat(s, t, h)),
+                "sft": lambda: Contestant("sft", pid, "sft", sim), "rl": lambda: Contestant("rl", pid, "rl", sim),
+                "steering": lambda: Contestant("steering", pid, "base", neutral,
+                                               *_steering_vector(pid, cmaes, sweep_rows, persona_vectors)),
+                "cmaes": lambda: Contestant("cmaes", pid, "base", neutral, vec.load_tensors(cmaes[pid]["path"])["vector"],
+                                            cmaes[pid]["layer"])}
+        out += [made[m]() for m in methods if pid in cmaes or m in ("prompt", "sft", "rl")]
+    return out
+
+
+class JudgeScoresConfig(dg.Config):
+    methods: list[str] = list(METHODS)
+    topics: int | None = None
+    turns: int | None = None
+    json_judge: str = "auto"  # auto: the seed's JSON judge with endpoint judges; "on" / "off"
+    agreement_tolerance: float = 0.2
+    seed: int = 0
+
+
+def _judges(judge: ModelResource, mode: str, persona_specs: list[dict], conversations: list[dict]) -> dict:
+    backend, specs = judge.backend(), {s["id"]: s for s in persona_specs}
+    out = {"reward_logprob": ej.reward_judge(backend, specs, "logprob")}
+    if mode == "on" or (mode == "auto" and judge.kind != "local"):
+        profiles = {pid: ej.persona_profile(s, ej.persona_lines(conversations, pid)) for pid, s in specs.items()}
+        out["persona_judge"] = ej.persona_judge(backend, specs)
+        out["persona_aware"] = ej.persona_aware_judge(backend, profiles)
+    return out
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "parquet"}, pool="gpu",
+          ins={"steering_sweep": dg.AssetIn(partition_mapping=ALL), "persona_vectors": dg.AssetIn(partition_mapping=ALL),
+               "cmaes_steering": dg.AssetIn(partition_mapping=ALL)},
+          description="≥10-turn held-out dialogues per persona × method (prompt-only, SFT, RL, best steering, CMA-ES), "
+                      "every persona turn judged; adherence by turn index and its slope; judge agreement.")
+def judge_scores(context: dg.AssetExecutionContext, config: JudgeScoresConfig, persona_specs: list[dict], topics: list[dict],
+                 conversations: list[dict], base_model: dict, sft_adapter: dict, rl_adapter: dict, steering_sweep: list[dict],
+                 persona_vectors: dict, cmaes_steering: dict, assistant: ModelResource, judge: ModelResource) -> list[dict]:
+    p = profile()
+    unknown = set(config.methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"config methods {sorted(unknown)}: choose from {list(METHODS)}")
+    specs = {s["id"]: PersonaSpec(**s) for s in persona_specs}
+    all_topics = [Topic(**t) for t in topics]
+    held = {pid: [d.topic for d in plan_dialogues(s, all_topics, config.topics or p.eval_topics, config.seed, "heldout")]
+            for pid, s in specs.items()}
+    backends = {"base": _policy(base_model), "sft": _policy(base_model, sft_adapter["path"]),
+                "rl": _policy(base_model, rl_adapter["path"])}
+    convs = run_dialogues(contestants(persona_specs, cmaes_steering, steering_sweep, persona_vectors, config.methods), held,
+                          backends, assistant.backend(), max(10, config.turns or p.eval_turns), p.eval_persona_tokens,
+                          p.eval_assistant_tokens, seed=config.seed)
+    turns = [t for c in convs for t in persona_turns(c)]
+    items = [ej.EvalItem(id=f"{t['conversation_id']}@{t['turn']}", persona_id=t["persona_id"], history=t["history"],
+                         candidate=t["line"], method=t["method"], turn_index=t["turn"]) for t in turns]
+    verdicts = ej.run_judges(_judges(judge, config.json_judge, persona_specs, conversations), items)
+    versions = {"base": base_model.get("source_sha256", base_model["path"])[:12], "sft": file_version(sft_adapter["path"]),
+                "rl": file_version(rl_adapter["path"]), "judge": judge.describe()}
+    rows = [_row(t, {name: v[i] for name, v in verdicts.items()}, versions) for i, t in enumerate(turns)]
+    context.add_output_metadata(_judge_meta(rows, verdicts, config.agreement_tolerance) | {"versions": json.dumps(versions)})
+    return rows
+
+
+def _row(turn: dict, verdicts: dict, versions: dict) -> dict:
+    main = verdicts.get("persona_judge")
+    reward = verdicts["reward_logprob"]
+    version = versions["base"] if turn["method"] in ("prompt", "steering", "cmaes") else versions[turn["method"]]
+    return {
+        "persona_id": turn["persona_id"], "method": turn["method"], "conversation_id": turn["conversation_id"],
+        "turn": turn["turn"], "line": turn["line"], "history": json.dumps(turn["history"]),
+        "adherence": reward.adherence, "adherence_json": main.adherence if main else None,
+        "consistency": main.consistency if main else None, "quality": main.quality if main else None,
+        "safety_pass": (main.safety_pass if main and main.ok else not text_safety_flags(turn["line"])),
+        "persona_break": bool(PERSONA_BREAK.search(turn["line"])), "reasoning": main.reasoning if main else "",
+        "judge_ok": all(v.ok for v in verdicts.values()),
+        "judge_errors": "; ".join(f"{k}: {v.error}" for k, v in verdicts.items() if not v.ok),
+        "model_version": version, "judge": versions["judge"],
+    }
+
+
+def _judge_meta(rows: list[dict], verdicts: dict, tolerance: float) -> dict:
+    methods = sorted({r["method"] for r in rows})
+    by_turn = {m: sorted({r["turn"] for r in rows if r["method"] == m}) for m in methods}
+    curve = {m: (by_turn[m], [stats.mean([r["adherence"] for r in rows if r["method"] == m and r["turn"] == t]) for t in by_turn[m]])
+             for m in methods}
+    drift = [{"method": m, **_drift(rows, m)} for m in methods]
+    return {
+        "turns_judged": len(rows), "failed_judgements": sum(not r["judge_ok"] for r in rows),
+        "by_method": md_table([{"method": m, "adherence": _r(stats.mean([r["adherence"] for r in rows if r["method"] == m])),
+                                "persona_breaks": sum(r["persona_break"] for r in rows if r["method"] == m),
+                                "safety_pass": _r(stats.mean([r["safety_pass"] for r in rows if r["method"] == m]))}
+                               for m in methods]),
+        "drift": md_table(drift),
+        "judge_agreement": md_table(ej.judge_agreement(verdicts, tolerance=tolerance)) if len(verdicts) > 1 else "single judge",
+        **png_meta(_plot_curve(curve), "consistency_by_turn", "consistency_by_turn"),
+    }
+
+
+def _plot_curve(curve: dict) -> bytes:
+    from ..plots import line_plot
+
+    return line_plot(curve, "Adherence by persona turn (held-out dialogues)", "persona turn", "adherence 0–1")
+
+
+def _drift(rows: list[dict], method: str) -> dict:
+    d = ej.consistency_drift([(r["turn"], r["adherence"]) for r in rows if r["method"] == method])
+    return {"slope_per_turn": _r(d.slope), "stderr": _r(d.stderr), "n": d.n, "drifting": d.drifting}
+
+
+def _r(x, nd: int = 4):
+    return None if x is None or x != x else round(float(x), nd)
+
+
+class SurveyReplicationConfig(dg.Config):
+    test_fraction: float = 0.2  # must match survey_conversations' split
+    max_new_tokens: int = 64
+    seed: int = 0
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "json"}, pool="gpu",
+          description="Held-out survey items answered by the trained simulators (SFT, RL) and by the demographics-only "
+                      "prompt baseline: Likert exact/within-1, stance, similarity, rephrase consistency, fidelity + band.")
+def survey_replication(context: dg.AssetExecutionContext, config: SurveyReplicationConfig, surveys: dict, base_model: dict,
+                       sft_adapter: dict, rl_adapter: dict) -> dict:
+    from ..survey import split_items
+    from ..survey_metrics import answer_items, minilm_encoder, score
+
+    encoder = minilm_encoder()
+    runs = {"sft": (_policy(base_model, sft_adapter["path"]), "trained"), "rl": (_policy(base_model, rl_adapter["path"]), "trained"),
+            "prompt": (_policy(base_model), "baseline")}
+    out, table = {}, []
+    for sid, raw in surveys.items():
+        survey = Survey(**raw)
+        held = [i for i, side in split_items(survey, config.test_fraction, config.seed).items() if side == "test"]
+        for method, (backend, condition) in runs.items():
+            answers = answer_items(backend, survey, held, condition, config.max_new_tokens)
+            result = score(survey, answers, encoder)
+            out[f"{sid}/{method}"] = {"persona_id": sid, "method": method, "versions": file_version(_adapter(method, sft_adapter, rl_adapter)),
+                                      **result}
+            table.append({"person": sid, "method": method, "items": len(held), "fidelity": _r(result["fidelity"], 3),
+                          "band": result["band"], **{k: _r(v, 3) for k, v in result["overall"].items()
+                                                     if k in ("parse_rate", "likert_exact", "likert_within1", "stance_accuracy",
+                                                              "similarity", "consistency")}})
+    context.add_output_metadata({"results": md_table(table)})
+    return out
+
+
+def _adapter(method: str, sft_adapter: dict, rl_adapter: dict) -> str:
+    return {"sft": sft_adapter["path"], "rl": rl_adapter["path"]}.get(method, "")
+
+
+@dg.asset(group_name=GROUP, kinds={"parquet"},
+          description="Persona × method: mean ± std and bootstrap 95 % CI of each judge metric, survey fidelity, and which "
+                      "differences from prompt-only are significant (permutation test, Holm-corrected).")
+def leaderboard(context: dg.AssetExecutionContext, judge_scores: list[dict], survey_replication: dict) -> list[dict]:
+    metrics = ("adherence", "adherence_json", "consistency", "quality", "safety_pass", "persona_break")
+    records = [{**r, "persona_break": float(r["persona_break"])} for r in judge_scores]
+    per_persona = stats.leaderboard_rows(records, ("persona_id", "method"), metrics, baseline_method="prompt")
+    overall = stats.leaderboard_rows([{**r, "persona_id": "ALL"} for r in records], ("persona_id", "method"), metrics,
+                                     baseline_method="prompt")
+    fidelity = {(v["persona_id"], v["method"]): v["fidelity"] for v in survey_replication.values()}
+    rows = [{**r, "survey_fidelity": fidelity.get((r["persona_id"], r["method"]))} for r in overall + per_persona]
+    rows += [{"persona_id": pid, "method": m, "survey_fidelity": f} for (pid, m), f in fidelity.items()]
+    context.add_output_metadata({"overall": md_table([_brief(r) for r in overall]),
+                                 "per_persona": md_table([_brief(r) for r in per_persona], limit=60)})
+    return rows
+
+
+def _brief(r: dict) -> dict:
+    ci = lambda m: f"{_r(r.get(m + '_mean'), 3)} [{_r(r.get(m + '_ci_low'), 3)}, {_r(r.get(m + '_ci_high'), 3)}]"  # noqa: E731
+    return {"persona": r["persona_id"], "method": r["method"], "adherence (95% CI)": ci("adherence"),
+            "Δ vs prompt": _r(r.get("adherence_diff"), 3), "p (Holm)": _r(r.get("adherence_p_holm"), 3),
+            "significant": r.get("adherence_significant"), "breaks": _r(r.get("persona_break_mean"), 3),
+            "n": r.get("adherence_n")}
