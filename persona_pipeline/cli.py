@@ -142,7 +142,10 @@ def _serve(args) -> int:
     backends = serve_backends(args.adapters)
     print(f"serving {len(backends)} models on http://{args.host}:{args.port}/v1 (e.g. persona-simulator:{next(iter(_definitions()))})",
           file=sys.stderr)
-    run_server(create_app(backends), host=args.host, port=args.port)
+    from .vectors import resolver
+
+    # requests may steer with the pipeline's vectors: {"steering": [{"vector": "humorous", "layer": 15, "coef": 4}]}
+    run_server(create_app(backends, vectors=resolver(home())), host=args.host, port=args.port)
     return 0
 
 

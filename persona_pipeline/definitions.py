@@ -1,14 +1,16 @@
 """The one ``dg.Definitions`` of persona-pipeline.
 
-Resources come from env vars with embedded defaults (see README); the
-in-process executor avoids ~3 s of process start-up per step on small machines.
+Resources come from env vars with embedded defaults (see README). The executor
+comes from ``PERSONA_PIPELINE_EXECUTOR`` (default in-process: no per-step start-up
+cost on small machines; ``k8s`` for per-step pods, see deploy/).
 """
 
 import dagster as dg
 
 from .assets import data, evaluation, human, models, report, representations, specs, steering
-from .assets.automation import human_ratings_sensor
+from .assets.automation import automation
 from .assets.checks import data_checks, model_checks
+from .executors import executor_from_env
 from .io_manager import ArtifactIOManager
 from .resources import model_resource_from_env
 
@@ -22,10 +24,14 @@ def _single_run(assets):
     return [a.with_attributes(backfill_policy=SINGLE_RUN) for a in assets]
 
 
+jobs, schedules, sensors = automation()
+
 defs = dg.Definitions(
     assets=_single_run(dg.load_assets_from_modules([specs, data, models, representations, steering, evaluation, human, report])),
     asset_checks=data_checks + model_checks + [human.judge_agrees_with_humans],
-    sensors=[human_ratings_sensor],
+    jobs=jobs,
+    schedules=schedules,
+    sensors=sensors,
     resources={
         "io_manager": ArtifactIOManager(),
         "teacher": model_resource_from_env("teacher"),
@@ -33,5 +39,5 @@ defs = dg.Definitions(
         "judge": model_resource_from_env("judge"),
         "policy": model_resource_from_env("policy"),
     },
-    executor=dg.in_process_executor,
+    executor=executor_from_env(),
 )

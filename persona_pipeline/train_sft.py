@@ -51,6 +51,30 @@ class SftSettings:
     quantize: str | None = None  # "nf4" → QLoRA
     logging_steps: int = 2
     seed: int = 0
+    steer: "PreventiveSteer | None" = None  # training-time (preventative) steering
+
+
+@dataclass
+class PreventiveSteer:
+    """Steer the residual stream *during training only* (persona-vectors' preventative steering).
+
+    ``add`` pushes along the trait so the optimiser need not move the weights
+    that way; ``ablate`` removes the trait direction while training. Inference
+    and the before/after eval losses run unsteered.
+    """
+
+    vector: "object"  # torch.Tensor [hidden]
+    layer: int
+    coef: float = 4.0
+    mode: str = "add"
+
+    def hooks(self):
+        from .hooks import Steer
+
+        if self.mode not in ("add", "ablate"):
+            raise ValueError(f"preventative steering mode {self.mode!r}: use add or ablate")
+        unit = self.vector / self.vector.norm()
+        return [Steer(unit, self.layer, self.coef, self.mode)]
 
 
 def _is_eval(conversation_id: str, fraction: float) -> bool:
@@ -117,6 +141,14 @@ class TrainResult:
     dropped_overlong: int
 
 
+def _training_steer(model, steer: PreventiveSteer | None):
+    import contextlib
+
+    from .hooks import steering
+
+    return steering(model, steer.hooks()) if steer else contextlib.nullcontext()
+
+
 def train_sft(base: str | Path, train: list[dict], eval_rows: list[dict], s: SftSettings, out: Path, card: dict) -> TrainResult:
     """Train and save the adapter folder atomically (a killed run leaves no adapter behind)."""
     import torch
@@ -143,7 +175,8 @@ def train_sft(base: str | Path, train: list[dict], eval_rows: list[dict], s: Sft
                              processing_class=tok, peft_config=s.lora.peft_config())
         base_loss = trainer.evaluate()["eval_loss"]  # LoRA B starts at zero: this is the base model's loss
         t0 = time.perf_counter()
-        trainer.train()
+        with _training_steer(trainer.model, s.steer):
+            trainer.train()
         seconds = time.perf_counter() - t0
         eval_loss = trainer.evaluate()["eval_loss"]
         tokens = int(trainer.state.num_input_tokens_seen or 0)
@@ -152,12 +185,18 @@ def train_sft(base: str | Path, train: list[dict], eval_rows: list[dict], s: Sft
         result = TrainResult(trainer.state.log_history, base_loss, eval_loss, tokens, seconds,
                              tokens / seconds if seconds else 0.0, n_drop + n_drop_eval)
         write_json(tmp / "training_summary.json", {**card, "result": {k: v for k, v in asdict(result).items() if k != "log_history"},
-                                                   "settings": json.loads(json.dumps(asdict(s), default=list))})
+                                                   "settings": _settings_doc(s)})
         (tmp / "README.md").write_text(model_card(card, s, result))
     del trainer, model
     if cuda:
         torch.cuda.empty_cache()
     return result
+
+
+def _settings_doc(s: SftSettings) -> dict:
+    doc = asdict(s)
+    doc["steer"] = s.steer and {"layer": s.steer.layer, "coef": s.steer.coef, "mode": s.steer.mode}
+    return json.loads(json.dumps(doc, default=list))
 
 
 def model_card(card: dict, s: SftSettings, r: TrainResult) -> str:
@@ -178,6 +217,7 @@ persona's next line.
 - quantisation: {s.quantize or 'none (full precision base)'}
 - lr={s.learning_rate}, epochs={s.epochs}, max_steps={s.max_steps}, batch={s.batch_size}×{s.grad_accum}, max_length={s.max_length}
 - mixture weights: {s.weights}
+- preventative steering: {f"{s.steer.mode} at layer {s.steer.layer}, coef {s.steer.coef}" if s.steer else "none"}
 - held-out loss: base {r.base_eval_loss:.4f} → adapter {r.eval_loss:.4f}
 - {r.train_tokens} training tokens in {r.seconds:.0f} s ({r.tokens_per_second:.0f} tok/s)
 

@@ -173,3 +173,31 @@ def load_tensors(path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def resolver(root):
+    """Name → steering tensor from the pipeline's artifacts, for ``serve`` and training-time steering.
+
+    ``<trait>`` / ``<trait>:svd`` → persona_vectors ([layers × hidden], mean-diff or SVD);
+    ``persona:<id>`` → that persona's CMA-ES direction ([hidden]);
+    ``assistant_axis`` → the Assistant Axis ([layers × hidden]); a path → its first tensor.
+    Unknown names resolve to None.
+    """
+    from pathlib import Path
+
+    root = Path(root)
+
+    def resolve(name: str):
+        trait, _, kind = name.partition(":")
+        candidates = {
+            "persona": (root / "cmaes_steering" / f"{kind}.safetensors", "vector"),
+            "assistant_axis": (root / "persona_space" / "assistant_axis.safetensors", "axis"),
+        }
+        path, key = candidates.get(trait, (root / "persona_vectors" / f"{trait}.safetensors",
+                                           "svd_response_avg" if kind == "svd" else "mean_diff_response_avg"))
+        if not path.exists() and Path(name).suffix == ".safetensors" and Path(name).exists():
+            tensors = load_tensors(name)
+            return next(iter(tensors.values()))
+        return load_tensors(path)[key] if path.exists() else None
+
+    return resolve

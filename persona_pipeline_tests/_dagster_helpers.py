@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -37,6 +38,9 @@ def small_data(tmp: Path) -> Path:
         for path in (dest / folder).glob("*.yaml"):
             if path.stem not in keep and path.stem != "questions":
                 path.unlink()
+    for path in (dest / "hitl").glob("*.jsonl"):  # gold sessions of the kept personas only
+        lines = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x)["persona_id"] in SMALL["personas"]]
+        path.write_text("\n".join(lines) + "\n")
     return dest
 
 

@@ -143,3 +143,29 @@ def test_qlora_nf4_training_runs_when_asked(tiny_model_dir, tmp_path):
     assert (tmp_path / "qlora" / "adapter_model.safetensors").exists()
     assert "nf4" in (tmp_path / "qlora" / "README.md").read_text()
     assert result.train_tokens > 0
+
+
+def test_preventative_steering_changes_what_training_learns_and_is_off_afterwards(tiny_model_dir, tmp_path):
+    """Same data and seed; only the training-time push differs → different adapters. The push is
+    applied only while training: the saved adapter loads and runs with no hooks attached."""
+    from safetensors.torch import load_file
+
+    from persona_pipeline.hooks import decoder_layers
+    from persona_pipeline.modelio import load_model
+    from persona_pipeline.train_sft import PreventiveSteer
+
+    ps = pairs(dialogues())
+    runs = {}
+    for name, steer in (("plain", None), ("steered", PreventiveSteer(torch.ones(64), layer=0, coef=6.0))):
+        s = SftSettings(lora=SMALL_LORA, max_steps=2, batch_size=2, learning_rate=5e-3, max_length=512,
+                        eval_fraction=0.3, steer=steer)
+        train, ev, _ = build_mixture(ps, [], s)
+        train_sft(tiny_model_dir, train, ev, s, tmp_path / name, {"base_model": "tiny"})
+        runs[name] = load_file(str(tmp_path / name / "adapter_model.safetensors"))
+    assert any(not torch.allclose(runs["plain"][k], runs["steered"][k]) for k in runs["plain"])
+    summary = json.loads((tmp_path / "steered" / "training_summary.json").read_text())
+    assert summary["settings"]["steer"] == {"layer": 0, "coef": 6.0, "mode": "add"}
+    model, _ = load_model(tiny_model_dir, adapter=tmp_path / "steered")
+    assert all(not layer._forward_hooks for layer in decoder_layers(model))
+    with pytest.raises(ValueError, match="mode"):
+        PreventiveSteer(torch.ones(64), 0, mode="cap").hooks()

@@ -4,6 +4,7 @@ from collections import Counter
 
 import dagster as dg
 
+from ..executors import gpu_tags
 from ..plots import markdown_image, save_png
 from ..settings import data_root, home
 
@@ -35,6 +36,9 @@ checkpoint_partitions = dg.StaticPartitionsDefinition(["base", "sft", "rl", *ext
 ALL = dg.AllPartitionMapping()
 
 SINGLE_RUN = dg.BackfillPolicy.single_run()
+
+# Model steps: the `gpu` concurrency pool (dagster.yaml) and, under dagster-k8s, a GPU pod.
+GPU = {"pool": "gpu", "op_tags": gpu_tags()}
 
 
 def md_table(rows: list[dict], limit: int = 30) -> dg.MetadataValue:

@@ -39,3 +39,87 @@ human_ratings_sensor = folder_sensor(
     "human_ratings_sensor", ratings_dir, dg.AssetSelection.assets("human_ratings"),
     "New rating files (served page or downloaded JSON) → re-ingest human_ratings and re-run the judge–human check.",
 )
+
+
+# ------------------------------------------------------------------ jobs and schedules
+#
+# A Dagster job can hold assets of only ONE partition set (plus unpartitioned ones), so
+# the representations stage is four jobs, one per partition set, and "everything" is a
+# chain: each job's success launches the next (run-status sensors), which is exactly the
+# order `persona-pipeline materialize` uses.
+
+GROUPS = ("specs", "data", "models", "representations", "evaluation")
+
+
+def _job(name: str, selection: dg.AssetSelection, description: str, partitioned: bool = False):
+    return dg.define_asset_job(name, selection=selection, description=description,
+                               tags={"persona-pipeline/job": name, "persona-pipeline/partitioned": str(partitioned)})
+
+
+def _keys(*names: str) -> dg.AssetSelection:
+    return dg.AssetSelection.assets(*names)
+
+
+JOBS = [
+    _job("data", dg.AssetSelection.groups("specs", "data"), "Specs and the data stage (teacher dialogues per persona).", True),
+    _job("train", dg.AssetSelection.groups("models"), "Base model, SFT adapter, GRPO adapter."),
+    _job("representations_roles", _keys("role_transcripts"), "Role-play transcripts, per role.", True),
+    _job("representations_traits", _keys("trait_responses"), "Contrastive trait answers, per trait.", True),
+    _job("representations_checkpoints", _keys("activations", "persona_space"), "Activations per checkpoint, persona space.", True),
+    _job("representations_vectors", _keys("persona_vectors", "steering_sweep", "trait_interference", "finetuning_shift"),
+         "Persona vectors, steering sweeps, interference and fine-tuning shift, per trait.", True),
+    _job("representations_personas", _keys("cmaes_steering", "drift_monitor"), "CMA-ES steering per persona, drift monitor.", True),
+    _job("evaluate", dg.AssetSelection.groups("evaluation"), "Judged test dialogues, survey replication, leaderboard, report, human eval."),
+]
+EVERYTHING = [j.name for j in JOBS]  # dependency order
+
+
+def _partition_run(job_name: str, defs_partitions) -> list[dg.RunRequest]:
+    """One run over all partitions (single-run backfill policy): the first..last range as tags."""
+    keys = defs_partitions.get_partition_keys() if defs_partitions else []
+    tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]} if keys else {}
+    return [dg.RunRequest(job_name=job_name, tags={**tags, "persona-pipeline/chain": "everything"})]
+
+
+def _chain_sensor(upstream, downstream, partitions) -> dg.RunStatusSensorDefinition:
+    @dg.run_status_sensor(name=f"after_{upstream.name}_run_{downstream.name}", run_status=dg.DagsterRunStatus.SUCCESS,
+                          monitored_jobs=[upstream], request_job=downstream, minimum_interval_seconds=30,
+                          description=f"Weekly full rebuild: when `{upstream.name}` succeeds, run `{downstream.name}`.")
+    def _sensor(context: dg.RunStatusSensorContext):
+        if context.dagster_run.tags.get("persona-pipeline/chain") != "everything":
+            return dg.SkipReason(f"{upstream.name} ran outside the full-rebuild chain")
+        return _partition_run(downstream.name, partitions)
+
+    return _sensor
+
+
+def _partitions_of(name: str):
+    from ._common import checkpoint_partitions, persona_partitions, role_partitions, trait_partitions
+
+    return {"data": persona_partitions, "representations_roles": role_partitions,
+            "representations_traits": trait_partitions, "representations_checkpoints": checkpoint_partitions,
+            "representations_vectors": trait_partitions, "representations_personas": persona_partitions}.get(name)
+
+
+def schedules_enabled() -> dg.DefaultScheduleStatus:
+    """Schedules run only where ``PERSONA_PIPELINE_SCHEDULES=on`` (a dev laptop should not retrain nightly)."""
+    import os
+
+    on = os.environ.get("PERSONA_PIPELINE_SCHEDULES", "off").lower() in ("on", "1", "true")
+    return dg.DefaultScheduleStatus.RUNNING if on else dg.DefaultScheduleStatus.STOPPED
+
+
+def automation() -> tuple[list, list, list]:
+    """(jobs, schedules, sensors): nightly evaluation refresh, weekly full rebuild chained job by job."""
+    by_name = {j.name: j for j in JOBS}
+    chain = [_chain_sensor(by_name[a], by_name[b], _partitions_of(b)) for a, b in zip(EVERYTHING, EVERYTHING[1:])]
+    nightly = dg.ScheduleDefinition(name="nightly_evaluation", job=by_name["evaluate"], cron_schedule="0 2 * * *",
+                                    default_status=schedules_enabled(),
+                                    description="Re-judge, re-score and rebuild the leaderboard and report every night.")
+
+    @dg.schedule(name="weekly_full_rebuild", job=by_name["data"], cron_schedule="0 3 * * 0", default_status=schedules_enabled(),
+                 description="Every Sunday: data → train → representations → evaluate, each job started by the previous one's success.")
+    def weekly(_context):
+        return _partition_run("data", _partitions_of("data"))
+
+    return JOBS, [nightly, weekly], [human_ratings_sensor, *chain]

@@ -12,7 +12,7 @@ from ..simulator import definitions
 from ..simulate import SimConfig, WorkCache, fingerprint, plan_dialogues, simulate
 from ..survey import split_items, survey_conversations as survey_to_convs
 from ..unroll import export_customjson, unroll
-from ._common import SINGLE_RUN, counts, md_table, persona_partitions
+from ._common import GPU, SINGLE_RUN, counts, md_table, persona_partitions
 
 GROUP = "data"
 
@@ -48,7 +48,7 @@ def _records(convs: list[Conversation]) -> list[dict]:
 
 @dg.asset(
     group_name=GROUP, kinds={"pytorch", "parquet"}, partitions_def=persona_partitions, backfill_policy=SINGLE_RUN,
-    pool="gpu",
+    **GPU,
     description="Teacher-written dialogues (persona as the user, 8+ turns) per persona; all partitions advance in one batch; resumable.",
 )
 def synthetic_conversations(

@@ -21,7 +21,7 @@ from ..resources import ModelResource
 from ..settings import home, profile
 from ..simulate import plan_dialogues
 from ..simulator import definitions
-from ._common import ALL, md_table, png_meta
+from ._common import GPU, ALL, md_table, png_meta
 from .steering import _policy
 
 GROUP = "evaluation"
@@ -88,7 +88,7 @@ def _judges(judge: ModelResource, mode: str, persona_specs: list[dict], conversa
     return out
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "parquet"}, pool="gpu",
+@dg.asset(group_name=GROUP, kinds={"pytorch", "parquet"}, **GPU,
           ins={"steering_sweep": dg.AssetIn(partition_mapping=ALL), "persona_vectors": dg.AssetIn(partition_mapping=ALL),
                "cmaes_steering": dg.AssetIn(partition_mapping=ALL)},
           description="≥10-turn held-out dialogues per persona × method (prompt-only, SFT, RL, best steering, CMA-ES), "
@@ -176,7 +176,7 @@ class SurveyReplicationConfig(dg.Config):
     seed: int = 0
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "json"}, pool="gpu",
+@dg.asset(group_name=GROUP, kinds={"pytorch", "json"}, **GPU,
           description="Held-out survey items answered by the trained simulators (SFT, RL) and by the demographics-only "
                       "prompt baseline: Likert exact/within-1, stance, similarity, rephrase consistency, fidelity + band.")
 def survey_replication(context: dg.AssetExecutionContext, config: SurveyReplicationConfig, surveys: dict, base_model: dict,

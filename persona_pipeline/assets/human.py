@@ -12,7 +12,7 @@ from ..contracts import Conversation
 from ..eval_dialogues import next_lines
 from ..resources import ModelResource
 from ..settings import home, profile, ratings_dir
-from ._common import ALL, md_table
+from ._common import GPU, ALL, md_table
 from .evaluation import GROUP, METHODS, contestants
 from .steering import _policy
 
@@ -39,7 +39,7 @@ def _contexts(hitl: list[dict], per_persona: int) -> list[dict]:
     return out
 
 
-@dg.asset(group_name=GROUP, kinds={"html"}, pool="gpu",
+@dg.asset(group_name=GROUP, kinds={"html"}, **GPU,
           ins={"steering_sweep": dg.AssetIn(partition_mapping=ALL), "persona_vectors": dg.AssetIn(partition_mapping=ALL),
                "cmaes_steering": dg.AssetIn(partition_mapping=ALL)},
           description="A blind rating page: HITL history + the human's own line + every method's line under shuffled "

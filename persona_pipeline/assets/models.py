@@ -13,8 +13,8 @@ from ..resources import ModelResource
 from ..settings import home, profile
 from ..simulator import definitions
 from ..train_rl import RlSettings, make_reward, mean_reward, rl_prompts, train_rl
-from ..train_sft import TARGET_MODULES, LoraSettings, SftSettings, build_mixture, train_sft
-from ._common import md_table
+from ..train_sft import TARGET_MODULES, LoraSettings, PreventiveSteer, SftSettings, build_mixture, train_sft
+from ._common import GPU, md_table
 
 GROUP = "models"
 
@@ -79,6 +79,24 @@ class SftConfig(dg.Config):
     retention_prompts: int | None = None
     quantize: str = "auto"  # auto: NF4 (QLoRA) on CUDA, full precision on CPU; or "nf4" / "none"
     seed: int = 0
+    # training-time (preventative) steering: a vector name from a previous run (e.g. "impolite",
+    # "persona:skeptic", "assistant_axis") or a .safetensors path; None = off
+    preventative_vector: str | None = None
+    preventative_layer: int | None = None  # default: the middle layer
+    preventative_coef: float = 4.0
+    preventative_mode: str = "add"  # add | ablate
+
+    def steer(self, n_layers: int):
+        if not self.preventative_vector:
+            return None
+        from ..vectors import resolver
+
+        v = resolver(home())(self.preventative_vector)
+        if v is None:
+            raise ValueError(f"sft_adapter config preventative_vector={self.preventative_vector!r}: no such vector under "
+                             f"{home()} (materialise persona_vectors first, or give a .safetensors path)")
+        layer = self.preventative_layer if self.preventative_layer is not None else n_layers // 2
+        return PreventiveSteer(v[layer] if v.dim() == 2 else v, layer, self.preventative_coef, self.preventative_mode)
 
     def settings(self) -> SftSettings:
         quant = {"auto": "nf4" if cuda_available() else None, "nf4": "nf4", "none": None}
@@ -100,11 +118,12 @@ def retention_rows(base_path: str, questions: list[str], n: int) -> list[dict]:
     return [{"prompt": c, "completion": [{"role": "assistant", "content": a}]} for c, a in zip(chats, answers) if a.strip()]
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "safetensors"}, pool="gpu",
+@dg.asset(group_name=GROUP, kinds={"pytorch", "safetensors"}, **GPU,
           description="One LoRA/QLoRA adapter for all personas (switch by [PERSONA: id]), trained with TRL SFTTrainer on sft_pairs.")
 def sft_adapter(context: dg.AssetExecutionContext, config: SftConfig, sft_pairs: list[dict], base_model: dict,
                 role_specs: dict) -> dict:
     s = config.settings()
+    s.steer = config.steer(base_model.get("layers") or 30)
     n_ret = config.retention_prompts if config.retention_prompts is not None else profile().retention_prompts
     retention = retention_rows(base_model["path"], role_specs["questions"], n_ret)
     train, eval_rows, mixture = build_mixture(sft_pairs, retention, s)
@@ -144,7 +163,7 @@ class RlConfig(dg.Config):
     seed: int = 0
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "safetensors"}, pool="gpu",
+@dg.asset(group_name=GROUP, kinds={"pytorch", "safetensors"}, **GPU,
           description="GRPO-refined adapter (TRL, LLM-judge persona reward, KL β to the SFT model), saved as one standalone LoRA.")
 def rl_adapter(context: dg.AssetExecutionContext, config: RlConfig, sft_adapter: dict, base_model: dict,
                conversations: list[dict], persona_specs: list[dict], surveys: dict, judge: ModelResource) -> dict:

@@ -15,7 +15,7 @@ from ..plots import bar_plot, heatmap, line_plot, scatter_plot
 from ..resources import ModelResource
 from ..settings import data_root, home, profile
 from ..trait_judge import judge_answers, likelihood_coherence, trait_scores
-from ._common import (ALL, SINGLE_RUN, checkpoint_partitions, extra_checkpoints, md_table, png_meta, role_partitions,
+from ._common import (GPU, ALL, SINGLE_RUN, checkpoint_partitions, extra_checkpoints, md_table, png_meta, role_partitions,
                       trait_partitions)
 
 GROUP = "representations"
@@ -47,7 +47,7 @@ def _progress(context, what: str):
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "parquet"}, partitions_def=role_partitions, backfill_policy=SINGLE_RUN,
-          pool="gpu",
+          **GPU,
           description="Role-play rollouts (system prompt × question × rollout) per role, judged 0–3 for role adherence; resumable.")
 def role_transcripts(context: dg.AssetExecutionContext, config: TranscriptConfig, role_specs: dict, base_model: dict,
                      judge: ModelResource) -> dict:
@@ -114,7 +114,7 @@ def score_answers(rows: list[dict], trait: Trait, method: str, judge) -> None:
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "parquet"}, partitions_def=trait_partitions, backfill_policy=SINGLE_RUN,
-          pool="gpu",
+          **GPU,
           description="Answers under positive vs negative trait instructions, scored 0–100 for trait expression and coherence.")
 def trait_responses(context: dg.AssetExecutionContext, config: TraitResponseConfig, trait_specs: list[dict],
                     base_model: dict, judge: ModelResource) -> dict:
@@ -186,7 +186,7 @@ def activation_items(role_rows: list[dict], trait_rows: list[dict]) -> tuple[lis
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "safetensors"}, partitions_def=checkpoint_partitions,
-          backfill_policy=SINGLE_RUN, pool="gpu",
+          backfill_policy=SINGLE_RUN, **GPU,
           ins={"role_transcripts": dg.AssetIn(partition_mapping=ALL), "trait_responses": dg.AssetIn(partition_mapping=ALL)},
           description="Per-layer activations (response mean/last, prompt mean, last prompt token) of the same texts under "
                       "each checkpoint, all layers in one forward pass; safetensors + Parquet index.")

@@ -4,7 +4,8 @@ import dagster as dg
 
 from .. import loaders
 from ..settings import data_root
-from ._common import counts, md_table
+from ..plots import bar_plot
+from ._common import counts, md_table, png_meta
 
 GROUP = "specs"
 
@@ -22,7 +23,12 @@ def persona_specs(context: dg.AssetExecutionContext) -> list[dict]:
 @dg.asset(group_name=GROUP, kinds={"yaml", "parquet"}, description="Topics with scenario_type and a stable train/held-out split.")
 def topics(context: dg.AssetExecutionContext) -> list[dict]:
     items = loaders.load_topics(data_root() / "topics.yaml")
+    types = sorted({t.scenario_type for t in items})
+    plot = bar_plot(types, {"train": [sum(t.scenario_type == s and t.split == "train" for t in items) for s in types],
+                            "held out": [sum(t.scenario_type == s and t.split == "heldout" for t in items) for s in types]},
+                    "Topics per scenario type", "topics")
     context.add_output_metadata({
+        **png_meta(plot, "topics_per_scenario_type", "scenario_types_plot"),
         "topics": len(items),
         "scenario_types": len({t.scenario_type for t in items}),
         "heldout": sum(t.split == "heldout" for t in items),

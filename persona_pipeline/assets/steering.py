@@ -18,7 +18,7 @@ from ..resources import ModelResource
 from ..settings import home, profile
 from ..simulate import converse, plan_dialogues
 from ..simulator import PersonaBackend, definitions
-from ._common import ALL, SINGLE_RUN, md_table, persona_partitions, png_meta, trait_partitions
+from ._common import GPU, ALL, SINGLE_RUN, md_table, persona_partitions, png_meta, trait_partitions
 from .representations import GROUP, _pick, score_answers, trait_method
 
 
@@ -55,7 +55,7 @@ def _sweep_layers(config: SweepConfig, captured: list[int]) -> list[int]:
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "parquet"}, partitions_def=trait_partitions, backfill_policy=SINGLE_RUN,
-          pool="gpu",
+          **GPU,
           description="Layers × coefficients → mean trait score and coherence (one batched pass per trait), with the "
                       "prompt-only baseline on the same questions; best = highest trait with coherence ≥ 50.")
 def steering_sweep(context: dg.AssetExecutionContext, config: SweepConfig, persona_vectors: dict, trait_specs: list[dict],
@@ -142,7 +142,7 @@ def _judge_fn(judge: ModelResource, method: str):
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "safetensors"}, partitions_def=persona_partitions, backfill_policy=SINGLE_RUN,
-          pool="gpu", ins={"persona_vectors": dg.AssetIn(partition_mapping=ALL)},
+          **GPU, ins={"persona_vectors": dg.AssetIn(partition_mapping=ALL)},
           description="CMA-ES over trait-vector weights so the steered model writes like the target persona (persona judge "
                       "fitness), vs equal-weight mean-diff, PCA, prompt-only and random search on held-out topics.")
 def cmaes_steering(context: dg.AssetExecutionContext, config: CmaesConfig, persona_vectors: dict, persona_specs: list[dict],

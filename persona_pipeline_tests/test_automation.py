@@ -1,0 +1,71 @@
+"""Jobs, schedules and sensors: what runs when, evaluated with Dagster's own contexts."""
+
+import json
+
+import dagster as dg
+import pytest
+
+from persona_pipeline.definitions import defs
+
+
+def test_jobs_named_for_what_people_run_and_each_fits_one_partition_set():
+    names = {j.name for j in defs.jobs}
+    assert {"data", "train", "evaluate", "representations_roles", "representations_traits",
+            "representations_checkpoints", "representations_vectors", "representations_personas"} <= names
+    covered = set()
+    for name in names:
+        job = defs.resolve_job_def(name)  # resolving fails if a job mixed partition sets
+        covered |= set(job.asset_layer.executable_asset_keys)
+    assert covered == set(defs.resolve_asset_graph().get_all_asset_keys())  # together they are everything
+
+
+def test_schedules_are_off_unless_enabled_by_config(monkeypatch):
+    from persona_pipeline.assets import automation
+
+    sched = {s.name: s for s in defs.schedules}
+    assert set(sched) == {"nightly_evaluation", "weekly_full_rebuild"}
+    assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in sched.values())
+    monkeypatch.setenv("PERSONA_PIPELINE_SCHEDULES", "on")
+    assert automation.schedules_enabled() == dg.DefaultScheduleStatus.RUNNING
+    request = sched["weekly_full_rebuild"].evaluate_tick(dg.build_schedule_context()).run_requests[0]
+    assert request.tags["persona-pipeline/chain"] == "everything"
+    assert request.tags["dagster/asset_partition_range_start"] == "anxious"
+
+
+def test_ratings_sensor_fires_once_per_new_state_of_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERSONA_PIPELINE_RATINGS", str(tmp_path))
+    sensor = next(s for s in defs.sensors if s.name == "human_ratings_sensor")
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance, definitions=defs)
+        first = sensor.evaluate_tick(ctx)
+        assert len(first.run_requests) == 1 and first.run_requests[0].asset_selection == [dg.AssetKey("human_ratings")]
+        again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor, definitions=defs))
+        assert not again.run_requests  # nothing new
+        (tmp_path / "r1.json").write_text(json.dumps({"ratings": []}))
+        new = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor, definitions=defs))
+        assert len(new.run_requests) == 1 and new.cursor != first.cursor
+
+
+@pytest.mark.parametrize("chain_tag, fires", [("everything", True), (None, False)])
+def test_the_full_rebuild_chain_only_follows_its_own_runs(chain_tag, fires):
+    sensor = next(s for s in defs.sensors if s.name == "after_train_run_representations_roles")
+    tags = {"persona-pipeline/chain": chain_tag} if chain_tag else {}
+    with dg.instance_for_test() as instance:
+        run = instance.create_run_for_job(defs.resolve_job_def("train"), tags=tags)
+        event = dg.DagsterEvent(event_type_value="PIPELINE_SUCCESS", job_name="train")
+        ctx = dg.build_run_status_sensor_context(sensor_name=sensor.name, dagster_event=event, dagster_instance=instance,
+                                                 dagster_run=run)
+        result = sensor(ctx)
+    if fires:
+        assert result[0].job_name == "representations_roles"
+        assert result[0].tags["dagster/asset_partition_range_start"] == "conspiracy_theorist"
+    else:
+        assert isinstance(result, dg.SkipReason)
+
+
+def test_materialize_plan_is_printed_without_running(capsys):
+    from persona_pipeline.cli import main
+
+    assert main(["materialize", "--dry-run", "--select", "persona_vectors*"]) == 0
+    err = capsys.readouterr().err
+    assert "stage 1: persona_vectors" in err and "eval_report" in err
