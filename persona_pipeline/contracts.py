@@ -54,7 +54,7 @@ class PersonaSpec(Strict):
         prompts train faster and a small model attends to them better. The full
         form (constraints, stop rules, edge cases, examples) goes to judges.
         """
-        bullets = lambda xs: "\n".join(f"- {x}" for x in xs)  # noqa: E731
+        bullets = lambda xs: "\n".join(f"- {x}" for x in xs)
         if compact:
             return f"{self.name}: {self.description}\nTraits:\n{bullets(self.behavioral_traits)}"
         return (
@@ -107,7 +107,7 @@ class Conversation(BaseModel):
     metadata: ConversationMetadata = Field(default_factory=ConversationMetadata)
 
     @model_validator(mode="after")
-    def _count(self) -> "Conversation":
+    def _count(self) -> Conversation:
         self.metadata.num_turns = len(self.turns)
         return self
 
@@ -156,7 +156,7 @@ class Trait(Strict):
         return v
 
     @model_validator(mode="after")
-    def _disjoint(self) -> "Trait":
+    def _disjoint(self) -> Trait:
         if set(self.extract_questions) & set(self.eval_questions):
             raise ValueError("extract_questions and eval_questions must not overlap")
         return self
@@ -193,7 +193,7 @@ class SurveyItem(Strict):
     follow_ups: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _answer_fits_kind(self) -> "SurveyItem":
+    def _answer_fits_kind(self) -> SurveyItem:
         if self.kind == "likert":
             lo, hi = self.scale or (1, 5)
             if not isinstance(self.answer, int) or not lo <= self.answer <= hi:
@@ -222,7 +222,7 @@ class Survey(Strict):
     items: list[SurveyItem] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _refs(self) -> "Survey":
+    def _refs(self) -> Survey:
         ids = [i.id for i in self.items]
         dupes = {i for i in ids if ids.count(i) > 1}
         if dupes:
@@ -251,7 +251,7 @@ class HitlRecord(Strict):
     turns: list[Turn] = Field(min_length=2)
 
     @model_validator(mode="after")
-    def _alternatives(self) -> "HitlRecord":
+    def _alternatives(self) -> HitlRecord:
         for i, turn in enumerate(self.turns):
             if turn.role == "user" and not 1 <= len(turn.alternatives) <= 2:
                 raise ValueError(f"turns[{i}]: a persona turn needs 1–2 alternatives besides its content")

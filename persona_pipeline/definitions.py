@@ -8,13 +8,12 @@ cost on small machines; ``k8s`` for per-step pods, see deploy/).
 import dagster as dg
 
 from .assets import data, evaluation, human, models, report, representations, specs, steering
+from .assets._common import SINGLE_RUN
 from .assets.automation import automation
 from .assets.checks import data_checks, model_checks
 from .executors import executor_from_env
 from .io_manager import ArtifactIOManager
 from .resources import model_resource_from_env
-
-from .assets._common import SINGLE_RUN
 
 
 def _single_run(assets):

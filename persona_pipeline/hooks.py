@@ -76,7 +76,7 @@ class Steer:
     threshold: float | None = None  # cap: the bound on the projection onto v̂
     cap_below: bool = True  # cap: keep the projection ≥ threshold (else ≤)
 
-    def rows(self, idx: list[int]) -> "Steer":
+    def rows(self, idx: list[int]) -> Steer:
         """This steer restricted to batch rows ``idx`` (shared vectors and coefs pass through)."""
         vector = self.vector[idx] if self.vector.dim() == 2 else self.vector
         coef = self.coef[idx] if isinstance(self.coef, torch.Tensor) and self.coef.dim() == 1 else self.coef

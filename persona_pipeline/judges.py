@@ -50,14 +50,14 @@ _NUMBER = re.compile(r"[-+]?\d*\.?\d+")
 
 def parse_score(text: str, lo: float = -1.0, hi: float = 1.0) -> float | None:
     """A score from JSON (``score`` key), a fenced JSON block, or the first in-range number."""
-    for candidate in (text, *re.findall(r"\{.*?\}", text, re.S)):
+    for candidate in (text, *re.findall(r"\{.*?\}", text, re.DOTALL)):
         try:
             obj = json.loads(candidate)
         except (json.JSONDecodeError, TypeError):
             continue
         if isinstance(obj, dict) and isinstance(obj.get("score"), (int, float)) and lo <= obj["score"] <= hi:
             return float(obj["score"])
-    m = re.search(r'score"?\s*[:=]\s*([-+]?\d*\.?\d+)', text, re.I)
+    m = re.search(r'score"?\s*[:=]\s*([-+]?\d*\.?\d+)', text, re.IGNORECASE)
     values = [m.group(1)] if m else _NUMBER.findall(text)
     for v in values:
         x = float(v)

@@ -97,7 +97,7 @@ def dedupe(convs: list[Conversation], near_threshold: float = 0.8) -> tuple[list
     gold sources (HITL, survey) first.
     """
     kept, dropped, seen_exact, kept_sh = [], {}, {}, []
-    family = lambda cid: cid.split("#")[0]  # noqa: E731 — HITL paths of one session share turns on purpose
+    family = lambda cid: cid.split("#")[0]
     for conv in convs:
         key = normalise(" ".join(t.content for t in conv.turns))
         if key in seen_exact:

@@ -15,7 +15,8 @@ import socket
 import threading
 import time
 import uuid
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 import uvicorn
 from fastapi import FastAPI, Request

@@ -26,12 +26,11 @@ from scipy.stats import spearmanr
 from .backends import SamplingParams
 from .hooks import Steer
 
-
 # ---------------------------------------------------------------- sweeps
 
 def sweep_rows(questions: list[str], layers: list[int], rels: list[float], baseline_system: str | None = None) -> list[dict]:
     """The grid (layer × coef × question), plus prompt-only baseline rows when ``baseline_system`` is given."""
-    ask = lambda q: [{"role": "user", "content": q}]  # noqa: E731
+    ask = lambda q: [{"role": "user", "content": q}]
     rows = [{"condition": "steer", "question_idx": q, "question": text, "layer": layer, "rel_coef": rel, "chat": ask(text)}
             for layer in layers for rel in rels for q, text in enumerate(questions)]
     if baseline_system:

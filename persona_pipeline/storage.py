@@ -67,8 +67,7 @@ def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """Append complete lines and fsync, so a kill loses at most the line being written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         f.flush()
         os.fsync(f.fileno())
 

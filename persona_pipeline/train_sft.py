@@ -51,7 +51,7 @@ class SftSettings:
     quantize: str | None = None  # "nf4" → QLoRA
     logging_steps: int = 2
     seed: int = 0
-    steer: "PreventiveSteer | None" = None  # training-time (preventative) steering
+    steer: PreventiveSteer | None = None  # training-time (preventative) steering
 
 
 @dataclass
@@ -63,7 +63,7 @@ class PreventiveSteer:
     and the before/after eval losses run unsteered.
     """
 
-    vector: "object"  # torch.Tensor [hidden]
+    vector: object  # torch.Tensor [hidden]
     layer: int
     coef: float = 4.0
     mode: str = "add"

@@ -61,7 +61,7 @@ def exemplars(trait) -> tuple[list[str], list[str]]:
 
 
 def trait_scores(method: str, trait, qa: list[tuple[str, str]], judge: Backend | None = None,
-                 embedder: "EmbeddingJudge | None" = None) -> list[float | None]:
+                 embedder: EmbeddingJudge | None = None) -> list[float | None]:
     """0–100 trait expression by the configured judge: ``logprob`` (LLM) or ``embedding`` (MiniLM)."""
     if method == "logprob":
         return judge_answers(judge, trait.eval_prompt, qa)
@@ -89,7 +89,7 @@ class EmbeddingJudge:
 
 
 @functools.lru_cache(maxsize=1)
-def embedding_judge() -> "EmbeddingJudge":
+def embedding_judge() -> EmbeddingJudge:
     """One MiniLM per process (loading it costs a few seconds)."""
     return EmbeddingJudge()
 

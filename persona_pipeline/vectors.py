@@ -128,7 +128,7 @@ def checkpoint_projections(manifests: dict, roles: list[str], pos: int, axis: to
         tensors, index = load(manifests[key]["path"])
         acts = tensors["response_avg"][:, pos]
         default, others = default_vs_roles(acts, index, roles, keep)
-        pc1 = lambda m: ((m - mu) / sigma) @ comps[0]  # noqa: E731
+        pc1 = lambda m: ((m - mu) / sigma) @ comps[0]
         rows.append({"checkpoint": key, "default_on_axis": round(float(project(default, axis)), 3),
                      "roles_on_axis": round(float(project(others, axis).mean()), 3),
                      "default_pc1": round(float(pc1(default)), 3), "roles_pc1": round(float(pc1(others).mean()), 3)})

@@ -66,6 +66,22 @@ def embedded_backend(embedded_dir):
 
 
 @pytest.fixture()
+def artifacts(tmp_path, request):
+    """Where a test saves screenshots; copied to $PERSONA_TEST_ARTIFACTS/<module> at the end when set."""
+    import shutil
+
+    out = tmp_path / "test-artifacts"
+    out.mkdir()
+    yield out
+    extra = os.environ.get("PERSONA_TEST_ARTIFACTS")
+    if extra:
+        dest = Path(extra) / request.module.__name__.removeprefix("test_")
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in out.iterdir():
+            shutil.copy2(f, dest / f.name)
+
+
+@pytest.fixture()
 def data_dir() -> Path:
     return REPO / "data_assets"
 

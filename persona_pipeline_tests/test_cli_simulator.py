@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _dagster_helpers import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

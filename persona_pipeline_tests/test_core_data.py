@@ -16,7 +16,7 @@ def conv(cid, lines, persona="p1", source="synthetic"):
     return Conversation(id=cid, persona_id=persona, topic="t", turns=turns, metadata=ConversationMetadata(source=source))
 
 
-DIALOGUE = [f"line {i} about trains and {w}" for i, w in enumerate("alpha beta gamma delta epsilon zeta eta theta".split())]
+DIALOGUE = [f"line {i} about trains and {w}" for i, w in enumerate(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"])]
 
 
 def test_hitl_alternatives_become_paths(data_dir):

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from _dagster_helpers import check_results
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -2,7 +2,6 @@
 `persona-pipeline rate`, submitted ratings ingested by the next `human_ratings` run."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -10,20 +9,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
+from _browser import free_port, launch, needs_chromium
 from _dagster_helpers import REPO, run_pipeline
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
-
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, needs_chromium]
 
 
 def _wait(url: str, proc) -> None:
@@ -38,20 +27,20 @@ def _wait(url: str, proc) -> None:
     pytest.fail(f"{url} did not come up")
 
 
-def test_ratings_submitted_in_a_browser_reach_the_next_human_ratings_run(materialized, tmp_path):
+def test_ratings_submitted_in_a_browser_reach_the_next_human_ratings_run(materialized, artifacts):
     from playwright.sync_api import expect, sync_playwright
 
     env, assets = materialized
     page_doc = json.loads((assets / "human_eval_page.json").read_text())
     assert page_doc["items"], "the pipeline produced no items to rate"
-    port = _port()
+    port = free_port()
     cli = str(Path(sys.executable).parent / "persona-pipeline")
     server = subprocess.Popen([cli, "rate", "--port", str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         _wait(f"http://127.0.0.1:{port}/", server)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+            browser = launch(p)
             page = browser.new_page()
             page.set_default_timeout(15_000)
             page.goto(f"http://127.0.0.1:{port}/")
@@ -61,7 +50,7 @@ def test_ratings_submitted_in_a_browser_reach_the_next_human_ratings_run(materia
                 card.locator(f"input[type=radio][value='{1 + i % 5}']").check()
             page.click("#submit")
             expect(page.locator("#status")).to_contain_text("Saved")
-            page.screenshot(path=str(tmp_path / "pipeline_rating_page.png"), full_page=True)
+            page.screenshot(path=str(artifacts / "pipeline_rating_page.png"), full_page=True)
             browser.close()
     finally:
         server.terminate()

@@ -10,27 +10,21 @@ are copied there.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from _browser import free_port, launch, needs_chromium
 
 from persona_pipeline.human_eval import load_ratings, ratings_app, write_page
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 METHODS = ["prompt", "sft", "rl", "steering", "cmaes"]
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(120),
-    pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"), reason="needs Debian chromium at /usr/bin/chromium "
-                                                     "(apt-get install -y chromium)"),
+    needs_chromium,
 ]
 
 
@@ -50,11 +44,6 @@ def _items() -> list[dict]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture()
 def server(tmp_path):
@@ -63,7 +52,7 @@ def server(tmp_path):
 
     page_dir, ratings_dir = tmp_path / "page", tmp_path / "ratings"
     doc = write_page(page_dir, _items(), seed=5)
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(ratings_app(page_dir, ratings_dir), host="127.0.0.1", port=port,
                                         log_level="warning", lifespan="off"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -78,20 +67,6 @@ def server(tmp_path):
     thread.join(timeout=10)
 
 
-@pytest.fixture()
-def artifacts(tmp_path):
-    """Where screenshots go; copied to $PERSONA_TEST_ARTIFACTS at the end when it is set."""
-    out = tmp_path / "test-artifacts"
-    out.mkdir()
-    yield out
-    extra = os.environ.get("PERSONA_TEST_ARTIFACTS")
-    if extra:
-        dest = Path(extra) / "human_eval_browser"
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in out.iterdir():
-            shutil.copy2(f, dest / f.name)
-
-
 def _rating(item_idx: int, label: str) -> int:
     return 1 + (item_idx * 2 + ord(label) - ord("A")) % 5
 
@@ -101,7 +76,7 @@ def test_rate_submit_and_ingest_in_real_browser(server, artifacts, tmp_path):
 
     url, page_dir, ratings_dir, doc = server
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        browser = launch(p)
         try:
             context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
             page = context.new_page()

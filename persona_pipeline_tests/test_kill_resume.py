@@ -8,7 +8,6 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-
 from _dagster_helpers import REPO, isolated_env, materialize_cmd, persona_range, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

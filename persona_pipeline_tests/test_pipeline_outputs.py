@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from safetensors.torch import load_file
-
 from _dagster_helpers import SMALL
+from safetensors.torch import load_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

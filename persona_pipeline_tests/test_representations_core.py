@@ -4,8 +4,16 @@ import pytest
 import torch
 
 from persona_pipeline.activations import Item, extract, middle_layers
-from persona_pipeline.vectors import (assistant_axis, cosine_matrix, keep_pair, mean_diff, pca, project, span_share,
-                                      svd_direction)
+from persona_pipeline.vectors import (
+    assistant_axis,
+    cosine_matrix,
+    keep_pair,
+    mean_diff,
+    pca,
+    project,
+    span_share,
+    svd_direction,
+)
 
 ITEMS = [Item([{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "hi"}], "Arr, ahoy there!"),
          Item([{"role": "user", "content": "What is two plus two?"}], "Four."),

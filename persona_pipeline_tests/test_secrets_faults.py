@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -29,10 +28,10 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 import pytest
+from _dagster_helpers import REPO, isolated_env, materialize_cmd, run_cli
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from _dagster_helpers import REPO, isolated_env, materialize_cmd, run_cli
 from persona_pipeline.serve import create_app, serving
 
 ROLES = ("teacher", "assistant", "judge", "policy")
@@ -178,8 +177,12 @@ def test_api_key_appears_in_no_log_metadata_or_artifact(tmp_path, shared_home, s
     for root in (env["DAGSTER_HOME"], env["PERSONA_PIPELINE_HOME"]):
         assert not files_containing(Path(root), secret.encode()), f"the key was written under {root}"
 
+    # the scans can see what was recorded: the endpoint URL (logged and in metadata) is found the same way
+    assert files_containing(Path(env["DAGSTER_HOME"]), url.encode()), "the scan did not read the event logs"
+
     blobs, metadata = instance_records(env["DAGSTER_HOME"], monkeypatch)
     assert not [b for b in blobs if secret in b], "the key is in a run or event record"
+    assert [b for b in blobs if url in b], "the serialised records do not show what was recorded"
     assert metadata["teacher"] == f"openai:smollm2 @ {url}"  # the endpoint is recorded, its key is not
     assert not [k for k, v in metadata.items() if secret in v]
 
@@ -258,7 +261,7 @@ def test_an_endpoint_that_always_fails_fails_the_run_clearly_and_writes_no_artif
     app = flaky_app(["500"] * 1000)
     with serving(app) as url:
         env = fault_env(tmp_path, shared_home, specs_assets, url, max_retries=2)
-        proc = subprocess.run(SYNTH, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(SYNTH, cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)
         assert proc.returncode != 0, "the run succeeded against an endpoint that only answers HTTP 500"
         out = proc.stdout + proc.stderr
         assert f"{url} answered HTTP 500 for teacher-m" in out, f"unclear failure:\n{out[-3000:]}"
@@ -345,3 +348,24 @@ def test_a_judge_endpoint_that_always_fails_records_failed_scores_naming_it(monk
     for s in scores:
         assert s.ok is False and s.attempts == 2 and s.raw is None and s.adherence is None
         assert s.error.startswith("backend error: ") and f"{url} answered HTTP 500 for judge-m" in s.error
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("body", ["<html>502 bad gateway</html>", {"weird": 1}, {"choices": []}],
+                         ids=["not-json", "no-choices", "empty-choices"])
+def test_a_malformed_200_body_is_a_backend_error_naming_the_endpoint(monkeypatch, body):
+    from fastapi.responses import PlainTextResponse
+
+    from persona_pipeline.backends import BackendError, SamplingParams
+    from persona_pipeline.backends.openai_compat import OpenAIBackend
+
+    monkeypatch.delenv("PP_TEST_NO_KEY", raising=False)
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat():
+        return PlainTextResponse(body) if isinstance(body, str) else JSONResponse(body)
+
+    with serving(app) as url, pytest.raises(BackendError, match=url):
+        OpenAIBackend("m", base_url=url, api_key_env="PP_TEST_NO_KEY", max_retries=0).complete(
+            [[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=4))

@@ -67,7 +67,7 @@ def test_dialogues_alternate_and_reach_min_turns_in_batched_steps(world, tiny_ba
 def test_resume_from_cache_loses_and_duplicates_nothing(world, tiny_backend, tmp_path):
     specs, topics = world
     cfg = SimConfig(min_turns=8, max_turns=8, persona_max_new_tokens=6, assistant_max_new_tokens=6, max_line_retries=0)
-    plan = lambda: plan_dialogues(specs["parent"], topics, 3)  # noqa: E731
+    plan = lambda: plan_dialogues(specs["parent"], topics, 3)
     cache = WorkCache(tmp_path, {"parent": "fp1"})
 
     class Interrupt(Exception):

@@ -38,7 +38,7 @@ def test_mixture_weights_sources_and_holds_out_whole_conversations():
     train, ev, mix = build_mixture(ps, retention, s)
     assert mix["sources"]["retention"]["rows"] == 2
     assert ev and all(r["source"] != "retention" for r in ev)
-    histories = lambda rows: {r["prompt"][-1]["content"] for r in rows if "<empty>" not in r["prompt"][-1]["content"]}  # noqa: E731
+    histories = lambda rows: {r["prompt"][-1]["content"] for r in rows if "<empty>" not in r["prompt"][-1]["content"]}
     assert not histories(ev) & histories(r for r in train if r["source"] != "retention")
     with pytest.raises(ValueError, match="empty"):
         build_mixture([], [], s)

@@ -8,9 +8,10 @@ from ..hitl import expand_paths
 from ..loaders import load_hitl
 from ..resources import ModelResource
 from ..settings import data_root, home, profile
-from ..simulator import definitions
 from ..simulate import SimConfig, WorkCache, fingerprint, plan_dialogues, simulate
-from ..survey import split_items, survey_conversations as survey_to_convs
+from ..simulator import definitions
+from ..survey import split_items
+from ..survey import survey_conversations as survey_to_convs
 from ..unroll import export_customjson, unroll
 from ._common import GPU, SINGLE_RUN, counts, md_table, persona_partitions
 
@@ -31,7 +32,7 @@ class SyntheticConfig(dg.Config):
 
     def resolved(self) -> tuple[int, SimConfig]:
         p = profile()
-        pick = lambda name: getattr(self, name) if getattr(self, name) is not None else getattr(p, name)  # noqa: E731
+        pick = lambda name: getattr(self, name) if getattr(self, name) is not None else getattr(p, name)
         sim = SimConfig(
             min_turns=pick("min_turns"), max_turns=pick("max_turns"), persona_max_new_tokens=pick("persona_max_new_tokens"),
             assistant_max_new_tokens=pick("assistant_max_new_tokens"), temperature=self.temperature,
@@ -66,7 +67,7 @@ def synthetic_conversations(
     cache = WorkCache(home() / "work" / "synthetic_conversations",
                       {pid: fingerprint(specs[pid], [d.topic for d in plans[pid]], sim, ids) for pid in plans})
     dialogues = [d for pid in context.partition_keys for d in plans[pid]]
-    log = lambda step, ds: context.log.info(f"step {step}: {sum(d.done for d in ds)}/{len(ds)} dialogues finished")  # noqa: E731
+    log = lambda step, ds: context.log.info(f"step {step}: {sum(d.done for d in ds)}/{len(ds)} dialogues finished")
     convs = simulate(dialogues, specs, teacher.backend(), assistant.backend(), sim, cache=cache, on_step=log)
     context.add_output_metadata({
         "conversations": len(convs),
@@ -126,7 +127,7 @@ def conversations(
     context: dg.AssetExecutionContext, config: CurateAssetConfig, synthetic_conversations: list[dict],
     hitl_conversations: list[dict], survey_conversations: list[dict],
 ) -> list[dict]:
-    load = lambda rows: [Conversation(**r) for r in rows]  # noqa: E731
+    load = lambda rows: [Conversation(**r) for r in rows]
     cfg = cur.CurateConfig(min_turns=profile().min_turns, **config.model_dump())
     kept, report = cur.curate(load(synthetic_conversations), load(hitl_conversations), load(survey_conversations), cfg)
     context.add_output_metadata({

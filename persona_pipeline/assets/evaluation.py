@@ -5,23 +5,22 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
-
 import dagster as dg
+import torch
 
 from .. import eval_judges as ej
 from .. import stats
 from .. import steer_search as ss
 from .. import vectors as vec
-from ..contracts import Conversation, PersonaSpec, Survey, Topic
+from ..contracts import PersonaSpec, Survey, Topic
 from ..eval_dialogues import Contestant, persona_turns, run_dialogues
 from ..prompts import neutral_user_chat, simulator_prompt, teacher_chat
 from ..quality import PERSONA_BREAK, text_safety_flags
 from ..resources import ModelResource
-from ..settings import home, profile
+from ..settings import profile
 from ..simulate import plan_dialogues
 from ..simulator import definitions
-from ._common import GPU, ALL, md_table, png_meta
+from ._common import ALL, GPU, md_table, png_meta
 from .steering import _policy
 
 GROUP = "evaluation"
@@ -57,8 +56,8 @@ def contestants(persona_specs: list[dict], cmaes: dict, sweep_rows: list[dict], 
     defs = definitions(persona_specs)
     out = []
     for pid in sorted(specs):
-        sim = lambda _topic, turns, pid=pid: simulator_prompt(pid, defs[pid], turns)  # noqa: E731
-        neutral = lambda topic, turns: neutral_user_chat(topic, turns)  # noqa: E731
+        sim = lambda _topic, turns, pid=pid: simulator_prompt(pid, defs[pid], turns)
+        neutral = lambda topic, turns: neutral_user_chat(topic, turns)
         made = {"prompt": lambda: Contestant("prompt", pid, "base", lambda t, h, s=specs[pid]: teacher_chat(s, t, h)),
                 "sft": lambda: Contestant("sft", pid, "sft", sim), "rl": lambda: Contestant("rl", pid, "rl", sim),
                 "steering": lambda: Contestant("steering", pid, "base", neutral,
@@ -226,7 +225,7 @@ def leaderboard(context: dg.AssetExecutionContext, judge_scores: list[dict], sur
 
 
 def _brief(r: dict) -> dict:
-    ci = lambda m: f"{_r(r.get(m + '_mean'), 3)} [{_r(r.get(m + '_ci_low'), 3)}, {_r(r.get(m + '_ci_high'), 3)}]"  # noqa: E731
+    ci = lambda m: f"{_r(r.get(m + '_mean'), 3)} [{_r(r.get(m + '_ci_low'), 3)}, {_r(r.get(m + '_ci_high'), 3)}]"
     return {"persona": r["persona_id"], "method": r["method"], "adherence (95% CI)": ci("adherence"),
             "Δ vs prompt": _r(r.get("adherence_diff"), 3), "p (Holm)": _r(r.get("adherence_p_holm"), 3),
             "significant": r.get("adherence_significant"), "breaks": _r(r.get("persona_break_mean"), 3),

@@ -12,7 +12,7 @@ from ..contracts import Conversation
 from ..eval_dialogues import next_lines
 from ..resources import ModelResource
 from ..settings import home, profile, ratings_dir
-from ._common import GPU, ALL, md_table
+from ._common import ALL, GPU, md_table
 from .evaluation import GROUP, METHODS, contestants
 from .steering import _policy
 

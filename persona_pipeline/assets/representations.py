@@ -1,9 +1,8 @@
 """Representations group: role transcripts, trait responses, activations across checkpoints,
 the persona space / Assistant Axis, persona vectors and how fine-tuning moved along them."""
 
-import torch
-
 import dagster as dg
+import torch
 
 from .. import activations as act
 from .. import transcripts as tr
@@ -15,8 +14,17 @@ from ..plots import bar_plot, heatmap, line_plot, scatter_plot
 from ..resources import ModelResource
 from ..settings import data_root, home, profile
 from ..trait_judge import judge_answers, likelihood_coherence, trait_scores
-from ._common import (GPU, ALL, SINGLE_RUN, checkpoint_partitions, extra_checkpoints, md_table, png_meta, role_partitions,
-                      trait_partitions)
+from ._common import (
+    ALL,
+    GPU,
+    SINGLE_RUN,
+    checkpoint_partitions,
+    extra_checkpoints,
+    md_table,
+    png_meta,
+    role_partitions,
+    trait_partitions,
+)
 
 GROUP = "representations"
 

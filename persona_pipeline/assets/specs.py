@@ -3,8 +3,8 @@
 import dagster as dg
 
 from .. import loaders
-from ..settings import data_root
 from ..plots import bar_plot
+from ..settings import data_root
 from ._common import counts, md_table, png_meta
 
 GROUP = "specs"

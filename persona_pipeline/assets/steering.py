@@ -1,13 +1,11 @@
 """Representations group, steering half: sweeps per trait, CMA-ES per persona, and a drift monitor."""
 
+import dagster as dg
 import numpy as np
 import torch
 
-import dagster as dg
-
 from .. import steer_search as ss
 from .. import vectors as vec
-from ..transcripts import trait_system_prompt
 from ..activations import Item, extract, spread_layers
 from ..backends import BackendSpec, SamplingParams, make_backend
 from ..contracts import PersonaSpec, Topic, Trait
@@ -18,7 +16,8 @@ from ..resources import ModelResource
 from ..settings import home, profile
 from ..simulate import converse, plan_dialogues
 from ..simulator import PersonaBackend, definitions
-from ._common import GPU, ALL, SINGLE_RUN, md_table, persona_partitions, png_meta, trait_partitions
+from ..transcripts import trait_system_prompt
+from ._common import ALL, GPU, SINGLE_RUN, md_table, persona_partitions, png_meta, trait_partitions
 from .representations import GROUP, _pick, score_answers, trait_method
 
 
@@ -100,7 +99,7 @@ def _cell(summary: list[dict], layer: int, coef: float):
 
 def _sweep_plots(trait: str, summary: list[dict], table: list[dict]) -> dict:
     baseline = next(t["prompt_only"] for t in table if t["trait"] == trait)
-    series = lambda field: {f"layer {layer}": ([s["rel_coef"] for s in summary if s["layer"] == layer],  # noqa: E731
+    series = lambda field: {f"layer {layer}": ([s["rel_coef"] for s in summary if s["layer"] == layer],
                                                [s[field] or 0 for s in summary if s["layer"] == layer])
                             for layer in sorted({s["layer"] for s in summary})}
     return {**png_meta(line_plot(series("trait"), f"{trait}: trait score vs coef (dashed: prompt-only)", "relative coef",

@@ -55,6 +55,9 @@ class OpenAIBackend:
             raise BackendError(f"could not reach {self.base_url} for {self.model} after retries: {e}") from None
         except openai.APIStatusError as e:
             raise BackendError(f"{self.base_url} answered HTTP {e.status_code} for {self.model}: {e.message}") from None
+        except (AttributeError, TypeError, IndexError) as e:  # a 200 whose body is not a chat completion
+            raise BackendError(f"{self.base_url} sent a malformed chat completion for {self.model}: "
+                               f"{type(e).__name__}: {e}") from None
 
     def complete(self, chats: list[Chat], params: SamplingParams) -> list[str]:
         def one(chat: Chat) -> str:
