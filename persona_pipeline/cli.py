@@ -5,6 +5,7 @@
 - ``serve``     an OpenAI-compatible endpoint; model ``persona-simulator[-sft|-rl]:<persona>``
 - ``rate``      serve the human-evaluation page; submissions land where ``human_ratings`` reads them
 - ``materialize`` every asset (or a selection) through ``dagster asset materialize``, one run per partition set
+- ``observe``   record the persona files' versions and print the stale persona partitions
 - ``info``, ``partition-range``  helpers for scripts and the Makefile
 """
 
@@ -188,6 +189,20 @@ def _rate(args) -> int:
     return 0
 
 
+def _observe(_args) -> int:
+    """Record the persona files' content hashes on the instance and list the stale dialogue partitions."""
+    import dagster as dg
+
+    from .assets.sources import observe, stale_partitions
+    from .definitions import defs
+
+    with dg.DagsterInstance.get() as instance:
+        versions = observe(instance)
+        stale = stale_partitions(instance, defs, "synthetic_conversations")
+    print(json.dumps({"persona_files": versions, "stale_synthetic_conversations": stale}, indent=2))
+    return 0
+
+
 def _info(_args) -> int:
     print(json.dumps({"home": str(home()), "data": str(data_root()), "profile": profile().model_dump()}, indent=2))
     return 0
@@ -226,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--select", default="*", help="asset selection, e.g. '*' or 'persona_vectors*' (comma-separated)")
     mat.add_argument("--dry-run", action="store_true", help="print the stages without running them")
     mat.set_defaults(fn=_materialize)
+    sub.add_parser("observe", help="observe data_assets/personas and print which persona partitions are stale"
+                   ).set_defaults(fn=_observe)
     sub.add_parser("info", help="show where artifacts go and the active profile").set_defaults(fn=_info)
     return parser
 

@@ -10,6 +10,7 @@ import dagster as dg
 from .assets import data, evaluation, human, models, report, representations, specs, steering
 from .assets._common import SINGLE_RUN
 from .assets.automation import automation
+from .assets.sources import persona_files, persona_files_sensor
 from .assets.checks import data_checks, model_checks
 from .executors import executor_from_env
 from .io_manager import ArtifactIOManager
@@ -26,11 +27,11 @@ def _single_run(assets):
 jobs, schedules, sensors = automation()
 
 defs = dg.Definitions(
-    assets=_single_run(dg.load_assets_from_modules([specs, data, models, representations, steering, evaluation, human, report])),
+    assets=[persona_files, *_single_run(dg.load_assets_from_modules([specs, data, models, representations, steering, evaluation, human, report]))],
     asset_checks=data_checks + model_checks + [human.judge_agrees_with_humans],
     jobs=jobs,
     schedules=schedules,
-    sensors=sensors,
+    sensors=[*sensors, persona_files_sensor],
     resources={
         "io_manager": ArtifactIOManager(),
         "teacher": model_resource_from_env("teacher"),

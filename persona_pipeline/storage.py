@@ -54,7 +54,9 @@ def write_json(path: Path, obj) -> None:
 
 def write_records(path: Path, records: list[dict]) -> None:
     """Write records as Parquet; an empty list still gets a readable file."""
-    table = pa.Table.from_pylist(records) if records else pa.table({})
+    # Columns are the union of every record's keys (pyarrow would keep only the first record's).
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in records]) if records else pa.table({})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 

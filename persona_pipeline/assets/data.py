@@ -3,9 +3,9 @@
 import dagster as dg
 
 from .. import curate as cur
-from ..contracts import Conversation, PersonaSpec, Survey, Topic
+from ..contracts import Conversation, Survey, Topic
 from ..hitl import expand_paths
-from ..loaders import load_hitl
+from ..loaders import load_hitl, load_personas
 from ..resources import ModelResource
 from ..settings import data_root, home, profile
 from ..simulate import SimConfig, WorkCache, fingerprint, plan_dialogues, simulate
@@ -49,15 +49,16 @@ def _records(convs: list[Conversation]) -> list[dict]:
 
 @dg.asset(
     group_name=GROUP, kinds={"pytorch", "parquet"}, partitions_def=persona_partitions, backfill_policy=SINGLE_RUN,
-    **GPU,
-    description="Teacher-written dialogues (persona as the user, 8+ turns) per persona; all partitions advance in one batch; resumable.",
+    **GPU, deps=["persona_files"],
+    description="Teacher-written dialogues (persona as the user, 8+ turns) per persona; all partitions advance in one batch; "
+                "resumable. Reads its own persona's spec file, so editing one spec makes only that partition stale.",
 )
 def synthetic_conversations(
-    context: dg.AssetExecutionContext, config: SyntheticConfig, persona_specs: list[dict], topics: list[dict],
+    context: dg.AssetExecutionContext, config: SyntheticConfig, topics: list[dict],
     teacher: ModelResource, assistant: ModelResource,
 ) -> dict:
     n, sim = config.resolved()
-    specs = {s["id"]: PersonaSpec(**s) for s in persona_specs}
+    specs = {s.id: s for s in load_personas(data_root() / "personas")}
     unknown = [k for k in context.partition_keys if k not in specs]
     if unknown:
         raise ValueError(f"partitions {unknown} have no persona spec in {data_root() / 'personas'}")

@@ -106,7 +106,8 @@ class SftConfig(dg.Config):
         return SftSettings(
             lora=LoraSettings(self.r, self.alpha, self.dropout, tuple(self.target_modules)), learning_rate=self.learning_rate,
             epochs=self.epochs, max_steps=steps, batch_size=self.batch_size or profile().sft_batch_size, max_length=self.max_length,
-            eval_fraction=self.eval_fraction, weights=self.weights, quantize=quant[self.quantize], seed=self.seed,
+            eval_fraction=self.eval_fraction, max_eval_rows=profile().sft_eval_rows, weights=self.weights,
+            quantize=quant[self.quantize], seed=self.seed,
         )
 
 

@@ -38,17 +38,18 @@ def eval_report(context: dg.AssetExecutionContext, leaderboard: list[dict], judg
     overall = [_brief(x) for x in leaderboard if x["persona_id"] == "ALL"]
     r.section("Leaderboard", "Mean adherence with its bootstrap 95 % CI; Δ and p are against prompt-only (Holm-corrected).")
     r.table(overall, highlight_best={"breaks": "min"})
-    r.section("Per persona").table([_brief(x) for x in leaderboard if x["persona_id"] not in ("ALL",) and "adherence_n" in x])
+    r.section("Per persona").table([_brief(x) for x in leaderboard if x["persona_id"] != "ALL" and x.get("adherence_n")])
     r.section("Survey replication", "Held-out items of the surveyed person; fidelity as in the survey guide.")
     r.table([{"person": v["persona_id"], "method": v["method"], "fidelity": v["fidelity"], "band": v["band"],
               **{k: v["overall"].get(k) for k in ("parse_rate", "likert_within1", "stance_accuracy", "similarity")}}
              for v in survey_replication.values()], highlight_best={"fidelity": "max"})
-    sections = {}
+    opened = set()
     for section, rel, caption in PLOTS + _sweep_plots(root):
         path = root / rel
         if path.exists():
-            if section not in sections:
-                sections[section] = r.section(section)
+            if section not in opened:
+                opened.add(section)
+                r.section(section)
             r.image(path.read_bytes(), caption)
     worst = sorted((x for x in judge_scores if x["adherence"] is not None), key=lambda x: x["adherence"])[:8]
     r.section("Worst examples", "The lowest-adherence persona lines with the judge's reasoning (when the judge gives one).")

@@ -124,13 +124,13 @@ class CmaesConfig(dg.Config):
 
 def _targets(keys: list[str], persona_specs: list[dict], topics: list[dict], n: int, seed: int) -> list[ss.Target]:
     specs = {s["id"]: PersonaSpec(**s) for s in persona_specs}
-    full = definitions(persona_specs)  # compact (who + traits): the fitness judge reads it hundreds of times
+    judged = definitions(persona_specs)  # compact (who + traits): the fitness judge reads it hundreds of times
     all_topics = [Topic(**t) for t in topics]
     targets = []
     for pid in keys:
         search = [d.topic for d in plan_dialogues(specs[pid], all_topics, n, seed + 7)]
         held = [d.topic for d in plan_dialogues(specs[pid], all_topics, n, seed, split="heldout")]
-        targets.append(ss.Target(pid, full[pid], [neutral_user_chat(t) for t in search], [neutral_user_chat(t) for t in held],
+        targets.append(ss.Target(pid, judged[pid], [neutral_user_chat(t) for t in search], [neutral_user_chat(t) for t in held],
                                  [teacher_chat(specs[pid], t, []) for t in held]))
     return targets
 
