@@ -70,3 +70,18 @@ def test_materialize_plan_is_printed_without_running(capsys):
     assert main(["materialize", "--dry-run", "--select", "persona_vectors*"]) == 0
     err = capsys.readouterr().err
     assert "stage 1: persona_vectors" in err and "eval_report" in err
+
+
+@pytest.mark.parametrize("sensor_name, root", [("hitl_files_sensor", "hitl_conversations"), ("survey_files_sensor", "surveys")])
+def test_data_folder_sensors_request_exactly_what_one_run_can_refresh(sensor_name, root):
+    """The root and its downstream, stopping where a partitioned asset (or anything above one) begins."""
+    sensor = next(s for s in defs.sensors if s.name == sensor_name)
+    graph = defs.resolve_asset_graph()
+    with dg.instance_for_test() as instance:
+        request = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs)).run_requests[0]
+    keys = {k.to_user_string() for k in request.asset_selection}
+    assert root in keys and {"conversations", "sft_pairs", "sft_adapter", "rl_adapter"} <= keys
+    assert not keys & {"activations", "persona_vectors", "judge_scores", "eval_report"}  # beyond partitioned stages
+    assert all(graph.get(dg.AssetKey(k)).partitions_def is None for k in keys)
+    downstream = {k.to_user_string() for k in dg.AssetSelection.assets(root).downstream().resolve(graph)}
+    assert keys <= downstream

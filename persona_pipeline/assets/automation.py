@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..settings import ratings_dir
+from ..settings import data_root, ratings_dir
 
 
 def folder_state(folder: Path) -> str:
@@ -19,7 +19,11 @@ def folder_state(folder: Path) -> str:
 
 def folder_sensor(name: str, folder, selection: dg.AssetSelection, description: str,
                   default_status=dg.DefaultSensorStatus.RUNNING) -> dg.SensorDefinition:
-    """Materialise ``selection`` whenever the files under ``folder()`` change (one run per distinct state)."""
+    """Materialise ``selection`` whenever the files under ``folder()`` change (one run per distinct state).
+
+    One run holds one partition set, so the run stops where the graph enters a
+    partitioned asset; what lies beyond shows as stale in the UI (and is rebuilt by the jobs).
+    """
 
     @dg.sensor(name=name, asset_selection=selection, minimum_interval_seconds=30, description=description,
                default_status=default_status)
@@ -30,10 +34,35 @@ def folder_sensor(name: str, folder, selection: dg.AssetSelection, description: 
         context.update_cursor(state)
         if state == "absent":
             return dg.SkipReason(f"{folder()} does not exist")
-        return dg.RunRequest(run_key=f"{name}:{state}")
+        keys = unpartitioned_reach(context.repository_def.asset_graph, selection)
+        return dg.RunRequest(run_key=f"{name}:{state}", asset_selection=keys)
 
     return _sensor
 
+
+def unpartitioned_reach(graph, selection: dg.AssetSelection) -> list[dg.AssetKey]:
+    """The part of ``selection`` (a root and its downstream) one run can refresh: unpartitioned assets
+    none of whose affected parents was left out (so nothing runs on top of a stale partitioned input)."""
+    affected = set(selection.resolve(graph))
+    kept: list[dg.AssetKey] = []
+    for key in graph.toposorted_asset_keys:
+        node = graph.get(key)
+        if key not in affected or node.partitions_def is not None or not node.is_executable:
+            continue
+        if all(p in kept for p in node.parent_keys if p in affected):
+            kept.append(key)
+    return kept
+
+
+hitl_files_sensor = folder_sensor(
+    "hitl_files_sensor", lambda: data_root() / "hitl", dg.AssetSelection.assets("hitl_conversations").downstream(),
+    "New or edited HITL sessions → hitl_conversations and the unpartitioned assets downstream (curation, pairs, adapters…).",
+)
+
+survey_files_sensor = folder_sensor(
+    "survey_files_sensor", lambda: data_root() / "surveys", dg.AssetSelection.assets("surveys").downstream(),
+    "New or edited surveys → surveys and the unpartitioned assets downstream (survey conversations, training, replication…).",
+)
 
 human_ratings_sensor = folder_sensor(
     "human_ratings_sensor", ratings_dir, dg.AssetSelection.assets("human_ratings"),
@@ -122,4 +151,4 @@ def automation() -> tuple[list, list, list]:
     def weekly(_context):
         return _partition_run("data", _partitions_of("data"))
 
-    return JOBS, [nightly, weekly], [human_ratings_sensor, *chain]
+    return JOBS, [nightly, weekly], [human_ratings_sensor, hitl_files_sensor, survey_files_sensor, *chain]
