@@ -525,6 +525,33 @@ def reward_judge(backend: Backend, specs: Mapping[str, str | PersonaSpec | Mappi
     return run
 
 
+def embedding_judge(specs: Mapping[str, PersonaSpec | Mapping], name: str = "persona_embedding") -> JudgeFn:
+    """Adherence as MiniLM similarity to this persona's own voice vs every other persona's.
+
+    Positives: the persona's example lines and traits; negatives: the other
+    personas' example lines. Deterministic and cheap — the persona-aware idea
+    (profile + representative real lines) without an LLM, for when the judge is
+    a small local model that cannot grade adherence itself.
+    """
+    from .trait_judge import embedding_judge as minilm
+
+    parsed = {pid: s if isinstance(s, PersonaSpec) else PersonaSpec(**s) for pid, s in specs.items()}
+    voice = {pid: [*p.example_lines, *p.behavioral_traits] for pid, p in parsed.items()}
+
+    def run(items: Sequence[EvalItem]) -> list[JudgeScore]:
+        items = list(items)
+        out: dict[int, float] = {}
+        for pid in dict.fromkeys(it.persona_id for it in items):
+            idx = [i for i, it in enumerate(items) if it.persona_id == pid]
+            others = [x for other, lines in voice.items() if other != pid for x in lines[:4]]
+            scores = minilm().score(_lookup(voice, items[idx[0]], "spec"), others, [items[i].candidate for i in idx])
+            out.update({i: round(sc / 100, 6) for i, sc in zip(idx, scores)})
+        return [JudgeScore(persona_id=it.persona_id, item_id=it.id, judge=name, method=it.method, turn_index=it.turn_index,
+                           attempts=1, ok=True, adherence=out[i]) for i, it in enumerate(items)]
+
+    return run
+
+
 def items_from_conversation(conv: Conversation | Mapping, method: str | None = None) -> list[EvalItem]:
     """Each persona turn of a dialogue as an item (history = everything before it) — for judging
     real or simulated dialogues turn by turn, e.g. for :func:`consistency_drift`."""

@@ -77,9 +77,16 @@ class JudgeScoresConfig(dg.Config):
     seed: int = 0
 
 
+def judge_specs(judge: ModelResource, persona_specs: list[dict]) -> dict[str, str]:
+    """The spec text a judge reads: the full spec for endpoint judges; the compact one (who + traits)
+    for the small local judge, which attends to it better and reads it hundreds of times."""
+    return definitions(persona_specs, compact=judge.kind == "local")
+
+
 def _judges(judge: ModelResource, mode: str, persona_specs: list[dict], conversations: list[dict]) -> dict:
     backend, specs = judge.backend(), {s["id"]: s for s in persona_specs}
-    out = {"reward_logprob": ej.reward_judge(backend, specs, "logprob")}
+    out = {"persona_embedding": ej.embedding_judge(specs),
+           "reward_logprob": ej.reward_judge(backend, judge_specs(judge, persona_specs), "logprob")}
     if mode == "on" or (mode == "auto" and judge.kind != "local"):
         profiles = {pid: ej.persona_profile(s, ej.persona_lines(conversations, pid)) for pid, s in specs.items()}
         out["persona_judge"] = ej.persona_judge(backend, specs)
@@ -108,6 +115,7 @@ def judge_scores(context: dg.AssetExecutionContext, config: JudgeScoresConfig, p
     convs = run_dialogues(contestants(persona_specs, cmaes_steering, steering_sweep, persona_vectors, config.methods), held,
                           backends, assistant.backend(), max(10, config.turns or p.eval_turns), p.eval_persona_tokens,
                           p.eval_assistant_tokens, seed=config.seed)
+    context.log.info(f"{len(convs)} test dialogues done; judging their persona turns")
     turns = [t for c in convs for t in persona_turns(c)]
     items = [ej.EvalItem(id=f"{t['conversation_id']}@{t['turn']}", persona_id=t["persona_id"], history=t["history"],
                          candidate=t["line"], method=t["method"], turn_index=t["turn"]) for t in turns]
@@ -120,13 +128,17 @@ def judge_scores(context: dg.AssetExecutionContext, config: JudgeScoresConfig, p
 
 
 def _row(turn: dict, verdicts: dict, versions: dict) -> dict:
+    """One judged persona turn. ``adherence`` is the primary judge's: the seed's JSON judge when it
+    runs (endpoint judges), else the embedding judge; every judge's own column is kept too."""
     main = verdicts.get("persona_judge")
-    reward = verdicts["reward_logprob"]
+    primary = main if main is not None else verdicts["persona_embedding"]
     version = versions["base"] if turn["method"] in ("prompt", "steering", "cmaes") else versions[turn["method"]]
     return {
         "persona_id": turn["persona_id"], "method": turn["method"], "conversation_id": turn["conversation_id"],
         "turn": turn["turn"], "line": turn["line"], "history": json.dumps(turn["history"]),
-        "adherence": reward.adherence, "adherence_json": main.adherence if main else None,
+        "adherence": primary.adherence, "primary_judge": primary.judge,
+        "adherence_embedding": verdicts["persona_embedding"].adherence,
+        "adherence_logprob": verdicts["reward_logprob"].adherence, "adherence_json": main.adherence if main else None,
         "consistency": main.consistency if main else None, "quality": main.quality if main else None,
         "safety_pass": (main.safety_pass if main and main.ok else not text_safety_flags(turn["line"])),
         "persona_break": bool(PERSONA_BREAK.search(turn["line"])), "reasoning": main.reasoning if main else "",
@@ -211,7 +223,8 @@ def _adapter(method: str, sft_adapter: dict, rl_adapter: dict) -> str:
           description="Persona × method: mean ± std and bootstrap 95 % CI of each judge metric, survey fidelity, and which "
                       "differences from prompt-only are significant (permutation test, Holm-corrected).")
 def leaderboard(context: dg.AssetExecutionContext, judge_scores: list[dict], survey_replication: dict) -> list[dict]:
-    metrics = ("adherence", "adherence_json", "consistency", "quality", "safety_pass", "persona_break")
+    metrics = ("adherence", "adherence_embedding", "adherence_logprob", "adherence_json", "consistency", "quality",
+               "safety_pass", "persona_break")
     records = [{**r, "persona_break": float(r["persona_break"])} for r in judge_scores]
     per_persona = stats.leaderboard_rows(records, ("persona_id", "method"), metrics, baseline_method="prompt")
     overall = stats.leaderboard_rows([{**r, "persona_id": "ALL"} for r in records], ("persona_id", "method"), metrics,

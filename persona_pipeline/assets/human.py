@@ -35,7 +35,8 @@ def _contexts(hitl: list[dict], per_persona: int) -> list[dict]:
             if i >= 2 and taken.get(c.persona_id, 0) < per_persona:
                 taken[c.persona_id] = taken.get(c.persona_id, 0) + 1
                 out.append({"id": f"{c.id}@{i}", "persona_id": c.persona_id, "topic": c.topic,
-                            "history": [t.model_dump() for t in c.turns[:i]], "reference": c.turns[i].content})
+                            "history": [{"role": t.role, "content": t.content} for t in c.turns[:i]],
+                            "reference": c.turns[i].content})
     return out
 
 
@@ -70,7 +71,9 @@ def _judge_candidates(items: list, persona_specs: list[dict], judge: ModelResour
     """The judge's adherence for every candidate line, so human ratings can be compared with it."""
     flat = [ej.EvalItem(id=f"{it.id}|{m}", persona_id=it.persona_id, history=[h.model_dump() for h in it.history],
                         candidate=line, method=m) for it in items for m, line in it.candidates.items()]
-    scores = ej.reward_judge(judge.backend(), {s["id"]: s for s in persona_specs})(flat)
+    specs = {s["id"]: s for s in persona_specs}  # the same primary judge as judge_scores
+    primary = ej.embedding_judge(specs) if judge.kind == "local" else ej.persona_judge(judge.backend(), specs)
+    scores = primary(flat)
     return {s.item_id: s.adherence for s in scores}
 
 

@@ -71,7 +71,7 @@ def steering_sweep(context: dg.AssetExecutionContext, config: SweepConfig, perso
         rows = ss.sweep_rows(trait.eval_questions[:_pick(config.questions, "sweep_questions")], layers,
                              config.coefs or profile().sweep_coefs, system)
         for row, text in zip(rows, ss.run_sweep(backend, rows, _vectors_at(v, config.vector, layers), norms, params)):
-            row["response"] = text
+            row["trait"], row["response"] = key, text
         score_answers(rows, trait, method, judge.backend())
         summary = ss.summarise_sweep(rows)
         best = ss.best_point(summary, config.min_coherence)
