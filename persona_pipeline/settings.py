@@ -38,6 +38,8 @@ class Profile(BaseModel):
     sft_max_steps: int
     sft_batch_size: int
     sft_eval_rows: int  # held-out rows scored before and after training
+    sft_max_length: int  # longer training rows (deep histories) are dropped
+    survey_answer_tokens: int
     retention_prompts: int
     rl_max_steps: int
     rl_num_generations: int
@@ -72,7 +74,7 @@ PROFILES = {
         name="ci", conversations_per_persona=1, min_turns=8, max_turns=8,
         persona_max_new_tokens=24, assistant_max_new_tokens=24,
         max_line_retries=1, survey_follow_up_items=6,
-        sft_max_steps=3, sft_batch_size=2, sft_eval_rows=12, retention_prompts=4, rl_max_steps=1, rl_num_generations=2, rl_prompts=4, check_prompts=4,
+        sft_max_steps=3, sft_batch_size=2, sft_eval_rows=12, sft_max_length=512, survey_answer_tokens=24, retention_prompts=4, rl_max_steps=1, rl_num_generations=2, rl_prompts=4, check_prompts=4,
         role_system_prompts=1, role_questions=2, role_rollouts=1, role_max_new_tokens=24,
         trait_instruction_pairs=2, trait_questions=2, trait_samples=1, trait_max_new_tokens=24,
         sweep_layers=2, sweep_coefs=[0.0, 0.5], sweep_questions=2,
@@ -80,21 +82,22 @@ PROFILES = {
         eval_topics=1, eval_turns=10, eval_persona_tokens=16, eval_assistant_tokens=16, human_eval_items=1,
     ),
     "demo": Profile(
-        name="demo", conversations_per_persona=2, min_turns=8, max_turns=10,
-        persona_max_new_tokens=40, assistant_max_new_tokens=56,
-        max_line_retries=2, survey_follow_up_items=20,
-        sft_max_steps=12, sft_batch_size=4, sft_eval_rows=32, retention_prompts=16, rl_max_steps=3, rl_num_generations=4, rl_prompts=24, check_prompts=8,
-        role_system_prompts=2, role_questions=4, role_rollouts=1, role_max_new_tokens=40,
-        trait_instruction_pairs=3, trait_questions=4, trait_samples=1, trait_max_new_tokens=40,
-        sweep_layers=3, sweep_coefs=[0.0, 0.25, 0.5, 1.0], sweep_questions=6,
-        cmaes_generations=3, cmaes_popsize=6, cmaes_prompts=3, drift_turns=8,
-        eval_topics=1, eval_turns=10, eval_persona_tokens=32, eval_assistant_tokens=40, human_eval_items=2,
+        name="demo", conversations_per_persona=1, min_turns=8, max_turns=10,
+        persona_max_new_tokens=40, assistant_max_new_tokens=48,
+        max_line_retries=1, survey_follow_up_items=12,
+        sft_max_steps=8, sft_batch_size=2, sft_eval_rows=16, sft_max_length=768, survey_answer_tokens=48, retention_prompts=12, rl_max_steps=2, rl_num_generations=4,
+        rl_prompts=16, check_prompts=6,
+        role_system_prompts=1, role_questions=3, role_rollouts=1, role_max_new_tokens=32,
+        trait_instruction_pairs=2, trait_questions=3, trait_samples=1, trait_max_new_tokens=32,
+        sweep_layers=2, sweep_coefs=[0.0, 0.5, 1.0], sweep_questions=4,
+        cmaes_generations=3, cmaes_popsize=4, cmaes_prompts=2, drift_turns=6,
+        eval_topics=1, eval_turns=10, eval_persona_tokens=24, eval_assistant_tokens=32, human_eval_items=2,
     ),
     "full": Profile(
         name="full", conversations_per_persona=60, min_turns=8, max_turns=14,
         persona_max_new_tokens=96, assistant_max_new_tokens=256,
         max_line_retries=3, survey_follow_up_items=200,
-        sft_max_steps=-1, sft_batch_size=8, sft_eval_rows=256, retention_prompts=48, rl_max_steps=300, rl_num_generations=8, rl_prompts=2000, check_prompts=64,
+        sft_max_steps=-1, sft_batch_size=8, sft_eval_rows=256, sft_max_length=2048, survey_answer_tokens=128, retention_prompts=48, rl_max_steps=300, rl_num_generations=8, rl_prompts=2000, check_prompts=64,
         role_system_prompts=5, role_questions=48, role_rollouts=3, role_max_new_tokens=512,
         trait_instruction_pairs=5, trait_questions=20, trait_samples=10, trait_max_new_tokens=256,
         sweep_layers=7, sweep_coefs=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0], sweep_questions=20,

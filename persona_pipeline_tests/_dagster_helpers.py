@@ -26,8 +26,8 @@ def isolated_env(tmp: Path, shared_home: Path, profile: str = "ci") -> dict[str,
             "PERSONA_PIPELINE_PROFILE": profile, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-SMALL = {"personas": ("skeptic", "retiree", "student"), "roles": ("default", "pirate", "therapist", "scientist"),
-         "traits": ("humorous", "formal", "apathetic")}
+SMALL = {"personas": ("skeptic", "student"), "roles": ("default", "pirate", "therapist", "scientist"),
+         "traits": ("humorous", "formal")}
 
 
 def small_data(tmp: Path) -> Path:

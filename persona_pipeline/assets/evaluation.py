@@ -183,7 +183,7 @@ def _r(x, nd: int = 4):
 
 class SurveyReplicationConfig(dg.Config):
     test_fraction: float = 0.2  # must match survey_conversations' split
-    max_new_tokens: int = 64
+    max_new_tokens: int | None = None  # None → profile (survey_answer_tokens)
     seed: int = 0
 
 
@@ -203,7 +203,7 @@ def survey_replication(context: dg.AssetExecutionContext, config: SurveyReplicat
         survey = Survey(**raw)
         held = [i for i, side in split_items(survey, config.test_fraction, config.seed).items() if side == "test"]
         for method, (backend, condition) in runs.items():
-            answers = answer_items(backend, survey, held, condition, config.max_new_tokens)
+            answers = answer_items(backend, survey, held, condition, config.max_new_tokens or profile().survey_answer_tokens)
             result = score(survey, answers, encoder)
             out[f"{sid}/{method}"] = {"persona_id": sid, "method": method, "versions": file_version(_adapter(method, sft_adapter, rl_adapter)),
                                       **result}

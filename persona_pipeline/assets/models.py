@@ -73,7 +73,7 @@ class SftConfig(dg.Config):
     epochs: float = 1.0
     max_steps: int | None = None
     batch_size: int | None = None
-    max_length: int = 1024
+    max_length: int | None = None  # None → profile (sft_max_length)
     eval_fraction: float = 0.1
     weights: dict[str, float] = {"synthetic": 1.0, "hitl": 2.0, "survey": 2.0, "retention": 1.0}
     retention_prompts: int | None = None
@@ -105,7 +105,8 @@ class SftConfig(dg.Config):
         steps = self.max_steps if self.max_steps is not None else profile().sft_max_steps
         return SftSettings(
             lora=LoraSettings(self.r, self.alpha, self.dropout, tuple(self.target_modules)), learning_rate=self.learning_rate,
-            epochs=self.epochs, max_steps=steps, batch_size=self.batch_size or profile().sft_batch_size, max_length=self.max_length,
+            epochs=self.epochs, max_steps=steps, batch_size=self.batch_size or profile().sft_batch_size,
+            max_length=self.max_length or profile().sft_max_length,
             eval_fraction=self.eval_fraction, max_eval_rows=profile().sft_eval_rows, weights=self.weights,
             quantize=quant[self.quantize], seed=self.seed,
         )
