@@ -85,3 +85,12 @@ def test_data_folder_sensors_request_exactly_what_one_run_can_refresh(sensor_nam
     assert all(graph.get(dg.AssetKey(k)).partitions_def is None for k in keys)
     downstream = {k.to_user_string() for k in dg.AssetSelection.assets(root).downstream().resolve(graph)}
     assert keys <= downstream
+
+
+def test_every_asset_says_what_it_is():
+    """Description, kinds and a group for every asset: what the UI shows people first."""
+    specs = list(defs.resolve_all_asset_specs())
+    assert len(specs) >= 29
+    bad = [s.key.to_user_string() for s in specs if not (s.description and s.kinds and s.group_name)]
+    assert not bad, bad
+    assert {s.group_name for s in specs} == {"specs", "data", "models", "representations", "evaluation"}
