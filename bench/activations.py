@@ -22,6 +22,7 @@ import sys
 import time
 
 import torch
+from generation import measure  # bench/ is on sys.path when run as a script
 import yaml
 
 from persona_pipeline.activations import VIEWS, Item, extract
@@ -52,18 +53,6 @@ def build_items(n: int) -> list[Item]:
         chat = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
         items.append(Item(chat=chat, response=RESPONSES[role]))
     return items
-
-
-def measure(repeat: int, modes: dict) -> dict:
-    """{mode: (output, fastest wall time)}; rounds alternate the modes so load from elsewhere hits both alike."""
-    best: dict = {}
-    for _ in range(repeat):
-        for name, fn in modes.items():
-            start = time.perf_counter()
-            out = fn()
-            elapsed = time.perf_counter() - start
-            best[name] = (out, min(elapsed, best.get(name, (None, elapsed))[1]))
-    return best
 
 
 def main() -> None:
