@@ -19,7 +19,6 @@ import argparse
 import itertools
 import os
 import sys
-import time
 
 import torch
 from generation import measure  # bench/ is on sys.path when run as a script
