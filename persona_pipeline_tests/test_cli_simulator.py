@@ -47,10 +47,10 @@ def test_simulate_prints_and_saves_a_conversation(env, tmp_path):
 
 
 def test_chat_takes_the_assistant_lines_from_stdin(env):
-    proc = run(["chat", "--persona", "anxious", "--adapter", "sft", "--max-tokens", "16"], env,
+    proc = run(["chat", "--persona", "student", "--adapter", "sft", "--max-tokens", "16"], env,
                input="Hello! How can I help you today?\nSure, tell me more.\n")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.count("anxious>") == 3  # opening line + one reply per assistant line
+    assert proc.stdout.count("student>") == 3  # opening line + one reply per assistant line
 
 
 def test_unknown_persona_and_missing_adapter_are_clear_errors(env, tmp_path):
@@ -80,7 +80,7 @@ def test_serve_speaks_openai_to_the_official_client(env):
                 assert server.poll() is None, server.stderr.read()[-2000:]
                 assert time.time() < deadline, "serve did not come up"
                 time.sleep(0.5)
-        assert {"base", "sft", "persona-simulator:skeptic", "persona-simulator-none:playful"} <= models
+        assert {"base", "sft", "persona-simulator:skeptic", "persona-simulator-none:student"} <= models
         history = [{"role": "assistant", "content": "Hi! What can I help you with today?"}]
         reply = client.chat.completions.create(model="persona-simulator:skeptic", messages=history, max_tokens=24, temperature=0)
         text = reply.choices[0].message.content
@@ -90,7 +90,7 @@ def test_serve_speaks_openai_to_the_official_client(env):
             return {t.token: round(t.logprob, 4) for t in r.choices[0].logprobs.content[0].top_logprobs}
 
         assert top("persona-simulator:skeptic") != top("persona-simulator-none:skeptic")  # the name selects the adapter
-        assert top("persona-simulator:skeptic") != top("persona-simulator:playful")  # …and the persona
+        assert top("persona-simulator:skeptic") != top("persona-simulator:student")  # …and the persona
         stream = client.chat.completions.create(model="persona-simulator:skeptic", messages=history, max_tokens=24,
                                                 temperature=0, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream) == text
