@@ -39,12 +39,13 @@ def test_ratings_sensor_fires_once_per_new_state_of_the_folder(tmp_path, monkeyp
     with dg.instance_for_test() as instance:
         ctx = dg.build_sensor_context(instance=instance, definitions=defs)
         first = sensor.evaluate_tick(ctx)
-        assert len(first.run_requests) == 1 and first.run_requests[0].asset_selection == [dg.AssetKey("human_ratings")]
+        assert not first.run_requests and first.cursor  # the first tick only records a baseline
         again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor, definitions=defs))
         assert not again.run_requests  # nothing new
         (tmp_path / "r1.json").write_text(json.dumps({"ratings": []}))
         new = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor, definitions=defs))
         assert len(new.run_requests) == 1 and new.cursor != first.cursor
+        assert new.run_requests[0].asset_selection == [dg.AssetKey("human_ratings")]
 
 
 @pytest.mark.parametrize("chain_tag, fires", [("everything", True), (None, False)])
@@ -78,7 +79,7 @@ def test_data_folder_sensors_request_exactly_what_one_run_can_refresh(sensor_nam
     sensor = next(s for s in defs.sensors if s.name == sensor_name)
     graph = defs.resolve_asset_graph()
     with dg.instance_for_test() as instance:
-        request = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs)).run_requests[0]
+        request = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs, cursor="old")).run_requests[0]
     keys = {k.to_user_string() for k in request.asset_selection}
     assert root in keys and {"conversations", "sft_pairs", "sft_adapter", "rl_adapter"} <= keys
     assert not keys & {"activations", "persona_vectors", "judge_scores", "eval_report"}  # beyond partitioned stages
@@ -94,3 +95,26 @@ def test_every_asset_says_what_it_is():
     bad = [s.key.to_user_string() for s in specs if not (s.description and s.kinds and s.group_name)]
     assert not bad, bad
     assert {s.group_name for s in specs} == {"specs", "data", "models", "representations", "evaluation"}
+
+
+def test_persona_sensor_observes_versions_and_requests_only_edited_personas(tmp_path, monkeypatch):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(defs_data_root() / "personas", data / "personas")
+    monkeypatch.setenv("PERSONA_PIPELINE_DATA", str(data))
+    sensor = next(s for s in defs.sensors if s.name == "persona_files_sensor")
+    with dg.instance_for_test() as instance:
+        first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
+        assert not first.run_requests and len(first.asset_events) == len(list((data / "personas").glob("*.yaml")))
+        spec = data / "personas" / "parent.yaml"
+        spec.write_text(spec.read_text() + "\n# edited\n")
+        second = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor, definitions=defs))
+    assert [r.partition_key for r in second.run_requests] == ["parent"]
+    assert [e.partition for e in second.asset_events] == ["parent"]
+
+
+def defs_data_root():
+    from persona_pipeline.settings import data_root
+
+    return data_root()

@@ -31,7 +31,10 @@ def folder_sensor(name: str, folder, selection: dg.AssetSelection, description: 
         state = folder_state(folder())
         if state == context.cursor:
             return dg.SkipReason(f"no change under {folder()}")
+        first = context.cursor is None
         context.update_cursor(state)
+        if first:  # the first tick records what is there; only later changes trigger runs
+            return dg.SkipReason(f"baseline recorded for {folder()}")
         if state == "absent":
             return dg.SkipReason(f"{folder()} does not exist")
         keys = unpartitioned_reach(context.repository_def.asset_graph, selection)

@@ -60,7 +60,10 @@ def persona_files_sensor(context: dg.SensorEvaluationContext):
     import json
 
     versions = file_versions()
-    before = json.loads(context.cursor) if context.cursor else {}
+    if context.cursor is None:  # first tick: record the versions; only later edits trigger runs
+        context.update_cursor(json.dumps(versions))
+        return dg.SensorResult(asset_events=observations(versions))
+    before = json.loads(context.cursor)
     changed = sorted(p for p, v in versions.items() if before.get(p) != v and p in persona_partitions.get_partition_keys())
     context.update_cursor(json.dumps(versions))
     if not changed:
