@@ -203,6 +203,15 @@ def _observe(_args) -> int:
     return 0
 
 
+def _train_sft(args) -> int:
+    """One SFT process; run it under ``accelerate launch`` for data-parallel training on several GPUs."""
+    from .train_sft import run_job
+
+    r = run_job(Path(args.job))
+    print(json.dumps({"eval_loss": r.eval_loss, "base_eval_loss": r.base_eval_loss, "seconds": round(r.seconds, 1)}))
+    return 0
+
+
 def _info(_args) -> int:
     print(json.dumps({"home": str(home()), "data": str(data_root()), "profile": profile().model_dump()}, indent=2))
     return 0
@@ -241,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--select", default="*", help="asset selection, e.g. '*' or 'persona_vectors*' (comma-separated)")
     mat.add_argument("--dry-run", action="store_true", help="print the stages without running them")
     mat.set_defaults(fn=_materialize)
+    ts = sub.add_parser("train-sft", help="train the SFT adapter from a job file (what sft_adapter hands to accelerate)")
+    ts.add_argument("--job", required=True, help="JSON written by train_sft.write_job")
+    ts.set_defaults(fn=_train_sft)
     sub.add_parser("observe", help="observe data_assets/personas and print which persona partitions are stale"
                    ).set_defaults(fn=_observe)
     sub.add_parser("info", help="show where artifacts go and the active profile").set_defaults(fn=_info)

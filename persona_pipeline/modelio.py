@@ -126,6 +126,20 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def local_rank() -> int:
+    """This process's GPU under ``accelerate launch`` / torchrun (0 when not distributed)."""
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def distributed() -> bool:
+    """Launched as one of several data-parallel processes: each loads its own copy on its own GPU."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def split_revision(base: Path | str) -> tuple[str, str | None]:
     """``org/model@rev`` → (``org/model``, ``rev``): intermediate checkpoints are hub revisions."""
     text = str(base)
@@ -150,14 +164,14 @@ def load_model(base: Path | str, adapter: Path | str | None = None, opts: LoadOp
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_use_double_quant=True,
         )
-        kwargs["device_map"] = opts.device or ("auto" if cuda else "cpu")
+        kwargs["device_map"] = opts.device or ({"": local_rank()} if cuda and distributed() else "auto" if cuda else "cpu")
     elif opts.quantize:
         raise ValueError(f"quantize={opts.quantize!r}: only 'nf4' is supported")
     base, revision = split_revision(base)
     tok = AutoTokenizer.from_pretrained(base, revision=revision)
     model = AutoModelForCausalLM.from_pretrained(base, revision=revision, **kwargs)
     if "device_map" not in kwargs:
-        model.to(opts.device or ("cuda" if cuda else "cpu"))
+        model.to(opts.device or (f"cuda:{local_rank()}" if cuda else "cpu"))
     ensure_pad_token(tok, model)
     if adapter is not None:
         from peft import PeftModel

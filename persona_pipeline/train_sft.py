@@ -10,6 +10,7 @@ rows with completion-only loss.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -142,11 +143,39 @@ class TrainResult:
 
 
 def _training_steer(model, steer: PreventiveSteer | None):
-    import contextlib
-
     from .hooks import steering
 
     return steering(model, steer.hooks()) if steer else contextlib.nullcontext()
+
+
+def _output(out: Path):
+    """The adapter folder, written atomically — by the main process only under data-parallel training
+    (the other ranks train into a scratch folder that is thrown away)."""
+    import os
+
+    return atomic_path(out) if int(os.environ.get("RANK", "0")) == 0 else _scratch()
+
+
+@contextlib.contextmanager
+def _scratch():
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="persona-sft-rank-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def settings_from_doc(doc: dict) -> SftSettings:
+    """Rebuild ``SftSettings`` from ``_settings_doc`` (how the step hands them to ``accelerate launch``)."""
+    doc = dict(doc)
+    if doc.pop("steer", None):
+        raise ValueError("preventative steering is not supported with num_processes > 1; train in-process")
+    raw_lora = doc.pop("lora")
+    lora = LoraSettings(**{**raw_lora, "target_modules": tuple(raw_lora["target_modules"])})
+    return SftSettings(lora=lora, **doc)
 
 
 def train_sft(base: str | Path, train: list[dict], eval_rows: list[dict], s: SftSettings, out: Path, card: dict) -> TrainResult:
@@ -162,7 +191,7 @@ def train_sft(base: str | Path, train: list[dict], eval_rows: list[dict], s: Sft
     if not train or not eval_rows:
         raise ValueError(f"no training/eval rows fit max_length={s.max_length}; raise it or shorten histories")
     cuda = cuda_available()
-    with atomic_path(out) as tmp:
+    with _output(out) as tmp:
         args = SFTConfig(
             output_dir=str(tmp.parent / "trainer"), learning_rate=s.learning_rate, num_train_epochs=s.epochs,
             max_steps=s.max_steps, per_device_train_batch_size=s.batch_size, per_device_eval_batch_size=s.batch_size,
@@ -224,3 +253,21 @@ persona's next line.
 Load with `PeftModel.from_pretrained(base, this_folder)` or serve with
 `vllm serve <base> --enable-lora --lora-modules persona-simulator=<this_folder>`.
 """
+
+
+def write_job(path: Path, base: str, train: list[dict], eval_rows: list[dict], s: SftSettings, out: Path, card: dict) -> None:
+    """Everything ``persona-pipeline train-sft --job`` needs, for ``accelerate launch`` (one process per GPU)."""
+    write_json(path, {"base": str(base), "train": train, "eval": eval_rows, "settings": _settings_doc(s),
+                      "out": str(out), "card": card})
+
+
+def run_job(path: Path) -> TrainResult:
+    """Train from a job file; the main process writes ``<out>.result.json`` next to the adapter."""
+    import os
+
+    job = json.loads(Path(path).read_text())
+    out = Path(job["out"])
+    result = train_sft(job["base"], job["train"], job["eval"], settings_from_doc(job["settings"]), out, job["card"])
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json(out.parent / f"{out.name}.result.json", asdict(result))
+    return result

@@ -169,3 +169,26 @@ def test_preventative_steering_changes_what_training_learns_and_is_off_afterward
     assert all(not layer._forward_hooks for layer in decoder_layers(model))
     with pytest.raises(ValueError, match="mode"):
         PreventiveSteer(torch.ones(64), 0, mode="cap").hooks()
+
+
+@pytest.mark.slow
+def test_the_sft_job_trains_under_accelerate_launch(tiny_model_dir, tmp_path):
+    """The path multi-GPU training takes (`sft_adapter` with num_processes > 1), run here as one CPU process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from persona_pipeline.train_sft import write_job
+
+    s = SftSettings(lora=SMALL_LORA, max_steps=2, batch_size=2, max_length=512, eval_fraction=0.3)
+    train, ev, _ = build_mixture(pairs(dialogues()), [], s)
+    out, job = tmp_path / "adapter", tmp_path / "job.json"
+    write_job(job, str(tiny_model_dir), train, ev, s, out, {"base_model": "tiny"})
+    accelerate = Path(sys.executable).parent / "accelerate"
+    proc = subprocess.run([str(accelerate), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "persona_pipeline.cli", "train-sft",
+                           "--job", str(job)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "adapter_model.safetensors").exists()
+    result = json.loads((tmp_path / "adapter.result.json").read_text())
+    assert result["train_tokens"] > 0 and result["eval_loss"] > 0

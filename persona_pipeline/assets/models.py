@@ -85,6 +85,8 @@ class SftConfig(dg.Config):
     preventative_layer: int | None = None  # default: the middle layer
     preventative_coef: float = 4.0
     preventative_mode: str = "add"  # add | ablate
+    # > 1: data-parallel training, one process per GPU, via `accelerate launch` (deploy/accelerate.yaml)
+    num_processes: int = 1
 
     def steer(self, n_layers: int):
         if not self.preventative_vector:
@@ -133,7 +135,7 @@ def sft_adapter(context: dg.AssetExecutionContext, config: SftConfig, sft_pairs:
     card = {"name": "persona-pipeline SFT persona simulator", "base_model": base_model.get("model_id", base_model["path"]),
             "data_version": _data_version(context, "sft_pairs"),
             "personas": sorted({p["persona_id"] for p in sft_pairs})}
-    r = train_sft(base_model["path"], train, eval_rows, s, out, card)
+    r = _train(config, base_model["path"], train, eval_rows, s, out, card)
     png = line_plot({"train loss": _curve(r.log_history, "loss")}, "SFT loss", "step", "loss")
     context.add_output_metadata({
         "path": dg.MetadataValue.path(str(out)), "base_eval_loss": round(r.base_eval_loss, 4),
@@ -144,6 +146,26 @@ def sft_adapter(context: dg.AssetExecutionContext, config: SftConfig, sft_pairs:
     })
     return {"path": str(out), "base_model": base_model["path"], "base_eval_loss": r.base_eval_loss, "eval_loss": r.eval_loss,
             "tokens_per_second": r.tokens_per_second, "mixture": mixture}
+
+
+def _train(config: SftConfig, base: str, train: list, eval_rows: list, s: SftSettings, out: Path, card: dict):
+    """In this process, or — with ``num_processes`` > 1 — data-parallel under ``accelerate launch``."""
+    if config.num_processes <= 1:
+        return train_sft(base, train, eval_rows, s, out, card)
+    import json
+    import subprocess
+    import sys
+
+    from ..train_sft import TrainResult, write_job
+
+    job = out.parent / f"{out.name}.job.json"
+    write_job(job, base, train, eval_rows, s, out, card)
+    accelerate = Path(sys.executable).parent / "accelerate"
+    config_file = os.environ.get("PERSONA_PIPELINE_ACCELERATE_CONFIG",
+                                 Path(__file__).resolve().parents[2] / "deploy" / "accelerate.yaml")
+    subprocess.run([str(accelerate), "launch", "--config_file", str(config_file), "--num_processes", str(config.num_processes),
+                    "-m", "persona_pipeline.cli", "train-sft", "--job", str(job)], check=True)
+    return TrainResult(**json.loads((out.parent / f"{out.name}.result.json").read_text()))
 
 
 def _data_version(context: dg.AssetExecutionContext, asset: str) -> str:
