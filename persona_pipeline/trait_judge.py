@@ -127,13 +127,14 @@ def answer_nll(backend, qa: list[tuple[str, str]], batch_size: int = 16) -> list
     return out
 
 
-def likelihood_coherence(backend, qa: list[tuple[str, str]], fluent_nll: float = 2.5, garbled_nll: float = 8.0) -> list[float | None]:
+def likelihood_coherence(backend, qa: list[tuple[str, str]], fluent_nll: float = 1.0, garbled_nll: float = 5.0) -> list[float | None]:
     """0–100 coherence from how likely the *unsteered* model finds the answer, with loops penalised.
 
     Steering that breaks the model shows up as text its own base finds
     unlikely; repetition loops are likely but have few distinct words, so they
     are scaled down. A judge-free stand-in for a small local LLM judge that
-    cannot grade coherence itself.
+    cannot grade coherence itself. Calibrated on SmolLM2-135M: its own unsteered
+    answers score a mean token NLL of ≈ 0.8–1.2, over-steered gibberish 3–7.
     """
     import re
 
