@@ -36,3 +36,17 @@ def test_embedding_judge_separates_trait_from_its_absence():
     neg = ["Here is a precise, factual answer.", "The information you requested is as follows."]
     funny, dry = judge.score(pos, neg, ["LOL, that's a joke and a pun, so funny!", "The capital of France is Paris."])
     assert funny > 60 > dry
+
+
+@pytest.mark.integration
+def test_likelihood_coherence_prefers_fluent_text_and_penalises_loops(embedded_backend):
+    from persona_pipeline.trait_judge import likelihood_coherence
+
+    q = "How was your weekend?"
+    fluent, garbled, loop = likelihood_coherence(embedded_backend, [
+        (q, "It was lovely, thanks. We went hiking in the hills and had a picnic by the lake."),
+        (q, "fish the of blue quantum seventeen banana under whom yes the the"),
+        (q, "sorry sorry sorry sorry sorry sorry sorry sorry sorry sorry sorry sorry"),
+    ])
+    assert fluent > 50 > garbled
+    assert loop < fluent
