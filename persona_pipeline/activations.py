@@ -35,6 +35,18 @@ def middle_layers(n_layers: int, k: int = 1) -> list[int]:
     return list(range(max(0, mid - k // 2), min(n_layers, mid - k // 2 + k)))
 
 
+def _forward(model, tok, encoded: list[tuple[list[int], int]], layers: list[int]) -> torch.Tensor:
+    """One right-padded forward pass capturing ``layers``: [batch, seq, layers, hidden] (float32, CPU)."""
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids, _ in encoded)
+    pad = tok.pad_token_id
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded], device=device)
+    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in encoded], device=device)
+    with capture(model, layers) as store:
+        model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1)  # the residual stream is all we read
+    return torch.stack([store[layer][0] for layer in layers], dim=2).float().cpu()
+
+
 @torch.inference_mode()
 def extract(model, tok, items: list[Item], layers: list[int] | None = None, batch_size: int = 16,
             response_agg: str = "mean") -> dict[str, torch.Tensor]:
@@ -46,28 +58,23 @@ def extract(model, tok, items: list[Item], layers: list[int] | None = None, batc
     if response_agg not in ("mean", "last", "none"):
         raise ValueError(f"response_agg={response_agg!r}: use mean, last or none")
     layers = list(range(len(decoder_layers(model)))) if layers is None else layers
-    device = next(model.parameters()).device
-    views: dict[str, list[torch.Tensor]] = {v: [] for v in VIEWS}
+    encoded = [_encode(tok, it) for it in items]
+    order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]))  # similar lengths share a batch: less padding
+    views: dict[str, dict[int, torch.Tensor]] = {v: {} for v in VIEWS}
     tokens, owners = [], []
-    for start in range(0, len(items), batch_size):
-        encoded = [_encode(tok, it) for it in items[start : start + batch_size]]
-        width = max(len(ids) for ids, _ in encoded)
-        pad = tok.pad_token_id
-        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded], device=device)
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in encoded], device=device)
-        with capture(model, layers) as store:
-            model(input_ids=input_ids, attention_mask=mask)
-        hidden = torch.stack([store[layer][0] for layer in layers], dim=2).float().cpu()  # [b, seq, L, h]
-        for row, (ids, p_len) in enumerate(encoded):
-            h = hidden[row]
-            views["prompt_avg"].append(h[:p_len].mean(0))
-            views["prompt_last"].append(h[p_len - 1])
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        hidden = _forward(model, tok, [encoded[i] for i in batch], layers)
+        for row, i in enumerate(batch):
+            (ids, p_len), h = encoded[i], hidden[row]
+            views["prompt_avg"][i] = h[:p_len].mean(0)
+            views["prompt_last"][i] = h[p_len - 1]
             resp = h[p_len : len(ids)] if len(ids) > p_len else h[p_len - 1 : p_len]
-            views["response_avg"].append(resp.mean(0) if response_agg != "last" else resp[-1])
+            views["response_avg"][i] = resp.mean(0) if response_agg != "last" else resp[-1]
             if response_agg == "none":
                 tokens.append(resp)
-                owners += [start + row] * len(resp)
-    out = {v: torch.stack(t) for v, t in views.items()}
+                owners += [i] * len(resp)
+    out = {v: torch.stack([t[i] for i in range(len(items))]) for v, t in views.items()}
     if response_agg == "none":
         out["response_tokens"] = torch.cat(tokens)
         out["response_owner"] = torch.tensor(owners)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from .settings import data_root, home, profile
+from .settings import NAMED_JOBS, PROFILES, data_root, home, profile
 
 ADAPTERS = ("sft", "rl", "none")
 
@@ -168,7 +169,10 @@ def _materialize(args) -> int:
     from .runplan import run
     from .storage import write_json
 
-    timings = run(args.select, dry_run=args.dry_run, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.profile:
+        os.environ["PERSONA_PIPELINE_PROFILE"] = args.profile  # the stage runs inherit it
+    selection = NAMED_JOBS[args.job] if args.job else args.select
+    timings = run(selection, dry_run=args.dry_run, log=lambda m: print(m, file=sys.stderr, flush=True))
     if timings:
         total = sum(t["seconds"] for t in timings)
         write_json(home() / "runs" / f"materialize-{time.strftime('%Y%m%dT%H%M%S')}.json", {"stages": timings, "seconds": total})
@@ -178,7 +182,7 @@ def _materialize(args) -> int:
 
 def _rate(args) -> int:
     """Serve the page written by the ``human_eval_page`` asset; ratings go to ``ratings_dir()``."""
-    from .human_eval import serve_ratings
+    from .rating_server import serve_ratings
     from .settings import ratings_dir
 
     page = home() / "human_eval"
@@ -248,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     rate.set_defaults(fn=_rate)
     mat = sub.add_parser("materialize", help="materialise assets via the dagster CLI, one run per partition set")
     mat.add_argument("--select", default="*", help="asset selection, e.g. '*' or 'persona_vectors*' (comma-separated)")
+    mat.add_argument("--job", choices=list(NAMED_JOBS),
+                     help="a named job instead of --select (its stages run in dependency order)")
+    mat.add_argument("--profile", choices=list(PROFILES), help="run sizes (default: $PERSONA_PIPELINE_PROFILE or demo)")
     mat.add_argument("--dry-run", action="store_true", help="print the stages without running them")
     mat.set_defaults(fn=_materialize)
     ts = sub.add_parser("train-sft", help="train the SFT adapter from a job file (what sft_adapter hands to accelerate)")

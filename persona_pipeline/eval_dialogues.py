@@ -2,9 +2,9 @@
 
 A *contestant* is (method, persona): which loaded model writes the persona's
 lines (base / sft / rl), how its prompt is built from the dialogue so far, and
-an optional steering vector. Each step, every contestant sharing a model and a
-steering layer speaks in ONE batched call (per-row steering vectors; rows with
-no vector get zeros), then the assistant answers every dialogue in one call.
+an optional steering vector. Each step, every contestant sharing a model speaks
+in ONE batched call (per-row steering vectors at each row's layer; other rows get
+zeros there), then the assistant answers every dialogue in one call.
 """
 
 from __future__ import annotations
@@ -47,11 +47,13 @@ class _Dialogue:
 
 def _speak(group: list[_Dialogue], backend: Backend, params: SamplingParams) -> None:
     chats = [d.who.prompt(d.topic, d.turns) for d in group]
-    vectors = [d.who.vector for d in group]
-    if any(v is not None for v in vectors):
-        hidden = next(v for v in vectors if v is not None).shape[-1]
-        rows = torch.stack([v if v is not None else torch.zeros(hidden) for v in vectors])
-        with backend.steered([Steer(vector=rows, layer=group[0].who.layer, coef=1.0)]):
+    layers = sorted({d.who.layer for d in group if d.who.vector is not None})
+    if layers:  # one Steer per layer; a row that is not steered there gets a zero vector (adds nothing)
+        hidden = next(d.who.vector for d in group if d.who.vector is not None).shape[-1]
+        steers = [Steer(vector=torch.stack([d.who.vector if d.who.vector is not None and d.who.layer == layer
+                                            else torch.zeros(hidden) for d in group]), layer=layer, coef=1.0)
+                  for layer in layers]
+        with backend.steered(steers):
             lines = backend.complete(chats, params)
     else:
         lines = backend.complete(chats, params)
@@ -60,11 +62,10 @@ def _speak(group: list[_Dialogue], backend: Backend, params: SamplingParams) -> 
 
 
 def _groups(dialogues: list[_Dialogue]) -> list[list[_Dialogue]]:
-    """Dialogues that can share one batched call: same model and same steering layer."""
-    groups: dict[tuple, list[_Dialogue]] = {}
+    """Dialogues that share one batched call: the same model (steered rows carry their own layer and vector)."""
+    groups: dict[str, list[_Dialogue]] = {}
     for d in dialogues:
-        layer = d.who.layer if d.who.vector is not None else -1
-        groups.setdefault((d.who.model, layer), []).append(d)
+        groups.setdefault(d.who.model, []).append(d)
     return [groups[k] for k in sorted(groups)]
 
 

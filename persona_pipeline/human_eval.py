@@ -1,41 +1,31 @@
-"""Blind human evaluation: a rating page, a small server that records ratings, and ingestion.
+"""Blind human evaluation: the rating page and the records it exchanges.
 
 Raters compare the persona's own line with one candidate line per method (prompting,
 SFT, RL, steering, CMA-ES…) without knowing which method wrote which: candidates
 carry labels A, B, … shuffled per item, and the label→method key never reaches the
-browser. Ratings come back in one of two ways:
+browser. ``write_page`` writes the page (``index.html``) and its key (``key.json``)
+atomically, side by side; the pydantic records here validate what the page submits.
 
-* through the server (``POST /ratings``), which joins labels to methods on arrival
-  and writes one file per submission;
-* as a file saved with the page's "Download JSON" button (labels only), dropped into
-  ``data_assets/human_ratings/`` and joined with the page's ``key.json`` on ingestion.
-
-Every file is written atomically, every record is validated with an error that names
-file, record and field, and a submission seen twice (re-ingested, or both posted and
-downloaded) is counted once.
+Ratings come back through ``rating_server`` (``POST /ratings``, joined to methods on
+arrival) or as a file saved with the page's "Download JSON" button (labels only);
+``human_ratings`` reads both kinds, joins labels to methods and summarises them.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import html
 import json
 import random
 import re
 import string
-import uuid
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .loaders import InputError
 from .storage import write_json, write_text
 
 RATINGS_FORMAT = "persona-pipeline/human-ratings@1"
@@ -370,260 +360,3 @@ def write_page(out_dir: str | Path, items: Iterable[EvalItem | Mapping], seed: i
     write_json(out_dir / KEY_FILE, doc)  # key first: a page is never served without its key
     write_text(out_dir / PAGE_FILE, page)
     return doc
-
-
-# --------------------------------------------------------------------------- joining labels to methods
-
-
-@dataclass
-class _Key:
-    page_id: str | None
-    labels: dict[str, dict[str, str]]
-    personas: dict[str, str] = field(default_factory=dict)
-
-
-class _Problem(Exception):
-    def __init__(self, index: int | None, field_name: str, msg: str):
-        super().__init__(msg)
-        self.index, self.field, self.msg = index, field_name, msg
-
-
-def load_key(path: str | Path) -> dict:
-    """Read a page's ``key.json`` (or the folder holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / KEY_FILE
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: key file not found") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}, line {e.lineno}: invalid JSON: {e.msg}") from None
-    if not isinstance(doc, dict) or doc.get("format") != KEY_FORMAT or not isinstance(doc.get("key"), dict):
-        raise InputError(f"{path}: field 'format': not a human-eval key file (expected format {KEY_FORMAT!r})")
-    return doc
-
-
-def _as_key(key: Mapping | str | Path | None) -> _Key | None:
-    if key is None:
-        return None
-    doc = load_key(key) if isinstance(key, (str, Path)) else dict(key)
-    if doc.get("format") == KEY_FORMAT:
-        return _Key(doc.get("page_id"), doc["key"], doc.get("personas", {}))
-    return _Key(None, {str(k): dict(v) for k, v in doc.items()})  # a bare {item_id: {label: method}}
-
-
-def _join(sub: Submission, key: _Key | None) -> list[dict]:
-    """Resolve each rating's method (and persona) from the key or the record itself; raise ``_Problem``."""
-    use_key = key is not None and (key.page_id is None or key.page_id == sub.page_id)
-    rows, seen = [], {}
-    for i, r in enumerate(sub.ratings):
-        given_method = getattr(r, "method", None)
-        if use_key:
-            labels = key.labels.get(r.item_id)
-            if labels is None:
-                raise _Problem(i, "item_id", f"unknown item {r.item_id!r}: not on page {sub.page_id}")
-            method = labels.get(r.label)
-            if method is None:
-                raise _Problem(i, "label", f"unknown label {r.label!r} for item {r.item_id!r} "
-                                           f"(the page shows {', '.join(sorted(labels))})")
-            if given_method is not None and given_method != method:
-                raise _Problem(i, "method", f"{given_method!r} disagrees with the key, which says {method!r}")
-            persona = key.personas.get(r.item_id) or r.persona_id
-            if r.persona_id and persona != r.persona_id:
-                raise _Problem(i, "persona_id", f"{r.persona_id!r} disagrees with the key, which says {persona!r}")
-        else:
-            method, persona = given_method, r.persona_id
-            if method is None:
-                why = (f"the key given is for page {key.page_id}, not {sub.page_id}" if key is not None
-                       else "no key given: pass the page's key.json to join labels to methods")
-                raise _Problem(i, "method", f"labels only and {why}")
-        if persona is None:
-            raise _Problem(i, "persona_id", "missing, and no key to look it up in")
-        where = (r.item_id, r.label)
-        if where in seen:
-            raise _Problem(i, "label",
-                           f"item {r.item_id!r} line {r.label!r} is already rated in ratings[{seen[where]}]")
-        seen[where] = i
-        rows.append({"item_id": r.item_id, "persona_id": persona, "label": r.label, "method": method,
-                     "rating": r.rating, "comment": r.comment})
-    return rows
-
-
-def _submission_hash(sub: Submission) -> str:
-    """Identity of a submission's content: same rater, page and ratings → same hash.
-
-    Timestamps, file names and joined methods are left out, so a re-ingested copy, a
-    repeated click on Submit, or a downloaded twin of a posted submission all collapse.
-    """
-    core = {
-        "page_id": sub.page_id,
-        "rater": sub.rater,
-        "ratings": sorted([r.item_id, r.label, r.rating, r.comment] for r in sub.ratings),
-    }
-    return hashlib.sha256(json.dumps(core, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
-# --------------------------------------------------------------------------- server
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "anon"
-
-
-def ratings_app(page_dir: str | Path, ratings_dir: str | Path):
-    """FastAPI app: ``GET /`` serves the page, ``POST /ratings`` validates, joins and saves one file.
-
-    Page and key are read once at start and checked against each other, so ratings
-    can never be joined with the key of a different build of the page.
-    """
-    from fastapi import FastAPI, HTTPException
-    from fastapi.responses import HTMLResponse
-
-    page_dir, ratings_dir = Path(page_dir), Path(ratings_dir)
-    page = (page_dir / PAGE_FILE).read_text(encoding="utf-8")
-    doc = load_key(page_dir / KEY_FILE)
-    page_sha = hashlib.sha256(page.encode("utf-8")).hexdigest()
-    if doc.get("page_sha256") not in (None, page_sha) or f'data-page-id="{doc["page_id"]}"' not in page:
-        raise RuntimeError(f"{page_dir}: {PAGE_FILE} and {KEY_FILE} come from different builds; re-run write_page")
-    key = _as_key(doc)
-
-    def unprocessable(index: int | None, field_name: str, msg: str) -> HTTPException:
-        loc = ["body", "ratings", index, field_name] if index is not None else ["body", field_name]
-        return HTTPException(status_code=422, detail=[{"loc": loc, "msg": msg, "type": "value_error"}])
-
-    app = FastAPI(title="persona-pipeline human evaluation", docs_url=None, redoc_url=None)
-
-    @app.get("/", response_class=HTMLResponse)
-    def index():
-        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
-
-    @app.get("/healthz")
-    def healthz() -> dict:
-        return {"ok": True, "page_id": key.page_id}
-
-    @app.post("/ratings")
-    def post_ratings(sub: Submission) -> dict:
-        if sub.page_id != key.page_id:
-            raise unprocessable(None, "page_id", f"ratings are for page {sub.page_id!r} but this server "
-                                                 f"serves page {key.page_id!r}; reload the page")
-        try:
-            rows = _join(sub, key)
-        except _Problem as p:
-            raise unprocessable(p.index, p.field, p.msg) from None
-        now = datetime.now(UTC)
-        name = f"{now:%Y%m%dT%H%M%SZ}-{_slug(sub.rater)}-{uuid.uuid4().hex[:8]}.json"
-        write_json(ratings_dir / name, {
-            "format": RATINGS_FORMAT,
-            "page_id": key.page_id,
-            "page_sha256": page_sha,
-            "rater": sub.rater,
-            "submitted_at": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "client_submitted_at": sub.submitted_at,
-            "source": "server",
-            "ratings": rows,
-        })
-        return {"file": name, "n_ratings": len(rows)}
-
-    return app
-
-
-def serve_ratings(page_dir: str | Path, ratings_dir: str | Path, host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Serve the rating page until interrupted (loopback by default: raters on this machine)."""
-    import uvicorn
-
-    app = ratings_app(page_dir, ratings_dir)
-    print(f"rating page: http://{host}:{port}/  (ratings are written to {Path(ratings_dir).resolve()})")
-    uvicorn.run(app, host=host, port=port, log_level="info")
-
-
-# --------------------------------------------------------------------------- ingestion
-
-
-def _explain(e: ValidationError) -> tuple[str | None, str]:
-    errors = e.errors()
-    err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
-    loc = list(err["loc"])
-    record = None
-    if len(loc) >= 2 and loc[0] == "ratings" and isinstance(loc[1], int):
-        record, loc = f"ratings[{loc[1]}]", loc[2:]
-    name = ".".join(str(p) for p in loc) or "(record)"
-    got = err.get("input")
-    shown = f" (got {got!r})" if isinstance(got, (str, int, float, bool)) and err["type"] != "missing" else ""
-    return record, f"field '{name}': {err['msg']}{shown}"
-
-
-def load_ratings(ratings_dir: str | Path, key: Mapping | str | Path | None = None) -> list[dict]:
-    """Read every rating file in ``ratings_dir`` into rows, in file-name order, each submission once.
-
-    ``key`` (a page folder, a ``key.json`` path, its loaded dict, or a bare
-    ``{item_id: {label: method}}``) joins downloaded, labels-only files to methods and
-    cross-checks server-written ones. A missing folder means no ratings yet.
-    Raises ``InputError`` naming the file, the record and the field on bad input.
-    """
-    ratings_dir = Path(ratings_dir)
-    if not ratings_dir.exists():
-        return []
-    k = _as_key(key)
-    rows, seen = [], {}
-    for path in sorted(p for p in ratings_dir.glob("*.json") if p.is_file() and not p.name.startswith(".")):
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise InputError(f"{path}: not UTF-8 text") from None
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}, line {e.lineno}: invalid JSON: {e.msg}") from None
-        if isinstance(raw, dict) and raw.get("format") == KEY_FORMAT:
-            continue  # a page key kept next to its ratings is not a submission
-        if not isinstance(raw, dict):
-            raise InputError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-        try:
-            sub = RatingFile.model_validate(raw)
-        except ValidationError as e:
-            record, what = _explain(e)
-            raise InputError(f"{path}" + (f", {record}" if record else "") + f": {what}") from None
-        try:
-            joined = _join(sub, k)
-        except _Problem as p:
-            record = f", ratings[{p.index}]" if p.index is not None else ""
-            raise InputError(f"{path}{record}: field '{p.field}': {p.msg}") from None
-        digest = _submission_hash(sub)
-        if digest in seen:
-            continue  # same submission already counted from seen[digest]
-        seen[digest] = path.name
-        meta = {"file": path.name, "rater": sub.rater, "page_id": sub.page_id, "submitted_at": sub.submitted_at}
-        rows += [{**meta, **r} for r in joined]
-    return rows
-
-
-def summarise(rows: Sequence[Mapping]) -> dict[str, list[dict]]:
-    """Mean rating and counts per method and per persona × method (sorted, ready for a table)."""
-
-    def stats(group: list[Mapping]) -> dict:
-        ratings = [g["rating"] for g in group]
-        return {"mean": round(sum(ratings) / len(ratings), 4), "n": len(ratings),
-                "n_raters": len({g.get("rater") for g in group})}
-
-    by_method: dict[str, list] = defaultdict(list)
-    by_pm: dict[tuple[str, str], list] = defaultdict(list)
-    for r in rows:
-        by_method[r["method"]].append(r)
-        by_pm[(r["persona_id"], r["method"])].append(r)
-    return {
-        "by_method": [{"method": m, **stats(g)} for m, g in sorted(by_method.items())],
-        "by_persona_method": [{"persona_id": p, "method": m, **stats(g)} for (p, m), g in sorted(by_pm.items())],
-    }
-
-
-def _main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Serve a human-evaluation page written by write_page.")
-    ap.add_argument("page_dir")
-    ap.add_argument("ratings_dir")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8765)
-    args = ap.parse_args(argv)
-    serve_ratings(args.page_dir, args.ratings_dir, args.host, args.port)
-
-
-if __name__ == "__main__":
-    _main()

@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from .backends import Backend, SamplingParams
+from .backends import SamplingParams
 from .prompts import render_history
 from .quality import PERSONA_BREAK
 
@@ -79,15 +79,46 @@ def logprob_score(logprobs: dict[str, float], lo: int = 0, hi: int = 100, min_ma
     return total / mass if mass >= min_mass else None
 
 
-def persona_scores(judge: Backend, items: list[JudgeItem], method: str = "logprob") -> list[float | None]:
-    """Persona adherence in [-1, 1] per item (None when the judge gave no usable answer)."""
+class VoiceJudge:
+    """Persona adherence without an LLM: MiniLM similarity of a line to the persona's own voice
+    vs every other persona's, mapped to [-1, 1].
+
+    For the small local judge, which cannot grade adherence (its 0–10 answer rarely puts
+    25 % of its mass on digits). Keyed by the spec text a :class:`JudgeItem` carries, so
+    it drops in wherever :func:`persona_scores` takes a judge (method ``embedding``).
+    """
+
+    def __init__(self, voices: dict[str, list[str]], spec_owner: dict[str, str]):
+        self.voices, self.spec_owner = voices, spec_owner
+
+    def scores(self, items: list[JudgeItem]) -> list[float | None]:
+        from .trait_judge import embedding_judge
+
+        out: list[float | None] = [None] * len(items)
+        owners = [self.spec_owner.get(i.spec) for i in items]
+        for pid in dict.fromkeys(o for o in owners if o is not None):
+            idx = [k for k, o in enumerate(owners) if o == pid]
+            others = [line for other, lines in self.voices.items() if other != pid for line in lines[:4]]
+            scored = embedding_judge().score(self.voices[pid], others, [items[k].response for k in idx])
+            for k, sc in zip(idx, scored):
+                out[k] = round(sc / 50 - 1, 4)
+        return out
+
+
+def persona_scores(judge, items: list[JudgeItem], method: str = "logprob") -> list[float | None]:
+    """Persona adherence in [-1, 1] per item (None when the judge gave no usable answer).
+
+    ``judge`` is a Backend for ``logprob`` / ``json``, a :class:`VoiceJudge` for ``embedding``.
+    """
+    if method == "embedding":
+        return judge.scores(items)
     if method == "logprob":
         dists = judge.next_token_logprobs([reward_chat(i, LOGPROB_USER) for i in items], top_k=20)
         return [None if (s := logprob_score(d, 0, 10)) is None else round(s / 5 - 1, 4) for d in dists]
     if method == "json":
         texts = judge.complete([reward_chat(i) for i in items], SamplingParams(max_new_tokens=96, temperature=0))
         return [parse_score(t) for t in texts]
-    raise ValueError(f"judge method {method!r}: use 'logprob' or 'json'")
+    raise ValueError(f"judge method {method!r}: use 'logprob', 'json' or 'embedding'")
 
 
 def degeneracy_penalty(text: str, max_words: int = 80) -> float:

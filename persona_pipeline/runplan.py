@@ -34,14 +34,21 @@ class Stage:
         return f"{what} [{self.partition_range() or 'unpartitioned'}]"
 
 
+def selection_of(selection: str) -> dg.AssetSelection:
+    """Dagster's selection syntax (``group:data``, ``key:x+``, ``a or b``) or comma-separated keys (``a*,b``)."""
+    if ":" in selection or " " in selection.strip():
+        return dg.AssetSelection.from_string(selection)
+    return dg.AssetSelection.from_coercible(selection.split(","))
+
+
 def plan(defs: dg.Definitions, selection: str = "*") -> list[Stage]:
     """Stages in dependency order; an asset joins the earliest stage after its parents' that fits its partitions."""
     graph = defs.resolve_asset_graph()
-    wanted = set(dg.AssetSelection.from_coercible(selection.split(",")).resolve(graph))
+    wanted = set(selection_of(selection).resolve(graph))
     stages: list[Stage] = []
     placed: dict[dg.AssetKey, int] = {}
     for key in graph.toposorted_asset_keys:
-        if key not in wanted:
+        if key not in wanted or not graph.get(key).is_materializable:
             continue
         pdef = graph.get(key).partitions_def
         start = max((placed[p] for p in graph.get(key).parent_keys if p in placed), default=0)

@@ -40,10 +40,13 @@ class Profile(BaseModel):
     sft_eval_rows: int  # held-out rows scored before and after training
     sft_max_length: int  # longer training rows (deep histories) are dropped
     survey_answer_tokens: int
+    survey_eval_items: int  # held-out survey items answered per method; 0: all
     retention_prompts: int
     rl_max_steps: int
     rl_num_generations: int
     rl_prompts: int
+    rl_completion_tokens: int
+    rl_max_depth: int  # longest history (turns) in RL and check prompts; 0: no cap
     check_prompts: int
     # representations stage
     role_system_prompts: int  # per role
@@ -60,8 +63,9 @@ class Profile(BaseModel):
     cmaes_generations: int
     cmaes_popsize: int
     cmaes_prompts: int
-    drift_turns: int
+    cmaes_max_new_tokens: int
     # evaluation stage
+    eval_personas: int  # personas given held-out test dialogues (0: all; the demo evaluates a seeded subset)
     eval_topics: int  # held-out topics per persona (one dialogue each per method)
     eval_turns: int  # turns per test dialogue (≥ 10)
     eval_persona_tokens: int
@@ -74,36 +78,48 @@ PROFILES = {
         name="ci", conversations_per_persona=1, min_turns=8, max_turns=8,
         persona_max_new_tokens=24, assistant_max_new_tokens=24,
         max_line_retries=1, survey_follow_up_items=6,
-        sft_max_steps=3, sft_batch_size=2, sft_eval_rows=12, sft_max_length=512, survey_answer_tokens=24, retention_prompts=4, rl_max_steps=1, rl_num_generations=2, rl_prompts=4, check_prompts=4,
+        sft_max_steps=3, sft_batch_size=2, sft_eval_rows=12, sft_max_length=512, survey_answer_tokens=24, retention_prompts=4, rl_max_steps=1, rl_num_generations=2, rl_prompts=4, rl_completion_tokens=16, rl_max_depth=6, check_prompts=4, survey_eval_items=0,
         role_system_prompts=1, role_questions=2, role_rollouts=1, role_max_new_tokens=24,
         trait_instruction_pairs=2, trait_questions=2, trait_samples=1, trait_max_new_tokens=24,
         sweep_layers=2, sweep_coefs=[0.0, 0.5], sweep_questions=2,
-        cmaes_generations=2, cmaes_popsize=4, cmaes_prompts=2, drift_turns=4,
-        eval_topics=1, eval_turns=10, eval_persona_tokens=16, eval_assistant_tokens=16, human_eval_items=1,
+        cmaes_generations=2, cmaes_popsize=4, cmaes_prompts=2, cmaes_max_new_tokens=16,
+        eval_personas=0, eval_topics=1, eval_turns=10, eval_persona_tokens=16, eval_assistant_tokens=16, human_eval_items=1,
     ),
-    "demo": Profile(
-        name="demo", conversations_per_persona=1, min_turns=8, max_turns=10,
-        persona_max_new_tokens=40, assistant_max_new_tokens=48,
+    "demo": Profile(  # every asset on 2 CPU cores in about ten minutes: a tour, not a study
+        name="demo", conversations_per_persona=1, min_turns=8, max_turns=8,
+        persona_max_new_tokens=20, assistant_max_new_tokens=20,
         max_line_retries=1, survey_follow_up_items=12,
-        sft_max_steps=8, sft_batch_size=2, sft_eval_rows=16, sft_max_length=768, survey_answer_tokens=48, retention_prompts=12, rl_max_steps=2, rl_num_generations=4,
-        rl_prompts=16, check_prompts=6,
-        role_system_prompts=1, role_questions=3, role_rollouts=1, role_max_new_tokens=32,
-        trait_instruction_pairs=2, trait_questions=3, trait_samples=1, trait_max_new_tokens=32,
-        sweep_layers=2, sweep_coefs=[0.0, 0.5, 1.0], sweep_questions=4,
-        cmaes_generations=3, cmaes_popsize=4, cmaes_prompts=2, drift_turns=6,
-        eval_topics=1, eval_turns=10, eval_persona_tokens=24, eval_assistant_tokens=32, human_eval_items=2,
+        sft_max_steps=3, sft_batch_size=2, sft_eval_rows=8, sft_max_length=512, survey_answer_tokens=24, survey_eval_items=8,
+        retention_prompts=4, rl_max_steps=2, rl_num_generations=2, rl_prompts=4, rl_completion_tokens=24, rl_max_depth=6,
+        check_prompts=4,
+        role_system_prompts=1, role_questions=2, role_rollouts=1, role_max_new_tokens=24,
+        trait_instruction_pairs=2, trait_questions=2, trait_samples=1, trait_max_new_tokens=24,
+        sweep_layers=2, sweep_coefs=[0.0, 0.5, 1.0], sweep_questions=2,
+        cmaes_generations=2, cmaes_popsize=4, cmaes_prompts=1, cmaes_max_new_tokens=20,
+        eval_personas=2, eval_topics=1, eval_turns=10, eval_persona_tokens=16, eval_assistant_tokens=16, human_eval_items=1,
     ),
     "full": Profile(
         name="full", conversations_per_persona=60, min_turns=8, max_turns=14,
         persona_max_new_tokens=96, assistant_max_new_tokens=256,
         max_line_retries=3, survey_follow_up_items=200,
-        sft_max_steps=-1, sft_batch_size=8, sft_eval_rows=256, sft_max_length=2048, survey_answer_tokens=128, retention_prompts=48, rl_max_steps=300, rl_num_generations=8, rl_prompts=2000, check_prompts=64,
+        sft_max_steps=-1, sft_batch_size=8, sft_eval_rows=256, sft_max_length=2048, survey_answer_tokens=128, retention_prompts=48, rl_max_steps=300, rl_num_generations=8, rl_prompts=2000, rl_completion_tokens=96, rl_max_depth=0, check_prompts=64, survey_eval_items=0,
         role_system_prompts=5, role_questions=48, role_rollouts=3, role_max_new_tokens=512,
         trait_instruction_pairs=5, trait_questions=20, trait_samples=10, trait_max_new_tokens=256,
         sweep_layers=7, sweep_coefs=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0], sweep_questions=20,
-        cmaes_generations=40, cmaes_popsize=12, cmaes_prompts=10, drift_turns=24,
-        eval_topics=6, eval_turns=16, eval_persona_tokens=96, eval_assistant_tokens=256, human_eval_items=6,
+        cmaes_generations=40, cmaes_popsize=12, cmaes_prompts=10, cmaes_max_new_tokens=64,
+        eval_personas=0, eval_topics=6, eval_turns=16, eval_persona_tokens=96, eval_assistant_tokens=256, human_eval_items=6,
     ),
+}
+
+
+# What people run, by name (`persona-pipeline materialize --job NAME`): asset selections that
+# `runplan` splits into one Dagster run per partition set, in dependency order.
+NAMED_JOBS = {
+    "data": "group:specs or group:data",
+    "train": "group:models",
+    "representations": "group:representations",
+    "evaluate": "group:evaluation",
+    "everything": "*",
 }
 
 

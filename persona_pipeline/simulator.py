@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .backends import Backend, SamplingParams
 from .contracts import PersonaSpec, Survey
-from .judges import JudgeItem, persona_scores
+from .judges import JudgeItem, VoiceJudge, persona_scores
 
 
 def definitions(persona_specs: list[dict], surveys: dict | None = None, compact: bool = True) -> dict[str, str]:
@@ -21,12 +21,30 @@ def definitions(persona_specs: list[dict], surveys: dict | None = None, compact:
     return out
 
 
+def voices(persona_specs: list[dict], surveys: dict | None = None) -> dict[str, list[str]]:
+    """Each persona's own words: spec example lines and traits; a survey person's reasons and description."""
+    out = {}
+    for s in persona_specs:
+        p = PersonaSpec(**s)
+        out[p.id] = [*p.example_lines, *p.behavioral_traits]
+    for sid, raw in (surveys or {}).items():
+        survey = Survey(**raw)
+        out[sid] = [survey.profile.description, *[i.reasoning for i in survey.items if i.reasoning]][:12]
+    return out
+
+
+def voice_judge(persona_specs: list[dict], surveys: dict | None = None) -> VoiceJudge:
+    """The local persona judge, recognising both the compact and the full definition text."""
+    owner = {text: pid for compact in (True, False) for pid, text in definitions(persona_specs, surveys, compact).items()}
+    return VoiceJudge(voices(persona_specs, surveys), owner)
+
+
 def next_lines(backend: Backend, rows: list[dict], params: SamplingParams) -> list[str]:
     """``rows`` carry a ready ``prompt`` (see ``train_rl.rl_prompts``); one batched call."""
     return backend.complete([r["prompt"] for r in rows], params)
 
 
-def adherence(judge: Backend, rows: list[dict], lines: list[str], method: str = "logprob") -> tuple[float, list[float | None]]:
+def adherence(judge, rows: list[dict], lines: list[str], method: str = "logprob") -> tuple[float, list[float | None]]:
     """Mean judge persona score in [-1, 1] of ``lines`` (failed judgements excluded, and returned)."""
     import json
 

@@ -49,11 +49,13 @@ class RlSettings:
 
 
 def rl_prompts(convs: list[Conversation], definitions: dict[str, str], n: int, heldout: bool, seed: int = 0,
-               boring_share: float = 0.3, eval_fraction: float = 0.1, judge_specs: dict[str, str] | None = None) -> list[dict]:
+               boring_share: float = 0.3, eval_fraction: float = 0.1, judge_specs: dict[str, str] | None = None,
+               max_depth: int = 0) -> list[dict]:
     """Histories cut at many depths, deepest ones included, some with a boring assistant.
 
     Those are the cases where SFT models drop character. ``heldout`` picks the
     conversations the SFT stage held out, for before/after evaluation.
+    ``max_depth`` > 0 caps the history length in turns (small machines: RL cost grows with it).
     """
     rng = random.Random(f"{seed}:{heldout}")
     pool = [c for c in convs if c.persona_role == "user" and _is_eval(c.id.split("#")[0], eval_fraction) == heldout]
@@ -61,7 +63,7 @@ def rl_prompts(convs: list[Conversation], definitions: dict[str, str], n: int, h
         pool = [c for c in convs if c.persona_role == "user"]
     if not pool:
         raise ValueError("no simulated-user conversations to build RL prompts from")
-    cuts = [(c, i) for c in pool for i in c.persona_turn_indices() if i > 0]
+    cuts = [(c, i) for c in pool for i in c.persona_turn_indices() if 0 < i and (not max_depth or i <= max_depth)]
     deepest = sorted(cuts, key=lambda ci: -ci[1])[: max(1, n // 4)]
     rng.shuffle(cuts)
     chosen = (deepest + [x for x in cuts if x not in deepest])[:n]
@@ -126,6 +128,7 @@ def train_rl(base: str | Path, sft_adapter: Path, prompts: list[dict], reward_fn
             num_generations=s.num_generations, per_device_train_batch_size=s.num_generations,
             max_completion_length=s.max_completion_length, temperature=s.temperature, logging_steps=1,
             save_strategy="no", report_to="none", seed=s.seed, bf16=cuda, use_cpu=not cuda, dataloader_num_workers=0,
+            gradient_checkpointing=cuda,  # TRL turns it on by default; on a CPU it only recomputes
         )
         trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args,
                               train_dataset=Dataset.from_list(prompts), processing_class=tok, peft_config=s.lora.peft_config())

@@ -116,13 +116,15 @@ def answer_nll(backend, qa: list[tuple[str, str]], batch_size: int = 16) -> list
         width = max(len(p) + len(a) for p, a in enc)
         ids = torch.tensor([p + a + [tok.pad_token_id] * (width - len(p) - len(a)) for p, a in enc])
         mask = torch.tensor([[1] * (len(p) + len(a)) + [0] * (width - len(p) - len(a)) for p, a in enc])
+        keep = width - min(len(p) for p, _ in enc) + 1  # logits only from the first answer position on
         with torch.inference_mode():
-            logp = torch.log_softmax(model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float(), -1)
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), logits_to_keep=keep).logits
+            logp = torch.log_softmax(logits.float(), -1)
         for row, (p, a) in enumerate(enc):
             if not a:
                 out.append(None)
                 continue
-            pos = torch.arange(len(p) - 1, len(p) + len(a) - 1)
+            pos = torch.arange(len(p) - 1, len(p) + len(a) - 1) - (width - keep)
             out.append(float(-logp[row, pos, torch.tensor(a)].mean()))
     return out
 

@@ -118,3 +118,19 @@ def defs_data_root():
     from persona_pipeline.settings import data_root
 
     return data_root()
+
+
+@pytest.mark.parametrize("job, first, last", [
+    ("data", "persona_specs", "sft_pairs"),
+    ("representations", "role_transcripts", "cmaes_steering"),
+    ("everything", "base_model", "eval_report"),
+])
+def test_named_jobs_plan_their_stages(capsys, job, first, last):
+    """`materialize --job NAME` — what people run, by name — plans one run per partition set, in order."""
+    from persona_pipeline.cli import main
+
+    assert main(["materialize", "--job", job, "--profile", "ci", "--dry-run"]) == 0
+    stages = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stage ")]
+    assert stages[0].startswith("stage 1: ") and first in stages[0] and last in stages[-1]
+    if job == "representations":  # four partition sets and no asset from another group
+        assert len(stages) == 5 and not any(k in "".join(stages) for k in ("sft_adapter", "judge_scores"))

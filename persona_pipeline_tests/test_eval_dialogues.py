@@ -27,15 +27,17 @@ class CountingBackend:
 def test_dialogues_have_the_requested_turns_and_batch_per_model(tiny_backend):
     hidden = tiny_backend.model.config.hidden_size
     racers = [Contestant("prompt", "a", "base", _sim), Contestant("steer", "a", "base", _sim, torch.randn(hidden), 1),
-              Contestant("prompt", "b", "base", _sim), Contestant("sft", "b", "sft", _sim)]
+              Contestant("prompt", "b", "base", _sim), Contestant("sft", "b", "sft", _sim),
+              Contestant("steer2", "b", "base", _sim, torch.randn(hidden), 0)]
     base, sft, assistant = CountingBackend(tiny_backend), CountingBackend(tiny_backend), CountingBackend(tiny_backend)
     convs = run_dialogues(racers, {"a": ["trains"], "b": ["tea", "maps"]}, {"base": base, "sft": sft}, assistant,
                           turns=10, persona_tokens=3, assistant_tokens=3)
-    assert len(convs) == 1 + 1 + 2 + 2
+    assert len(convs) == 1 + 1 + 2 + 2 + 2
     assert all(len(c.turns) == 10 and c.turns[0].role == "user" for c in convs)
-    assert {c.metadata.generation_model for c in convs} == {"prompt", "steer", "sft"}
-    # 5 persona steps: base speaks in two groups (unsteered 3 dialogues, steered 1), sft in one; assistant once per step
-    assert sorted(base.calls) == sorted([3] * 5 + [1] * 5) and sft.calls == [2] * 5 and assistant.calls == [6] * 5
+    assert {c.metadata.generation_model for c in convs} == {"prompt", "steer", "steer2", "sft"}
+    # 5 persona steps: base speaks in ONE call (unsteered rows and rows steered at layers 1 and 0 together),
+    # sft in one; the assistant once per step
+    assert base.calls == [6] * 5 and sft.calls == [2] * 5 and assistant.calls == [8] * 5
     turns = persona_turns(convs[0])
     assert [t["turn"] for t in turns] == [1, 2, 3, 4, 5] and turns[2]["history"] == [t.model_dump() for t in convs[0].turns[:4]]
 

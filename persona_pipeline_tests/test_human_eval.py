@@ -10,15 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from persona_pipeline.human_eval import (
-    RATINGS_FORMAT,
-    build_page,
-    load_ratings,
-    ratings_app,
-    summarise,
-    write_page,
-)
+from persona_pipeline.human_eval import RATINGS_FORMAT, build_page, write_page
+from persona_pipeline.human_ratings import load_ratings, summarise
 from persona_pipeline.loaders import InputError
+from persona_pipeline.rating_server import ratings_app
 
 METHODS = ["prompt", "sft", "rl", "steering", "cmaes"]
 

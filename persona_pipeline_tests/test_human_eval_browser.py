@@ -17,7 +17,9 @@ import time
 import pytest
 from _browser import free_port, launch, needs_chromium
 
-from persona_pipeline.human_eval import load_ratings, ratings_app, write_page
+from persona_pipeline.human_eval import write_page
+from persona_pipeline.human_ratings import load_ratings
+from persona_pipeline.rating_server import ratings_app
 
 METHODS = ["prompt", "sft", "rl", "steering", "cmaes"]
 

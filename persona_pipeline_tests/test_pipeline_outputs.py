@@ -67,7 +67,9 @@ def test_steering_sweep_and_cmaes_compare_against_baselines(materialized):
         assert set(c["heldout"]) == {"cmaes", "random_search", "mean_diff_equal", "pca", "unsteered", "prompt"}
         assert len(c["history"]) == len(c["random_history"]) == 2  # ci: 2 generations, same budget for random search
     drift = pq.read_table(assets / "drift_monitor.parquet").to_pylist()
-    assert {r["persona_id"] for r in drift} == set(SMALL["personas"]) and max(r["turn"] for r in drift) == 4
+    assert {(r["persona_id"], r["method"]) for r in drift} == {(p, m) for p in SMALL["personas"] for m in ("sft", "rl")}
+    assert max(r["turn"] for r in drift) == 5  # the 10-turn test dialogues of judge_scores, every persona turn
+    assert all(r["adherence"] is not None and r["axis_projection"] is not None for r in drift)
 
 
 def test_judge_scores_leaderboard_and_report(materialized):

@@ -100,8 +100,8 @@ JOBS = [
     _job("representations_checkpoints", _keys("activations", "persona_space"), "Activations per checkpoint, persona space.", True),
     _job("representations_vectors", _keys("persona_vectors", "steering_sweep", "trait_interference", "finetuning_shift"),
          "Persona vectors, steering sweeps, interference and fine-tuning shift, per trait.", True),
-    _job("representations_personas", _keys("cmaes_steering", "drift_monitor"), "CMA-ES steering per persona, drift monitor.", True),
-    _job("evaluate", dg.AssetSelection.groups("evaluation"), "Judged test dialogues, survey replication, leaderboard, report, human eval."),
+    _job("representations_personas", _keys("cmaes_steering"), "CMA-ES steering per persona.", True),
+    _job("evaluate", dg.AssetSelection.groups("evaluation"), "Judged test dialogues, drift monitor, survey replication, leaderboard, report, human eval."),
 ]
 EVERYTHING = [j.name for j in JOBS]  # dependency order
 

@@ -1,11 +1,16 @@
 """Asset checks for the data stage: structural guarantees the trainer relies on."""
 
+import functools
+import json
+from pathlib import Path
+
 import dagster as dg
 
 from ..contracts import Conversation
 from ..quality import persona_breaks
 from ..resources import ModelResource
 from ..settings import profile
+from ._common import persona_judge
 
 
 def _convs(rows: list[dict]) -> list[Conversation]:
@@ -76,16 +81,24 @@ def _heldout(conversations, persona_specs, surveys, n):
     from ..train_rl import rl_prompts
 
     return rl_prompts(_convs(conversations), definitions(persona_specs, surveys), n, heldout=True,
-                      judge_specs=definitions(persona_specs, surveys, compact=False))
+                      judge_specs=definitions(persona_specs, surveys, compact=False), max_depth=profile().rl_max_depth)
 
 
 def _lines(base_path: str, adapter: str | None, rows: list[dict]) -> list[str]:
+    """Greedy next lines; both SFT checks read the same ones, so a run generates them once."""
+    weights = Path(adapter) / "adapter_model.safetensors" if adapter else None
+    stamp = weights.stat().st_mtime_ns if weights and weights.exists() else 0  # a retrained adapter is a new key
+    return list(_cached_lines(base_path, adapter, stamp, json.dumps(rows, sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_lines(base_path: str, adapter: str | None, _stamp: int, rows_json: str) -> tuple[str, ...]:
     from ..backends import BackendSpec, SamplingParams, make_backend
     from ..settings import home
     from ..simulator import next_lines
 
     backend = make_backend(BackendSpec(model=base_path, adapter=adapter), home())
-    return next_lines(backend, rows, SamplingParams(max_new_tokens=32, temperature=0))
+    return tuple(next_lines(backend, json.loads(rows_json), SamplingParams(max_new_tokens=32, temperature=0)))
 
 
 _MODEL_INS = {"conversations": dg.AssetIn(), "persona_specs": dg.AssetIn(), "surveys": dg.AssetIn()}
@@ -116,9 +129,9 @@ def adherence_vs_prompt_only(sft_adapter: dict, conversations: list[dict], perso
     from ..simulator import adherence
 
     rows = _heldout(conversations, persona_specs, surveys, profile().check_prompts)
-    backend = judge.backend()
-    base, _ = adherence(backend, rows, _lines(sft_adapter["base_model"], None, rows))
-    tuned, _ = adherence(backend, rows, _lines(sft_adapter["base_model"], sft_adapter["path"], rows))
+    scorer, method = persona_judge("auto", judge, persona_specs, surveys)
+    base, _ = adherence(scorer, rows, _lines(sft_adapter["base_model"], None, rows), method)
+    tuned, _ = adherence(scorer, rows, _lines(sft_adapter["base_model"], sft_adapter["path"], rows), method)
     return dg.AssetCheckResult(passed=bool(tuned >= base), severity=dg.AssetCheckSeverity.WARN, metadata={
         "adherence_prompt_only": round(base, 4), "adherence_sft": round(tuned, 4), "judge": judge.describe(), "prompts": len(rows)})
 

@@ -49,13 +49,20 @@ def _steering_vector(pid: str, cmaes: dict, sweep_rows: list[dict], persona_vect
     return sign * best["rel_coef"] * v["layer_norms"][i] * unit / unit.norm(), best["layer"]
 
 
+def evaluated_personas(ids) -> list[str]:
+    """Every persona, or — where the profile caps ``eval_personas`` (the 2-core demo) — a fixed,
+    seeded spread of them, so held-out dialogues stay affordable and the choice is reproducible."""
+    ids, n = sorted(ids), profile().eval_personas
+    return ids if not n or n >= len(ids) else sorted(ss.seeded_sample(ids, n, "eval-personas"))
+
+
 def contestants(persona_specs: list[dict], cmaes: dict, sweep_rows: list[dict], persona_vectors: dict,
                 methods: list[str]) -> list[Contestant]:
     """Every (method, persona): which model speaks, with which prompt and steering."""
     specs = {s["id"]: PersonaSpec(**s) for s in persona_specs}
     defs = definitions(persona_specs)
     out = []
-    for pid in sorted(specs):
+    for pid in evaluated_personas(specs):
         sim = lambda _topic, turns, pid=pid: simulator_prompt(pid, defs[pid], turns)
         neutral = lambda topic, turns: neutral_user_chat(topic, turns)
         made = {"prompt": lambda: Contestant("prompt", pid, "base", lambda t, h, s=specs[pid]: teacher_chat(s, t, h)),
@@ -73,6 +80,7 @@ class JudgeScoresConfig(dg.Config):
     topics: int | None = None
     turns: int | None = None
     json_judge: str = "auto"  # auto: the seed's JSON judge with endpoint judges; "on" / "off"
+    logprob_judge: str = "auto"  # auto: the 0–10 logprob reward judge with endpoint judges (the 135M judge rarely answers)
     agreement_tolerance: float = 0.2
     seed: int = 0
 
@@ -83,11 +91,18 @@ def judge_specs(judge: ModelResource, persona_specs: list[dict]) -> dict[str, st
     return definitions(persona_specs, compact=judge.kind == "local")
 
 
-def _judges(judge: ModelResource, mode: str, persona_specs: list[dict], conversations: list[dict]) -> dict:
+def _on(mode: str, judge: ModelResource, name: str) -> bool:
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"config {name}={mode!r}: use auto, on or off")
+    return mode == "on" or (mode == "auto" and judge.kind != "local")
+
+
+def _judges(judge: ModelResource, config: JudgeScoresConfig, persona_specs: list[dict], conversations: list[dict]) -> dict:
     backend, specs = judge.backend(), {s["id"]: s for s in persona_specs}
-    out = {"persona_embedding": ej.embedding_judge(specs),
-           "reward_logprob": ej.reward_judge(backend, judge_specs(judge, persona_specs), "logprob")}
-    if mode == "on" or (mode == "auto" and judge.kind != "local"):
+    out = {"persona_embedding": ej.embedding_judge(specs)}
+    if _on(config.logprob_judge, judge, "logprob_judge"):
+        out["reward_logprob"] = ej.reward_judge(backend, judge_specs(judge, persona_specs), "logprob")
+    if _on(config.json_judge, judge, "json_judge"):
         profiles = {pid: ej.persona_profile(s, ej.persona_lines(conversations, pid)) for pid, s in specs.items()}
         out["persona_judge"] = ej.persona_judge(backend, specs)
         out["persona_aware"] = ej.persona_aware_judge(backend, profiles)
@@ -119,11 +134,12 @@ def judge_scores(context: dg.AssetExecutionContext, config: JudgeScoresConfig, p
     turns = [t for c in convs for t in persona_turns(c)]
     items = [ej.EvalItem(id=f"{t['conversation_id']}@{t['turn']}", persona_id=t["persona_id"], history=t["history"],
                          candidate=t["line"], method=t["method"], turn_index=t["turn"]) for t in turns]
-    verdicts = ej.run_judges(_judges(judge, config.json_judge, persona_specs, conversations), items)
+    verdicts = ej.run_judges(_judges(judge, config, persona_specs, conversations), items)
     versions = {"base": base_model.get("source_sha256", base_model["path"])[:12], "sft": file_version(sft_adapter["path"]),
                 "rl": file_version(rl_adapter["path"]), "judge": judge.describe()}
     rows = [_row(t, {name: v[i] for name, v in verdicts.items()}, versions) for i, t in enumerate(turns)]
-    context.add_output_metadata(_judge_meta(rows, verdicts, config.agreement_tolerance) | {"versions": json.dumps(versions)})
+    context.add_output_metadata(_judge_meta(rows, verdicts, config.agreement_tolerance) | {
+        "versions": json.dumps(versions), "personas_evaluated": ", ".join(evaluated_personas(specs))})
     return rows
 
 
@@ -138,7 +154,7 @@ def _row(turn: dict, verdicts: dict, versions: dict) -> dict:
         "turn": turn["turn"], "line": turn["line"], "history": json.dumps(turn["history"]),
         "adherence": primary.adherence, "primary_judge": primary.judge,
         "adherence_embedding": verdicts["persona_embedding"].adherence,
-        "adherence_logprob": verdicts["reward_logprob"].adherence, "adherence_json": main.adherence if main else None,
+        "adherence_logprob": verdicts["reward_logprob"].adherence if "reward_logprob" in verdicts else None, "adherence_json": main.adherence if main else None,
         "consistency": main.consistency if main else None, "quality": main.quality if main else None,
         "safety_pass": (main.safety_pass if main and main.ok else not text_safety_flags(turn["line"])),
         "persona_break": bool(PERSONA_BREAK.search(turn["line"])), "reasoning": main.reasoning if main else "",
@@ -202,6 +218,7 @@ def survey_replication(context: dg.AssetExecutionContext, config: SurveyReplicat
     for sid, raw in surveys.items():
         survey = Survey(**raw)
         held = [i for i, side in split_items(survey, config.test_fraction, config.seed).items() if side == "test"]
+        held = held[: profile().survey_eval_items or None]  # the demo profile answers a fixed slice
         for method, (backend, condition) in runs.items():
             answers = answer_items(backend, survey, held, condition, config.max_new_tokens or profile().survey_answer_tokens)
             result = score(survey, answers, encoder)

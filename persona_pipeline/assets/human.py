@@ -7,6 +7,7 @@ import dagster as dg
 
 from .. import eval_judges as ej
 from .. import human_eval as he
+from .. import human_ratings as hr
 from .. import stats
 from ..contracts import Conversation
 from ..eval_dialogues import next_lines
@@ -20,7 +21,7 @@ from .steering import _policy
 class HumanEvalConfig(dg.Config):
     items_per_persona: int | None = None
     methods: list[str] = list(METHODS)
-    max_new_tokens: int = 40
+    max_new_tokens: int | None = None  # None → profile (eval_persona_tokens)
     seed: int = 0
 
 
@@ -52,7 +53,7 @@ def human_eval_page(context: dg.AssetExecutionContext, config: HumanEvalConfig, 
     racers = contestants(persona_specs, cmaes_steering, steering_sweep, persona_vectors, config.methods)
     backends = {"base": _policy(base_model), "sft": _policy(base_model, sft_adapter["path"]),
                 "rl": _policy(base_model, rl_adapter["path"])}
-    lines = next_lines(racers, ctx, backends, config.max_new_tokens, config.seed)
+    lines = next_lines(racers, ctx, backends, config.max_new_tokens or profile().eval_persona_tokens, config.seed)
     items = [he.EvalItem(id=c["id"], persona_id=c["persona_id"], history=c["history"], reference=c["reference"],
                          candidates=lines[c["id"]]) for c in ctx if lines.get(c["id"])]
     page_dir = home() / "human_eval"
@@ -86,8 +87,8 @@ class HumanRatingsConfig(dg.Config):
           description="Human ratings ingested from the rating files (served page or downloaded JSON), joined to methods; "
                       "a sensor materialises this when new files arrive.")
 def human_ratings(context: dg.AssetExecutionContext, config: HumanRatingsConfig, human_eval_page: dict) -> dict:
-    rows = he.load_ratings(ratings_dir(), key=human_eval_page["page_dir"])
-    summary = he.summarise(rows)
+    rows = hr.load_ratings(ratings_dir(), key=human_eval_page["page_dir"])
+    summary = hr.summarise(rows)
     pairs = [(human_eval_page["judge"].get(f"{r['item_id']}|{r['method']}"), r["rating"]) for r in rows]
     agree = stats.judge_human_agreement([j for j, _ in pairs], [h for _, h in pairs]) if rows else {"n": 0}
     context.add_output_metadata({

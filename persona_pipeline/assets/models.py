@@ -14,7 +14,7 @@ from ..settings import home, profile
 from ..simulator import definitions
 from ..train_rl import RlSettings, make_reward, mean_reward, rl_prompts, train_rl
 from ..train_sft import TARGET_MODULES, LoraSettings, PreventiveSteer, SftSettings, build_mixture, train_sft
-from ._common import GPU, md_table
+from ._common import GPU, md_table, persona_judge
 
 GROUP = "models"
 
@@ -179,10 +179,10 @@ class RlConfig(dg.Config):
     max_steps: int | None = None
     num_generations: int | None = None
     prompts: int | None = None
-    max_completion_length: int = 40
+    max_completion_length: int | None = None  # None → profile (rl_completion_tokens)
     r: int = 16
     alpha: int = 32
-    judge_method: str = "logprob"
+    judge_method: str = "auto"  # auto: MiniLM voice judge with the local judge model, logprob with an endpoint
     boring_share: float = 0.3
     seed: int = 0
 
@@ -192,15 +192,16 @@ class RlConfig(dg.Config):
 def rl_adapter(context: dg.AssetExecutionContext, config: RlConfig, sft_adapter: dict, base_model: dict,
                conversations: list[dict], persona_specs: list[dict], surveys: dict, judge: ModelResource) -> dict:
     p = profile()
+    judge_backend, method = persona_judge(config.judge_method, judge, persona_specs, surveys)
     s = RlSettings(lora=LoraSettings(config.r, config.alpha, 0.05), beta=config.beta, learning_rate=config.learning_rate,
                    max_steps=config.max_steps or p.rl_max_steps, num_generations=config.num_generations or p.rl_num_generations,
-                   max_completion_length=config.max_completion_length, judge_method=config.judge_method,
+                   max_completion_length=config.max_completion_length or p.rl_completion_tokens, judge_method=method,
                    boring_share=config.boring_share, seed=config.seed)
     convs = [Conversation(**c) for c in conversations]
     defs, full = definitions(persona_specs, surveys), definitions(persona_specs, surveys, compact=False)
-    train = rl_prompts(convs, defs, config.prompts or p.rl_prompts, False, s.seed, s.boring_share, judge_specs=full)
-    heldout = rl_prompts(convs, defs, p.check_prompts, True, s.seed, s.boring_share, judge_specs=full)
-    judge_backend = judge.backend()
+    train = rl_prompts(convs, defs, config.prompts or p.rl_prompts, False, s.seed, s.boring_share, judge_specs=full,
+                       max_depth=p.rl_max_depth)
+    heldout = rl_prompts(convs, defs, p.check_prompts, True, s.seed, s.boring_share, judge_specs=full, max_depth=p.rl_max_depth)
     out = home() / "models" / "rl_adapter"
     r = train_rl(base_model["path"], Path(sft_adapter["path"]), train, make_reward(judge_backend, s.judge_method), s, out,
                  {"base_model": base_model["path"], "sft_adapter": sft_adapter["path"], "judge": judge.describe()})
@@ -210,7 +211,7 @@ def rl_adapter(context: dg.AssetExecutionContext, config: RlConfig, sft_adapter:
     kl = line_plot({"KL": _curve(r.log_history, "kl")}, "KL to the SFT policy", "step", "KL")
     context.add_output_metadata({
         "path": dg.MetadataValue.path(str(out)), "mean_reward_sft": round(before, 4), "mean_reward_rl": round(after, 4),
-        "seconds_per_step": round(r.seconds_per_step, 1), "beta": s.beta, "judge": judge.describe(),
+        "seconds_per_step": round(r.seconds_per_step, 1), "beta": s.beta, "judge": judge.describe(), "judge_method": method,
         "train_prompts": len(train), "boring_prompts": sum(x["boring"] for x in train),
         "max_depth": max(x["depth"] for x in train),
         **_png_meta(curves, out.parent / "rl_reward.png", "reward_curve"), **_png_meta(kl, out.parent / "rl_kl.png", "kl_curve"),

@@ -1,4 +1,5 @@
-"""Representations group, steering half: sweeps per trait, CMA-ES per persona, and a drift monitor."""
+"""Representations group, steering half: sweeps per trait and CMA-ES per persona."""
+
 
 import dagster as dg
 import numpy as np
@@ -6,18 +7,18 @@ import torch
 
 from .. import steer_search as ss
 from .. import vectors as vec
-from ..activations import Item, extract, spread_layers
+from ..activations import spread_layers
 from ..backends import BackendSpec, SamplingParams, make_backend
 from ..contracts import PersonaSpec, Topic, Trait
 from ..judges import JudgeItem, persona_scores
 from ..plots import line_plot
-from ..prompts import neutral_user_chat, simulator_prompt, teacher_chat
+from ..prompts import neutral_user_chat, teacher_chat
 from ..resources import ModelResource
 from ..settings import home, profile
-from ..simulate import converse, plan_dialogues
-from ..simulator import PersonaBackend, definitions
+from ..simulate import plan_dialogues
+from ..simulator import definitions
 from ..transcripts import trait_system_prompt
-from ._common import ALL, GPU, SINGLE_RUN, md_table, persona_partitions, png_meta, trait_partitions
+from ._common import ALL, GPU, SINGLE_RUN, md_table, persona_judge, persona_partitions, png_meta, trait_partitions
 from .representations import GROUP, _pick, score_answers, trait_method
 
 
@@ -116,9 +117,9 @@ class CmaesConfig(dg.Config):
     generations: int | None = None
     popsize: int | None = None
     prompts: int | None = None
-    max_new_tokens: int = 32
+    max_new_tokens: int | None = None  # None → profile (cmaes_max_new_tokens)
     vector: str = "mean_diff_response_avg"
-    judge_method: str = "logprob"
+    judge_method: str = "auto"  # auto: MiniLM voice judge with the local judge model, logprob with an endpoint
     seed: int = 0
 
 
@@ -135,9 +136,9 @@ def _targets(keys: list[str], persona_specs: list[dict], topics: list[dict], n: 
     return targets
 
 
-def _judge_fn(judge: ModelResource, method: str):
-    backend = judge.backend()
-    return lambda items: persona_scores(backend, [JudgeItem(s, h, line) for s, h, line in items], method)
+def _judge_fn(judge: ModelResource, choice: str, persona_specs: list[dict]):
+    scorer, method = persona_judge(choice, judge, persona_specs)
+    return lambda items: persona_scores(scorer, [JudgeItem(s, h, line) for s, h, line in items], method)
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "safetensors"}, partitions_def=persona_partitions, backfill_policy=SINGLE_RUN,
@@ -152,9 +153,10 @@ def cmaes_steering(context: dg.AssetExecutionContext, config: CmaesConfig, perso
     units = ss.unit_rows(torch.stack([_vectors_at(persona_vectors[t], config.vector, [layer])[layer] for t in traits]))
     s = ss.SearchSettings(layer=layer, layer_norm=first["layer_norms"][first["layers"].index(layer)], alpha=config.alpha,
                           bound=config.bound, sigma0=config.sigma0, generations=_pick(config.generations, "cmaes_generations"),
-                          popsize=_pick(config.popsize, "cmaes_popsize"), seed=config.seed, max_new_tokens=config.max_new_tokens)
+                          popsize=_pick(config.popsize, "cmaes_popsize"), seed=config.seed,
+                          max_new_tokens=_pick(config.max_new_tokens, "cmaes_max_new_tokens"))
     targets = _targets(context.partition_keys, persona_specs, topics, _pick(config.prompts, "cmaes_prompts"), config.seed)
-    backend, judge_fn = _policy(base_model), _judge_fn(judge, config.judge_method)
+    backend, judge_fn = _policy(base_model), _judge_fn(judge, config.judge_method, persona_specs)
     found = ss.cmaes_search(backend, judge_fn, targets, units, s,
                             lambda g, n: context.log.info(f"CMA-ES generation {g}/{n} done for {len(targets)} personas"))
     results = _heldout(backend, judge_fn, targets, units, s, found)
@@ -208,56 +210,3 @@ def _cmaes_meta(out: dict, traits: list[str], s: ss.SearchSettings) -> dict:
             "cmaes_beats_steering_baselines": f"{wins}/{len(out)}",
             **png_meta(line_plot(curves, "CMA-ES convergence (best-so-far fitness)", "generation", "persona score [-1, 1]"),
                        "cmaes_convergence", "convergence")}
-
-
-class DriftConfig(dg.Config):
-    turns: int | None = None  # persona turns per dialogue
-    max_new_tokens: int = 40
-    seed: int = 0
-
-
-@dg.asset(group_name=GROUP, kinds={"pytorch"}, ins={"cmaes_steering": dg.AssetIn(partition_mapping=ALL)},
-          description="Drift monitor: one long held-out dialogue per persona with the SFT simulator; per persona turn, the "
-                      "projection of its activations on the Assistant Axis and on the persona's CMA-ES direction.")
-def drift_monitor(context: dg.AssetExecutionContext, config: DriftConfig, persona_specs: list[dict], topics: list[dict],
-                  base_model: dict, sft_adapter: dict, persona_space: dict, cmaes_steering: dict,
-                  assistant: ModelResource) -> list[dict]:
-    from ..modelio import load_model
-
-    n = _pick(config.turns, "drift_turns")
-    defs = definitions(persona_specs)
-    specs = {s["id"]: PersonaSpec(**s) for s in persona_specs}
-    dialogues = [plan_dialogues(specs[p], [Topic(**t) for t in topics], 1, config.seed, "heldout")[0]
-                 for p in sorted(cmaes_steering)]
-    sim = {p: PersonaBackend(_policy(base_model, sft_adapter["path"]), p, defs[p]) for p in cmaes_steering}
-    convs = converse(dialogues, sim, assistant.backend(), 2 * n - 1, config.max_new_tokens, config.max_new_tokens,
-                     seed=config.seed)
-    items, meta = [], []
-    for c in convs:
-        turns = [t.model_dump() for t in c.turns]
-        for k, t in enumerate(turns):
-            if t["role"] == "user":
-                items.append(Item(simulator_prompt(c.persona_id, defs[c.persona_id], turns[:k]), t["content"]))
-                meta.append({"persona_id": c.persona_id, "turn": k // 2 + 1, "line": t["content"]})
-    layer = persona_space["layer"]
-    model, tok = load_model(base_model["path"], sft_adapter["path"])
-    acts = extract(model, tok, items, [layer])["response_avg"][:, 0]
-    axis = vec.load_tensors(persona_space["axis_path"])["axis"][persona_space["layers"].index(layer)]
-    rows = []
-    for m, a in zip(meta, acts):
-        persona_vec = vec.load_tensors(cmaes_steering[m["persona_id"]]["path"])["vector"]
-        rows.append({**m, "layer": layer, "axis_projection": round(float(vec.project(a, axis)), 4),
-                     "persona_projection": round(float(vec.project(a, persona_vec)), 4) if persona_vec.norm() > 0 else None})
-    context.add_output_metadata(_drift_meta(rows))
-    return rows
-
-
-def _drift_meta(rows: list[dict]) -> dict:
-    personas = sorted({r["persona_id"] for r in rows})
-    series = {p: ([r["turn"] for r in rows if r["persona_id"] == p], [r["axis_projection"] for r in rows if r["persona_id"] == p])
-              for p in personas}
-    slopes = [{"persona": p, "axis_slope_per_turn": round(float(np.polyfit(*series[p], 1)[0]), 4) if len(series[p][0]) > 1 else None}
-              for p in personas]
-    return {"turns": len(rows), "slopes": md_table(slopes),
-            **png_meta(line_plot(series, "Assistant-Axis projection per persona turn (up = more assistant-like)", "persona turn",
-                                 "projection"), "drift_monitor", "drift_plot")}

@@ -87,7 +87,7 @@ class LocalBackend:
         for idx in self._chunks(chats):
             enc = self._encode([chats[i] for i in idx])
             with self.steering(idx):
-                logits = self.model(**enc).logits[:, -1, :].float()
+                logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()  # not the whole vocab × seq
             logp = torch.log_softmax(logits, dim=-1)
             vals, toks = logp.topk(top_k, dim=-1)
             for row, i in enumerate(idx):
