@@ -37,17 +37,24 @@ class _Problem(Exception):
         self.index, self.field, self.msg = index, field_name, msg
 
 
+def _read_json(path: Path):
+    """A JSON file, or an ``InputError`` naming the file (and the line, for bad JSON)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}, line {e.lineno}: invalid JSON: {e.msg}") from None
+
+
 def load_key(path: str | Path) -> dict:
     """Read a page's ``key.json`` (or the folder holding it)."""
     path = Path(path)
     if path.is_dir():
         path = path / KEY_FILE
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: key file not found") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}, line {e.lineno}: invalid JSON: {e.msg}") from None
+    if not path.exists():
+        raise InputError(f"{path}: key file not found")
+    doc = _read_json(path)
     if not isinstance(doc, dict) or doc.get("format") != KEY_FORMAT or not isinstance(doc.get("key"), dict):
         raise InputError(f"{path}: field 'format': not a human-eval key file (expected format {KEY_FORMAT!r})")
     return doc
@@ -143,12 +150,7 @@ def load_ratings(ratings_dir: str | Path, key: Mapping | str | Path | None = Non
     k = _as_key(key)
     rows, seen = [], {}
     for path in sorted(p for p in ratings_dir.glob("*.json") if p.is_file() and not p.name.startswith(".")):
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise InputError(f"{path}: not UTF-8 text") from None
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}, line {e.lineno}: invalid JSON: {e.msg}") from None
+        raw = _read_json(path)
         if isinstance(raw, dict) and raw.get("format") == KEY_FORMAT:
             continue  # a page key kept next to its ratings is not a submission
         if not isinstance(raw, dict):
