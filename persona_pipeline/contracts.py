@@ -66,6 +66,10 @@ class PersonaSpec(Strict):
             f"Sounds like:\n{bullets(self.example_lines)}"
         )
 
+    def voice(self) -> list[str]:
+        """The persona's own words (example lines, then traits): what embedding judges compare a line with."""
+        return [*self.example_lines, *self.behavioral_traits]
+
 
 class Topic(Strict):
     text: str = Field(min_length=3)

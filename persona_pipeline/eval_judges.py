@@ -17,14 +17,12 @@ was wrong); after ``max_retries`` re-asks the item is recorded as failed
 (``ok=False`` and an ``error`` that says why) — never dropped, never defaulted.
 
 Also here: running several judges on the same items and measuring how much
-they agree, and the long-dialogue drift helper (mean adherence per turn and the
-least-squares slope over turns).
+they agree. Whether adherence decays over a long dialogue is ``dialogue_drift``.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -34,7 +32,7 @@ from pydantic import BaseModel, Field
 from . import stats
 from .backends import Backend, BackendError, Chat, SamplingParams
 from .contracts import Conversation, PersonaSpec
-from .judges import JudgeItem, persona_scores
+from .judges import JudgeItem, persona_scores, voice_scores
 from .prompts import render_history
 from .verdicts import METRICS, Verdict, VerdictError, parse_verdict  # noqa: F401  (re-exported)
 
@@ -323,18 +321,15 @@ def embedding_judge(specs: Mapping[str, PersonaSpec | Mapping], name: str = "per
     (profile + representative real lines) without an LLM, for when the judge is
     a small local model that cannot grade adherence itself.
     """
-    from .trait_judge import embedding_judge as minilm
-
-    parsed = {pid: s if isinstance(s, PersonaSpec) else PersonaSpec(**s) for pid, s in specs.items()}
-    voice = {pid: [*p.example_lines, *p.behavioral_traits] for pid, p in parsed.items()}
+    voice = {pid: (s if isinstance(s, PersonaSpec) else PersonaSpec(**s)).voice() for pid, s in specs.items()}
 
     def run(items: Sequence[EvalItem]) -> list[JudgeScore]:
         items = list(items)
         out: dict[int, float] = {}
         for pid in dict.fromkeys(it.persona_id for it in items):
             idx = [i for i, it in enumerate(items) if it.persona_id == pid]
-            others = [x for other, lines in voice.items() if other != pid for x in lines[:4]]
-            scores = minilm().score(_lookup(voice, items[idx[0]], "spec"), others, [items[i].candidate for i in idx])
+            _lookup(voice, items[idx[0]], "spec")  # an unknown persona is a clear error, not a KeyError
+            scores = voice_scores(voice, pid, [items[i].candidate for i in idx])
             out.update({i: round(sc / 100, 6) for i, sc in zip(idx, scores)})
         return [JudgeScore(persona_id=it.persona_id, item_id=it.id, judge=name, method=it.method, turn_index=it.turn_index,
                            attempts=1, ok=True, adherence=out[i]) for i, it in enumerate(items)]
@@ -389,56 +384,3 @@ def judge_agreement(scores: Mapping[str, Sequence[JudgeScore]], metrics: Sequenc
                     ys.append(float(vb))
             rows.append({"judge_a": a, "judge_b": b, "metric": metric, **stats.agreement(xs, ys, tolerance)})
     return rows
-
-
-# --- long dialogues -----------------------------------------------------------------------
-
-
-class DriftReport(BaseModel):
-    """Adherence over turns: mean per turn index and the OLS slope fitted on every point."""
-
-    per_turn_mean: dict[int, float]
-    per_turn_n: dict[int, int]
-    slope: float | None
-    intercept: float | None
-    stderr: float | None
-    n: int
-    n_missing: int
-    drifting: bool
-
-
-def consistency_drift(points: Iterable[tuple[int, float | None]], confidence: float = 0.95) -> DriftReport:
-    """``points``: (turn index, adherence) pairs pooled over dialogues; None scores are counted as missing.
-
-    The slope is fitted on the individual points (not the per-turn means, so
-    turns with more dialogues weigh more). A negative slope means adherence
-    falls as the dialogue goes on; ``drifting`` is True when the whole
-    ``confidence`` interval of the slope lies below zero.
-    """
-    pts = list(points)
-    used = [(int(t), float(s)) for t, s in pts if s is not None and not math.isnan(s)]
-    per: dict[int, list[float]] = {}
-    for t, s in used:
-        per.setdefault(t, []).append(s)
-    fit = stats.ols_slope([t for t, _ in used], [s for _, s in used])
-    drifting = False
-    if not math.isnan(fit["stderr"]) and fit["df"] > 0:
-        from scipy import stats as sps
-
-        upper = fit["slope"] + sps.t.ppf(1 - (1 - confidence) / 2, fit["df"]) * fit["stderr"]
-        drifting = bool(upper < 0)
-    return DriftReport(
-        per_turn_mean={t: float(sum(v) / len(v)) for t, v in sorted(per.items())},
-        per_turn_n={t: len(v) for t, v in sorted(per.items())},
-        slope=_finite(fit["slope"]), intercept=_finite(fit["intercept"]), stderr=_finite(fit["stderr"]),
-        n=len(used), n_missing=len(pts) - len(used), drifting=drifting,
-    )
-
-
-def _finite(v: float) -> float | None:
-    return None if math.isnan(v) else v
-
-
-def drift_points(scores: Iterable[JudgeScore], metric: str = "adherence") -> list[tuple[int, float | None]]:
-    """(turn_index, metric) from judge scores that carry a turn index (failed ones give None)."""
-    return [(s.turn_index, getattr(s, metric)) for s in scores if s.turn_index is not None]

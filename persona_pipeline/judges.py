@@ -79,6 +79,14 @@ def logprob_score(logprobs: dict[str, float], lo: int = 0, hi: int = 100, min_ma
     return total / mass if mass >= min_mass else None
 
 
+def voice_scores(voices: dict[str, list[str]], persona_id: str, lines: list[str]) -> list[float]:
+    """0–100 per line: MiniLM similarity to this persona's own words vs the other personas' (first 4 each)."""
+    from .trait_judge import embedding_judge
+
+    others = [x for other, own in voices.items() if other != persona_id for x in own[:4]]
+    return embedding_judge().score(voices[persona_id], others, lines)
+
+
 class VoiceJudge:
     """Persona adherence without an LLM: MiniLM similarity of a line to the persona's own voice
     vs every other persona's, mapped to [-1, 1].
@@ -92,15 +100,11 @@ class VoiceJudge:
         self.voices, self.spec_owner = voices, spec_owner
 
     def scores(self, items: list[JudgeItem]) -> list[float | None]:
-        from .trait_judge import embedding_judge
-
         out: list[float | None] = [None] * len(items)
         owners = [self.spec_owner.get(i.spec) for i in items]
         for pid in dict.fromkeys(o for o in owners if o is not None):
             idx = [k for k, o in enumerate(owners) if o == pid]
-            others = [line for other, lines in self.voices.items() if other != pid for line in lines[:4]]
-            scored = embedding_judge().score(self.voices[pid], others, [items[k].response for k in idx])
-            for k, sc in zip(idx, scored):
+            for k, sc in zip(idx, voice_scores(self.voices, pid, [items[k].response for k in idx])):
                 out[k] = round(sc / 50 - 1, 4)
         return out
 

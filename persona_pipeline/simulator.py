@@ -23,10 +23,7 @@ def definitions(persona_specs: list[dict], surveys: dict | None = None, compact:
 
 def voices(persona_specs: list[dict], surveys: dict | None = None) -> dict[str, list[str]]:
     """Each persona's own words: spec example lines and traits; a survey person's reasons and description."""
-    out = {}
-    for s in persona_specs:
-        p = PersonaSpec(**s)
-        out[p.id] = [*p.example_lines, *p.behavioral_traits]
+    out = {s["id"]: PersonaSpec(**s).voice() for s in persona_specs}
     for sid, raw in (surveys or {}).items():
         survey = Survey(**raw)
         out[sid] = [survey.profile.description, *[i.reasoning for i in survey.items if i.reasoning]][:12]

@@ -12,12 +12,11 @@ from scipy import stats as sps
 
 from persona_pipeline.backends import BackendError, SamplingParams
 from persona_pipeline.contracts import Conversation
+from persona_pipeline.dialogue_drift import consistency_drift, drift_points
 from persona_pipeline.eval_judges import (
     EvalItem,
     JudgeScore,
     VerdictError,
-    consistency_drift,
-    drift_points,
     items_from_conversation,
     judge_agreement,
     parse_verdict,

@@ -13,6 +13,7 @@ from .. import stats
 from .. import steer_search as ss
 from .. import vectors as vec
 from ..contracts import PersonaSpec, Survey, Topic
+from ..dialogue_drift import consistency_drift
 from ..eval_dialogues import Contestant, persona_turns, run_dialogues
 from ..prompts import neutral_user_chat, simulator_prompt, teacher_chat
 from ..quality import PERSONA_BREAK, text_safety_flags
@@ -189,7 +190,7 @@ def _plot_curve(curve: dict) -> bytes:
 
 
 def _drift(rows: list[dict], method: str) -> dict:
-    d = ej.consistency_drift([(r["turn"], r["adherence"]) for r in rows if r["method"] == method])
+    d = consistency_drift([(r["turn"], r["adherence"]) for r in rows if r["method"] == method])
     return {"slope_per_turn": _r(d.slope), "stderr": _r(d.stderr), "n": d.n, "drifting": d.drifting}
 
 
