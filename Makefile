@@ -14,7 +14,7 @@ export PERSONA_PIPELINE_PROFILE ?= demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test dev rate clean
+.PHONY: setup demo test lint dev rate clean
 
 setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml /usr/bin/chromium
 
@@ -40,14 +40,19 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	ln -sf ../dagster.yaml $@
 
 # One `dagster asset materialize` run per partition set (persona / role / trait /
-# checkpoint), in dependency order: see persona_pipeline/runplan.py.
+# checkpoint), in dependency order: see persona_pipeline/defs/runplan.py.
 demo: setup
 	$(VENV)/bin/persona-pipeline materialize --select '*'
 
 rate: setup
 	$(VENV)/bin/persona-pipeline rate
 
-test: setup
+# Lint first: a style slip fails in seconds, not after the 15-minute suite.
+lint: setup
+	$(VENV)/bin/ruff check persona_pipeline persona_pipeline_tests bench
+	$(VENV)/bin/ruff format --check persona_pipeline persona_pipeline_tests bench
+
+test: setup lint
 	$(PY) -m pytest -q
 
 dev: setup

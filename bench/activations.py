@@ -21,8 +21,8 @@ import os
 import sys
 
 import torch
-from generation import measure  # bench/ is on sys.path when run as a script
 import yaml
+from generation import measure  # bench/ is on sys.path when run as a script
 
 from persona_pipeline.activations import VIEWS, Item, extract
 from persona_pipeline.hooks import decoder_layers
@@ -72,18 +72,31 @@ def main() -> None:
     n_layers = len(decoder_layers(model))
     items = build_items(args.n)
     extract(model, tok, items[:2], [0], batch_size=args.batch_size)  # warm-up
-    n_tokens = sum(len(tok(tok.apply_chat_template(it.chat, tokenize=False, add_generation_prompt=True)
-                           + it.response, add_special_tokens=False)["input_ids"]) for it in items)
+    n_tokens = sum(
+        len(
+            tok(
+                tok.apply_chat_template(it.chat, tokenize=False, add_generation_prompt=True) + it.response,
+                add_special_tokens=False,
+            )["input_ids"]
+        )
+        for it in items
+    )
 
-    runs = measure(args.repeat, {
-        "one pass": lambda: extract(model, tok, items, None, batch_size=args.batch_size),
-        "per layer": lambda: [extract(model, tok, items, [layer], batch_size=args.batch_size)
-                              for layer in range(n_layers)],
-    })
+    runs = measure(
+        args.repeat,
+        {
+            "one pass": lambda: extract(model, tok, items, None, batch_size=args.batch_size),
+            "per layer": lambda: [
+                extract(model, tok, items, [layer], batch_size=args.batch_size) for layer in range(n_layers)
+            ],
+        },
+    )
     (together, t_one), (per_layer, t_per) = runs["one pass"], runs["per layer"]
 
-    print(f"embedded model, {args.n} items ({n_tokens} tokens), {n_layers} layers, batch size {args.batch_size}, "
-          f"torch threads={torch.get_num_threads()}, device={next(model.parameters()).device}, best of {args.repeat}")
+    print(
+        f"embedded model, {args.n} items ({n_tokens} tokens), {n_layers} layers, batch size {args.batch_size}, "
+        f"torch threads={torch.get_num_threads()}, device={next(model.parameters()).device}, best of {args.repeat}"
+    )
     print(f"one pass, all {n_layers} layers : {t_one:7.2f} s")
     print(f"one pass per layer ({n_layers} passes): {t_per:7.2f} s")
     print(f"speed-up (per layer / one pass): **{t_per / t_one:.2f}×**")
@@ -92,8 +105,9 @@ def main() -> None:
     for view in VIEWS:
         if together[view].shape != (args.n, n_layers, together[view].shape[-1]):
             sys.exit(f"FAIL: {view} has shape {tuple(together[view].shape)}")
-        diffs = [float((together[view][:, layer] - per_layer[layer][view][:, 0]).abs().max())
-                 for layer in range(n_layers)]
+        diffs = [
+            float((together[view][:, layer] - per_layer[layer][view][:, 0]).abs().max()) for layer in range(n_layers)
+        ]
         worst = max(worst, max(diffs))
         print(f"  {view:13s} max |diff| over layers: {max(diffs):.3g} (worst at layer {diffs.index(max(diffs))})")
     if worst > args.atol:

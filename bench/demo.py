@@ -54,18 +54,30 @@ def main() -> None:
         base = Path(os.environ.get("PERSONA_PIPELINE_HOME", REPO / ".persona_home")) / "models" / "base"
         if base.exists():
             (home / "models" / "base").symlink_to(base.resolve())
-        env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "PERSONA_PIPELINE_HOME": str(home),
-               "PERSONA_PIPELINE_PROFILE": args.profile, "HF_HUB_OFFLINE": "1", "PERSONA_PIPELINE_RATINGS": str(tmp / "ratings")}
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(dagster_home),
+            "PERSONA_PIPELINE_HOME": str(home),
+            "PERSONA_PIPELINE_PROFILE": args.profile,
+            "HF_HUB_OFFLINE": "1",
+            "PERSONA_PIPELINE_RATINGS": str(tmp / "ratings"),
+        }
         start = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).parent / "persona-pipeline"), "materialize", "--select", "*"],
-                       cwd=REPO, env=env, check=True)
+        subprocess.run(
+            [str(Path(sys.executable).parent / "persona-pipeline"), "materialize", "--select", "*"],
+            cwd=REPO,
+            env=env,
+            check=True,
+        )
         wall = time.perf_counter() - start
     steps = breakdown(str(dagster_home))
     for key, seconds in sorted(steps, key=lambda r: -r[1]):
         if seconds >= 1:
             print(f"{key:45s} {seconds:8.1f} s")
     total = sum(s for _, s in steps)
-    print(f"sum of step times: {total / 60:.1f} min" + (f"; wall time: {wall / 60:.1f} min (target ≤ 10)" if wall else ""))
+    print(
+        f"sum of step times: {total / 60:.1f} min" + (f"; wall time: {wall / 60:.1f} min (target ≤ 10)" if wall else "")
+    )
 
 
 if __name__ == "__main__":

@@ -37,16 +37,22 @@ def stub_app(delay_s: float) -> FastAPI:
         await asyncio.sleep(delay_s)
         message = {"role": "assistant", "content": body["messages"][-1]["content"]}
         choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
-        return {"id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [choice]}
+        return {
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [choice],
+        }
 
     return app
 
 
 def compare(label: str, url: str, model: str, chats, params: SamplingParams, concurrency: int, repeat: int) -> None:
     """Time the same batch at concurrency 1 and ``concurrency``; print both, the ratio, and whether outputs agree."""
-    backends = {c: OpenAIBackend(model, base_url=url, concurrency=c, timeout_s=600, max_retries=0)
-                for c in (1, concurrency)}
+    backends = {
+        c: OpenAIBackend(model, base_url=url, concurrency=c, timeout_s=600, max_retries=0) for c in (1, concurrency)
+    }
     runs = measure(repeat, {c: functools.partial(b.complete, chats, params) for c, b in backends.items()})
     (seq, t_seq), (conc, t_conc) = runs[1], runs[concurrency]
     same = sum(a == b for a, b in zip(seq, conc))
@@ -74,13 +80,28 @@ def main() -> None:
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0)
     with serving(create_app({MODEL: load_embedded(batch_size=1)})) as url:
         OpenAIBackend(MODEL, base_url=url).complete(build_chats(1), SamplingParams(max_new_tokens=2))  # warm-up
-        compare(f"embedded model behind a lock ({args.n} chats, greedy, max_tokens={args.max_new_tokens}): "
-                "compute-bound, ~1x expected", url, MODEL, build_chats(args.n), params, args.concurrency, args.repeat)
+        compare(
+            f"embedded model behind a lock ({args.n} chats, greedy, max_tokens={args.max_new_tokens}): "
+            "compute-bound, ~1x expected",
+            url,
+            MODEL,
+            build_chats(args.n),
+            params,
+            args.concurrency,
+            args.repeat,
+        )
 
     with serving(stub_app(args.stub_delay)) as url:
-        compare(f"stub sleeping {args.stub_delay * 1000:.0f} ms per request ({args.stub_n} chats): "
-                "LATENCY-BOUND, shows client-side concurrency only", url, "stub", build_chats(args.stub_n),
-                params, args.concurrency, args.repeat)
+        compare(
+            f"stub sleeping {args.stub_delay * 1000:.0f} ms per request ({args.stub_n} chats): "
+            "LATENCY-BOUND, shows client-side concurrency only",
+            url,
+            "stub",
+            build_chats(args.stub_n),
+            params,
+            args.concurrency,
+            args.repeat,
+        )
 
 
 if __name__ == "__main__":

@@ -92,15 +92,20 @@ def main() -> None:
     chats = build_chats(args.n)
     backend.complete(chats[:2], SamplingParams(max_new_tokens=4, temperature=0))  # warm-up
 
-    runs = measure(args.repeat, {
-        "single": lambda: [backend.complete([c], params)[0] for c in chats],
-        "batched": lambda: backend.complete(chats, params),
-    })
+    runs = measure(
+        args.repeat,
+        {
+            "single": lambda: [backend.complete([c], params)[0] for c in chats],
+            "batched": lambda: backend.complete(chats, params),
+        },
+    )
     (single, t_single), (batched, t_batched) = runs["single"], runs["batched"]
     tok_single, tok_batched = count_tokens(backend, single), count_tokens(backend, batched)
 
-    print(f"embedded model, {args.n} chats, greedy, max_new_tokens={args.max_new_tokens}, "
-          f"torch threads={torch.get_num_threads()}, device={backend.device}, best of {args.repeat}")
+    print(
+        f"embedded model, {args.n} chats, greedy, max_new_tokens={args.max_new_tokens}, "
+        f"torch threads={torch.get_num_threads()}, device={backend.device}, best of {args.repeat}"
+    )
     print(f"one at a time: {t_single:7.2f} s  {tok_single:5d} tokens  {tok_single / t_single:7.1f} tokens/s")
     print(f"batched      : {t_batched:7.2f} s  {tok_batched:5d} tokens  {tok_batched / t_batched:7.1f} tokens/s")
     print(f"speed-up (tokens/s batched / one at a time): {(tok_batched / t_batched) / (tok_single / t_single):.2f}x")

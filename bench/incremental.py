@@ -34,8 +34,14 @@ def env_for(tmp: Path, data: Path) -> dict:
     base = Path(os.environ.get("PERSONA_PIPELINE_HOME", REPO / ".persona_home")) / "models" / "base"
     if base.exists():
         (home / "models" / "base").symlink_to(base.resolve())
-    return {**os.environ, "PERSONA_PIPELINE_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
-            "PERSONA_PIPELINE_DATA": str(data), "PERSONA_PIPELINE_PROFILE": "ci", "HF_HUB_OFFLINE": "1"}
+    return {
+        **os.environ,
+        "PERSONA_PIPELINE_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home),
+        "PERSONA_PIPELINE_DATA": str(data),
+        "PERSONA_PIPELINE_PROFILE": "ci",
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 def run(cmd: list[str], env: dict) -> str:
@@ -44,8 +50,22 @@ def run(cmd: list[str], env: dict) -> str:
 
 def materialize(env: dict, partitions: list[str], cfg: str) -> float:
     start = time.perf_counter()
-    run([str(BIN / "dagster"), "asset", "materialize", "-m", "persona_pipeline.definitions", "--select",
-         "synthetic_conversations", "--partition-range", f"{partitions[0]}...{partitions[-1]}", "--config-json", cfg], env)
+    run(
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "persona_pipeline.defs.definitions",
+            "--select",
+            "synthetic_conversations",
+            "--partition-range",
+            f"{partitions[0]}...{partitions[-1]}",
+            "--config-json",
+            cfg,
+        ],
+        env,
+    )
     return time.perf_counter() - start
 
 
@@ -54,16 +74,39 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=16)
     args = ap.parse_args()
-    cfg = json.dumps({"ops": {"synthetic_conversations": {"config": {
-        "min_turns": args.turns, "max_turns": args.turns, "persona_max_new_tokens": args.tokens,
-        "assistant_max_new_tokens": args.tokens, "max_line_retries": 0}}}})
+    cfg = json.dumps(
+        {
+            "ops": {
+                "synthetic_conversations": {
+                    "config": {
+                        "min_turns": args.turns,
+                        "max_turns": args.turns,
+                        "persona_max_new_tokens": args.tokens,
+                        "assistant_max_new_tokens": args.tokens,
+                        "max_line_retries": 0,
+                    }
+                }
+            }
+        }
+    )
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         data = tmp / "data_assets"
         shutil.copytree(REPO / "data_assets", data)
         env = env_for(tmp, data)
         personas = sorted(p.stem for p in (data / "personas").glob("*.yaml"))
-        run([str(BIN / "dagster"), "asset", "materialize", "-m", "persona_pipeline.definitions", "--select", "topics"], env)
+        run(
+            [
+                str(BIN / "dagster"),
+                "asset",
+                "materialize",
+                "-m",
+                "persona_pipeline.defs.definitions",
+                "--select",
+                "topics",
+            ],
+            env,
+        )
         run([str(BIN / "persona-pipeline"), "observe"], env)
         full = materialize(env, personas, cfg)
         spec = data / "personas" / f"{personas[0]}.yaml"

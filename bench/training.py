@@ -51,7 +51,9 @@ def main() -> None:
         many = sft_run(base, pairs, args.steps, args.batch, tmp / "sftN")
         print(f"SFT, {len(pairs)} real pairs, LoRA r32 all projections, fp32 CPU, {args.steps} steps")
         print(f"  batch 1         : {one.tokens_per_second:7.1f} tokens/s  ({one.seconds / args.steps:.1f} s/step)")
-        print(f"  batch {args.batch:<10}: {many.tokens_per_second:7.1f} tokens/s  ({many.seconds / args.steps:.1f} s/step)")
+        print(
+            f"  batch {args.batch:<10}: {many.tokens_per_second:7.1f} tokens/s  ({many.seconds / args.steps:.1f} s/step)"
+        )
         print(f"  ratio (batch {args.batch} / batch 1 tokens/s): {many.tokens_per_second / one.tokens_per_second:.2f}x")
         judge = make_backend(BackendSpec(model=str(base)), home())
         prompts = rl_prompts(convs, defs, 16, heldout=False)

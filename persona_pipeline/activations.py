@@ -48,8 +48,9 @@ def _forward(model, tok, encoded: list[tuple[list[int], int]], layers: list[int]
 
 
 @torch.inference_mode()
-def extract(model, tok, items: list[Item], layers: list[int] | None = None, batch_size: int = 16,
-            response_agg: str = "mean") -> dict[str, torch.Tensor]:
+def extract(
+    model, tok, items: list[Item], layers: list[int] | None = None, batch_size: int = 16, response_agg: str = "mean"
+) -> dict[str, torch.Tensor]:
     """{view: float32 tensor [items, layers, hidden]}; ``response_agg`` is mean | last | none.
 
     ``none`` keeps every response token and returns ``response_tokens``

@@ -72,7 +72,7 @@ def persona_backend(persona: str, kind: str):
 
 
 def _assistant():
-    from .resources import model_resource_from_env
+    from .defs.resources import model_resource_from_env
 
     return model_resource_from_env("assistant").backend()
 
@@ -142,8 +142,10 @@ def _serve(args) -> int:
     from .serve import create_app, run_server
 
     backends = serve_backends(args.adapters)
-    print(f"serving {len(backends)} models on http://{args.host}:{args.port}/v1 (e.g. persona-simulator:{next(iter(_definitions()))})",
-          file=sys.stderr)
+    print(
+        f"serving {len(backends)} models on http://{args.host}:{args.port}/v1 (e.g. persona-simulator:{next(iter(_definitions()))})",
+        file=sys.stderr,
+    )
     from .vectors import resolver
 
     # requests may steer with the pipeline's vectors: {"steering": [{"vector": "humorous", "layer": 15, "coef": 4}]}
@@ -153,10 +155,14 @@ def _serve(args) -> int:
 
 def _partition_range(args) -> int:
     """Print ``first...last`` of a partition set, for ``dagster asset materialize --partition-range``."""
-    from .assets import _common as c
+    from .defs.assets import _common as c
 
-    parts = {"persona": c.persona_partitions, "role": c.role_partitions, "trait": c.trait_partitions,
-             "checkpoint": c.checkpoint_partitions}
+    parts = {
+        "persona": c.persona_partitions,
+        "role": c.role_partitions,
+        "trait": c.trait_partitions,
+        "checkpoint": c.checkpoint_partitions,
+    }
     keys = parts[args.kind].get_partition_keys()
     if not keys:
         raise CliError(f"no {args.kind} partitions under {data_root()}")
@@ -166,7 +172,7 @@ def _partition_range(args) -> int:
 
 def _materialize(args) -> int:
     """``make demo``: the whole DAG (or ``--select``) in dependency order, one CLI run per stage."""
-    from .runplan import run
+    from .defs.runplan import run
     from .storage import write_json
 
     if args.profile:
@@ -175,7 +181,10 @@ def _materialize(args) -> int:
     timings = run(selection, dry_run=args.dry_run, log=lambda m: print(m, file=sys.stderr, flush=True))
     if timings:
         total = sum(t["seconds"] for t in timings)
-        write_json(home() / "runs" / f"materialize-{time.strftime('%Y%m%dT%H%M%S')}.json", {"stages": timings, "seconds": total})
+        write_json(
+            home() / "runs" / f"materialize-{time.strftime('%Y%m%dT%H%M%S')}.json",
+            {"stages": timings, "seconds": total},
+        )
         print(f"materialised {sum(len(t['assets']) for t in timings)} assets in {total:.0f} s", file=sys.stderr)
     return 0
 
@@ -195,15 +204,9 @@ def _rate(args) -> int:
 
 def _observe(_args) -> int:
     """Record the persona files' content hashes on the instance and list the stale dialogue partitions."""
-    import dagster as dg
+    from .defs.sources import observe_report
 
-    from .assets.sources import observe, stale_partitions
-    from .definitions import defs
-
-    with dg.DagsterInstance.get() as instance:
-        versions = observe(instance)
-        stale = stale_partitions(instance, defs, "synthetic_conversations")
-    print(json.dumps({"persona_files": versions, "stale_synthetic_conversations": stale}, indent=2))
+    print(json.dumps(observe_report(), indent=2))
     return 0
 
 
@@ -252,16 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
     rate.set_defaults(fn=_rate)
     mat = sub.add_parser("materialize", help="materialise assets via the dagster CLI, one run per partition set")
     mat.add_argument("--select", default="*", help="asset selection, e.g. '*' or 'persona_vectors*' (comma-separated)")
-    mat.add_argument("--job", choices=list(NAMED_JOBS),
-                     help="a named job instead of --select (its stages run in dependency order)")
+    mat.add_argument(
+        "--job", choices=list(NAMED_JOBS), help="a named job instead of --select (its stages run in dependency order)"
+    )
     mat.add_argument("--profile", choices=list(PROFILES), help="run sizes (default: $PERSONA_PIPELINE_PROFILE or demo)")
     mat.add_argument("--dry-run", action="store_true", help="print the stages without running them")
     mat.set_defaults(fn=_materialize)
-    ts = sub.add_parser("train-sft", help="train the SFT adapter from a job file (what sft_adapter hands to accelerate)")
+    ts = sub.add_parser(
+        "train-sft", help="train the SFT adapter from a job file (what sft_adapter hands to accelerate)"
+    )
     ts.add_argument("--job", required=True, help="JSON written by train_sft.write_job")
     ts.set_defaults(fn=_train_sft)
-    sub.add_parser("observe", help="observe data_assets/personas and print which persona partitions are stale"
-                   ).set_defaults(fn=_observe)
+    sub.add_parser(
+        "observe", help="observe data_assets/personas and print which persona partitions are stale"
+    ).set_defaults(fn=_observe)
     sub.add_parser("info", help="show where artifacts go and the active profile").set_defaults(fn=_info)
     return parser
 

@@ -49,8 +49,12 @@ def consistency_drift(points: Iterable[tuple[int, float | None]], confidence: fl
     return DriftReport(
         per_turn_mean={t: float(sum(v) / len(v)) for t, v in sorted(per.items())},
         per_turn_n={t: len(v) for t, v in sorted(per.items())},
-        slope=_finite(fit["slope"]), intercept=_finite(fit["intercept"]), stderr=_finite(fit["stderr"]),
-        n=len(used), n_missing=len(pts) - len(used), drifting=drifting,
+        slope=_finite(fit["slope"]),
+        intercept=_finite(fit["intercept"]),
+        stderr=_finite(fit["stderr"]),
+        n=len(used),
+        n_missing=len(pts) - len(used),
+        drifting=drifting,
     )
 
 

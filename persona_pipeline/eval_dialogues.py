@@ -50,9 +50,19 @@ def _speak(group: list[_Dialogue], backend: Backend, params: SamplingParams) -> 
     layers = sorted({d.who.layer for d in group if d.who.vector is not None})
     if layers:  # one Steer per layer; a row that is not steered there gets a zero vector (adds nothing)
         hidden = next(d.who.vector for d in group if d.who.vector is not None).shape[-1]
-        steers = [Steer(vector=torch.stack([d.who.vector if d.who.vector is not None and d.who.layer == layer
-                                            else torch.zeros(hidden) for d in group]), layer=layer, coef=1.0)
-                  for layer in layers]
+        steers = [
+            Steer(
+                vector=torch.stack(
+                    [
+                        d.who.vector if d.who.vector is not None and d.who.layer == layer else torch.zeros(hidden)
+                        for d in group
+                    ]
+                ),
+                layer=layer,
+                coef=1.0,
+            )
+            for layer in layers
+        ]
         with backend.steered(steers):
             lines = backend.complete(chats, params)
     else:
@@ -69,8 +79,13 @@ def _groups(dialogues: list[_Dialogue]) -> list[list[_Dialogue]]:
     return [groups[k] for k in sorted(groups)]
 
 
-def next_lines(contestants: list[Contestant], contexts: list[dict], backends: dict[str, Backend], max_new_tokens: int = 40,
-               seed: int = 0) -> dict[str, dict[str, str]]:
+def next_lines(
+    contestants: list[Contestant],
+    contexts: list[dict],
+    backends: dict[str, Backend],
+    max_new_tokens: int = 40,
+    seed: int = 0,
+) -> dict[str, dict[str, str]]:
     """Every contestant's next line for the same contexts ({id, persona_id, topic, history}): {context id: {method: line}}."""
     dialogues, owner = [], []
     for ctx in contexts:
@@ -86,9 +101,17 @@ def next_lines(contestants: list[Contestant], contexts: list[dict], backends: di
     return out
 
 
-def run_dialogues(contestants: list[Contestant], topics: dict[str, list[str]], backends: dict[str, Backend],
-                  assistant: Backend, turns: int, persona_tokens: int = 40, assistant_tokens: int = 64,
-                  temperature: float = 0.7, seed: int = 0) -> list[Conversation]:
+def run_dialogues(
+    contestants: list[Contestant],
+    topics: dict[str, list[str]],
+    backends: dict[str, Backend],
+    assistant: Backend,
+    turns: int,
+    persona_tokens: int = 40,
+    assistant_tokens: int = 64,
+    temperature: float = 0.7,
+    seed: int = 0,
+) -> list[Conversation]:
     """``turns`` turns per dialogue (persona first) for every contestant × its persona's topics."""
     dialogues = [_Dialogue(c, t, []) for c in contestants for t in topics[c.persona_id]]
     groups = _groups(dialogues)
@@ -107,15 +130,29 @@ def run_dialogues(contestants: list[Contestant], topics: dict[str, list[str]], b
 
 def _conversation(d: _Dialogue) -> Conversation:
     return Conversation(
-        id=d.id, persona_id=d.who.persona_id, topic=d.topic, persona_role="user",
+        id=d.id,
+        persona_id=d.who.persona_id,
+        topic=d.topic,
+        persona_role="user",
         turns=[Turn(role=t["role"], content=t["content"]) for t in d.turns],
-        metadata=ConversationMetadata(scenario_type="eval", source="simulated", generation_model=d.who.method, split="test"),
+        metadata=ConversationMetadata(
+            scenario_type="eval", source="simulated", generation_model=d.who.method, split="test"
+        ),
     )
 
 
 def persona_turns(conv: Conversation) -> list[dict]:
     """Every persona line with the history before it and its 1-based persona-turn index."""
     turns = [t.model_dump() for t in conv.turns]
-    return [{"conversation_id": conv.id, "persona_id": conv.persona_id, "method": conv.metadata.generation_model,
-             "turn": k // 2 + 1, "history": turns[:k], "line": t["content"]}
-            for k, t in enumerate(turns) if t["role"] == conv.persona_role]
+    return [
+        {
+            "conversation_id": conv.id,
+            "persona_id": conv.persona_id,
+            "method": conv.metadata.generation_model,
+            "turn": k // 2 + 1,
+            "history": turns[:k],
+            "line": t["content"],
+        }
+        for k, t in enumerate(turns)
+        if t["role"] == conv.persona_role
+    ]

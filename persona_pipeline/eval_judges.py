@@ -97,7 +97,8 @@ _TASK = """Grade the candidate message on four things:
 Reply with one JSON object of this shape:
 {{"adherence": <0-1>, "consistency": <0-1>, "quality": <0-1>, "safety": "pass" | "fail", "reasoning": "<one or two sentences>"}}"""
 
-PERSONA_JUDGE_USER = """# Persona specification
+PERSONA_JUDGE_USER = (
+    """# Persona specification
 {spec}
 
 # Dialogue so far (the persona's lines are the ones marked "{role}:")
@@ -106,9 +107,12 @@ PERSONA_JUDGE_USER = """# Persona specification
 # Candidate next message from the persona
 {candidate}
 
-""" + _TASK
+"""
+    + _TASK
+)
 
-PERSONA_AWARE_USER = """# The person being simulated
+PERSONA_AWARE_USER = (
+    """# The person being simulated
 {profile}
 
 # Messages this person really wrote
@@ -122,7 +126,9 @@ PERSONA_AWARE_USER = """# The person being simulated
 
 Judge the candidate against how this particular person writes (their concerns, vocabulary, length and tone), not against a generic ideal user.
 
-""" + _TASK
+"""
+    + _TASK
+)
 
 RETRY_NOTE = (
     "\n\nNote: your previous answer could not be used ({error}). Answer again with only the JSON object: "
@@ -144,16 +150,22 @@ def _spec_text(spec: str | PersonaSpec | Mapping) -> str:
 
 def persona_judge_chat(item: EvalItem, spec: str | PersonaSpec | Mapping) -> Chat:
     """Seed-000 evaluation prompt: full spec + dialogue + candidate → JSON verdict."""
-    user = PERSONA_JUDGE_USER.format(spec=_spec_text(spec), role=item.persona_role, history=_history_text(item),
-                                     candidate=item.candidate)
+    user = PERSONA_JUDGE_USER.format(
+        spec=_spec_text(spec), role=item.persona_role, history=_history_text(item), candidate=item.candidate
+    )
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
 def persona_aware_chat(item: EvalItem, profile: PersonaProfile) -> Chat:
     """Seed-003 persona-aware prompt: profile + real sample lines + dialogue + candidate."""
     samples = "\n".join(f'{i}. "{s}"' for i, s in enumerate(profile.samples, 1)) or "(none available)"
-    user = PERSONA_AWARE_USER.format(profile=profile.profile, samples=samples, role=item.persona_role,
-                                     history=_history_text(item), candidate=item.candidate)
+    user = PERSONA_AWARE_USER.format(
+        profile=profile.profile,
+        samples=samples,
+        role=item.persona_role,
+        history=_history_text(item),
+        candidate=item.candidate,
+    )
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -192,15 +204,18 @@ def persona_lines(conversations: Iterable[Conversation | Mapping], persona_id: s
     return out
 
 
-def persona_profile(spec: PersonaSpec | Mapping, real_lines: Iterable[str] | None = None, k: int = 5,
-                    seed: int = 0) -> PersonaProfile:
+def persona_profile(
+    spec: PersonaSpec | Mapping, real_lines: Iterable[str] | None = None, k: int = 5, seed: int = 0
+) -> PersonaProfile:
     """Profile (who they are + how they behave) and ``k`` samples from ``real_lines``,
     falling back to the spec's example lines when no real lines are given."""
     spec = spec if isinstance(spec, PersonaSpec) else PersonaSpec(**spec)
     traits = "\n".join(f"- {t}" for t in spec.behavioral_traits)
     profile = f"{spec.name}. {spec.description}\nTypical behaviour:\n{traits}"
     lines = list(real_lines) if real_lines is not None else []
-    return PersonaProfile(persona_id=spec.id, profile=profile, samples=select_samples(lines or spec.example_lines, k, seed))
+    return PersonaProfile(
+        persona_id=spec.id, profile=profile, samples=select_samples(lines or spec.example_lines, k, seed)
+    )
 
 
 # --- running judges -----------------------------------------------------------------------
@@ -211,8 +226,14 @@ JudgeFn = Callable[[Sequence[EvalItem]], list[JudgeScore]]
 class LLMJudge:
     """A named judge: a backend plus a prompt builder, with batched re-asks of unreadable replies."""
 
-    def __init__(self, name: str, backend: Backend, build_chat: Callable[[EvalItem], Chat],
-                 params: SamplingParams = JUDGE_PARAMS, max_retries: int = 2):
+    def __init__(
+        self,
+        name: str,
+        backend: Backend,
+        build_chat: Callable[[EvalItem], Chat],
+        params: SamplingParams = JUDGE_PARAMS,
+        max_retries: int = 2,
+    ):
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         self.name, self.backend, self.build_chat = name, backend, build_chat
@@ -254,13 +275,24 @@ class LLMJudge:
                 results[i] = self._score(items[i], ok=True, attempts=attempts[i], raw=text, **v.model_dump())
             pending = [i for i in pending if results[i] is None]
         for i in pending:
-            results[i] = self._score(items[i], ok=False, attempts=attempts[i], error=errors[i],
-                                     raw=None if raws[i] is None else raws[i][:2000])
+            results[i] = self._score(
+                items[i],
+                ok=False,
+                attempts=attempts[i],
+                error=errors[i],
+                raw=None if raws[i] is None else raws[i][:2000],
+            )
         return results  # type: ignore[return-value]
 
     def _score(self, item: EvalItem, **fields) -> JudgeScore:
-        return JudgeScore(persona_id=item.persona_id, item_id=item.id, judge=self.name, method=item.method,
-                          turn_index=item.turn_index, **fields)
+        return JudgeScore(
+            persona_id=item.persona_id,
+            item_id=item.id,
+            judge=self.name,
+            method=item.method,
+            turn_index=item.turn_index,
+            **fields,
+        )
 
 
 def _with_note(chat: Chat, error: str) -> Chat:
@@ -277,22 +309,34 @@ def _lookup(table: Mapping[str, Any], item: EvalItem, what: str) -> Any:
     return table[item.persona_id]
 
 
-def persona_judge(backend: Backend, specs: Mapping[str, str | PersonaSpec | Mapping], name: str = "persona_judge",
-                  params: SamplingParams = JUDGE_PARAMS, max_retries: int = 2) -> LLMJudge:
+def persona_judge(
+    backend: Backend,
+    specs: Mapping[str, str | PersonaSpec | Mapping],
+    name: str = "persona_judge",
+    params: SamplingParams = JUDGE_PARAMS,
+    max_retries: int = 2,
+) -> LLMJudge:
     """Seed-000 judge. ``specs``: persona id → full spec (text, PersonaSpec or its dict)."""
     texts = {pid: _spec_text(s) for pid, s in specs.items()}
     return LLMJudge(name, backend, lambda it: persona_judge_chat(it, _lookup(texts, it, "spec")), params, max_retries)
 
 
-def persona_aware_judge(backend: Backend, profiles: Mapping[str, PersonaProfile], name: str = "persona_aware_judge",
-                        params: SamplingParams = JUDGE_PARAMS, max_retries: int = 2) -> LLMJudge:
+def persona_aware_judge(
+    backend: Backend,
+    profiles: Mapping[str, PersonaProfile],
+    name: str = "persona_aware_judge",
+    params: SamplingParams = JUDGE_PARAMS,
+    max_retries: int = 2,
+) -> LLMJudge:
     """Seed-003 judge. ``profiles``: persona id → :func:`persona_profile`."""
-    return LLMJudge(name, backend, lambda it: persona_aware_chat(it, _lookup(profiles, it, "profile")), params,
-                    max_retries)
+    return LLMJudge(
+        name, backend, lambda it: persona_aware_chat(it, _lookup(profiles, it, "profile")), params, max_retries
+    )
 
 
-def reward_judge(backend: Backend, specs: Mapping[str, str | PersonaSpec | Mapping], method: str = "logprob",
-                 name: str | None = None) -> JudgeFn:
+def reward_judge(
+    backend: Backend, specs: Mapping[str, str | PersonaSpec | Mapping], method: str = "logprob", name: str | None = None
+) -> JudgeFn:
     """The RL reward judge (``judges.persona_scores``) as an adherence-only judge, rescaled [-1, 1] → [0, 1].
 
     Handy as a second opinion in :func:`run_judges` when the JSON judge is a small local model.
@@ -304,11 +348,20 @@ def reward_judge(backend: Backend, specs: Mapping[str, str | PersonaSpec | Mappi
         items = list(items)
         judge_items = [JudgeItem(_lookup(texts, it, "spec"), it.history, it.candidate) for it in items]
         scores = persona_scores(backend, judge_items, method) if items else []
-        return [JudgeScore(persona_id=it.persona_id, item_id=it.id, judge=label, method=it.method,
-                           turn_index=it.turn_index, attempts=1, ok=s is not None,
-                           adherence=None if s is None else round((s + 1) / 2, 6),
-                           error=None if s is not None else f"{method} reward judge gave no usable score")
-                for it, s in zip(items, scores)]
+        return [
+            JudgeScore(
+                persona_id=it.persona_id,
+                item_id=it.id,
+                judge=label,
+                method=it.method,
+                turn_index=it.turn_index,
+                attempts=1,
+                ok=s is not None,
+                adherence=None if s is None else round((s + 1) / 2, 6),
+                error=None if s is not None else f"{method} reward judge gave no usable score",
+            )
+            for it, s in zip(items, scores)
+        ]
 
     return run
 
@@ -331,8 +384,19 @@ def embedding_judge(specs: Mapping[str, PersonaSpec | Mapping], name: str = "per
             _lookup(voice, items[idx[0]], "spec")  # an unknown persona is a clear error, not a KeyError
             scores = voice_scores(voice, pid, [items[i].candidate for i in idx])
             out.update({i: round(sc / 100, 6) for i, sc in zip(idx, scores)})
-        return [JudgeScore(persona_id=it.persona_id, item_id=it.id, judge=name, method=it.method, turn_index=it.turn_index,
-                           attempts=1, ok=True, adherence=out[i]) for i, it in enumerate(items)]
+        return [
+            JudgeScore(
+                persona_id=it.persona_id,
+                item_id=it.id,
+                judge=name,
+                method=it.method,
+                turn_index=it.turn_index,
+                attempts=1,
+                ok=True,
+                adherence=out[i],
+            )
+            for i, it in enumerate(items)
+        ]
 
     return run
 
@@ -342,8 +406,15 @@ def items_from_conversation(conv: Conversation | Mapping, method: str | None = N
     real or simulated dialogues turn by turn, e.g. for :func:`consistency_drift`."""
     c = conv if isinstance(conv, Conversation) else Conversation(**conv)
     return [
-        EvalItem(id=f"{c.id}@{i}", persona_id=c.persona_id, persona_role=c.persona_role, method=method, turn_index=i,
-                 history=[{"role": t.role, "content": t.content} for t in c.turns[:i]], candidate=c.turns[i].content)
+        EvalItem(
+            id=f"{c.id}@{i}",
+            persona_id=c.persona_id,
+            persona_role=c.persona_role,
+            method=method,
+            turn_index=i,
+            history=[{"role": t.role, "content": t.content} for t in c.turns[:i]],
+            candidate=c.turns[i].content,
+        )
         for i in c.persona_turn_indices()
     ]
 
@@ -363,8 +434,11 @@ def run_judges(judges: Mapping[str, JudgeFn], items: Sequence[EvalItem]) -> dict
     return out
 
 
-def judge_agreement(scores: Mapping[str, Sequence[JudgeScore]], metrics: Sequence[str] = (*METRICS, "safety_pass"),
-                    tolerance: float = 0.2) -> list[dict]:
+def judge_agreement(
+    scores: Mapping[str, Sequence[JudgeScore]],
+    metrics: Sequence[str] = (*METRICS, "safety_pass"),
+    tolerance: float = 0.2,
+) -> list[dict]:
     """Pairwise agreement per metric: Spearman, Pearson, share within ``tolerance`` and ``n``.
 
     Items are matched on (persona_id, item_id); failed or missing scores are

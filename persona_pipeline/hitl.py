@@ -20,9 +20,14 @@ def expand_paths(rec: HitlRecord) -> list[Conversation]:
             turns.append(Turn(role=t.role, content=lines[j] if j < len(lines) else lines[0]))
         convs.append(
             Conversation(
-                id=f"{rec.id}#p{j}", persona_id=rec.persona_id, topic=rec.topic, persona_role="user", turns=turns,
-                metadata=ConversationMetadata(scenario_type=rec.scenario_type, source="hitl",
-                                              generation_model=f"human:{rec.annotator}", path=j),
+                id=f"{rec.id}#p{j}",
+                persona_id=rec.persona_id,
+                topic=rec.topic,
+                persona_role="user",
+                turns=turns,
+                metadata=ConversationMetadata(
+                    scenario_type=rec.scenario_type, source="hitl", generation_model=f"human:{rec.annotator}", path=j
+                ),
             )
         )
     return convs

@@ -53,8 +53,10 @@ def capture(model, layers: list[int] | None = None) -> Iterator[dict[int, list[t
     all_layers = decoder_layers(model)
     wanted = list(range(len(all_layers))) if layers is None else layers
     store: dict[int, list[torch.Tensor]] = {i: [] for i in wanted}
-    handles = [all_layers[i].register_forward_hook(lambda _m, _i, out, i=i: store[i].append(_hidden(out).detach()))
-               for i in wanted]
+    handles = [
+        all_layers[i].register_forward_hook(lambda _m, _i, out, i=i: store[i].append(_hidden(out).detach()))
+        for i in wanted
+    ]
     try:
         yield store
     finally:
@@ -86,7 +88,9 @@ class Steer:
         v = self.vector.to(h.dtype).to(h.device)
         v = v.unsqueeze(1) if v.dim() == 2 else v  # [b, 1, h] or [h]
         if self.mode == "add":
-            coef = self.coef.to(h.dtype).to(h.device).view(-1, 1, 1) if isinstance(self.coef, torch.Tensor) else self.coef
+            coef = (
+                self.coef.to(h.dtype).to(h.device).view(-1, 1, 1) if isinstance(self.coef, torch.Tensor) else self.coef
+            )
             return h + coef * v
         unit = v / v.norm(dim=-1, keepdim=True)
         proj = (h * unit).sum(-1)  # [batch, seq]

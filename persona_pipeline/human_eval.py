@@ -338,8 +338,9 @@ def build_page(
     return page, key
 
 
-def write_page(out_dir: str | Path, items: Iterable[EvalItem | Mapping], seed: int,
-               submit_url: str = "/ratings") -> dict:
+def write_page(
+    out_dir: str | Path, items: Iterable[EvalItem | Mapping], seed: int, submit_url: str = "/ratings"
+) -> dict:
     """Write ``index.html`` and ``key.json`` atomically; return the key document.
 
     The key document records the page id and the page's sha256, so a server or

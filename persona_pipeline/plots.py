@@ -20,8 +20,9 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def line_plot(series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str, ylabel: str,
-              hline: float | None = None) -> bytes:
+def line_plot(
+    series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str, ylabel: str, hline: float | None = None
+) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for name, (xs, ys) in series.items():
         if xs:
@@ -35,8 +36,9 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], title: str, xl
     return _png(fig)
 
 
-def scatter_plot(points: list[tuple[float, float, str]], title: str, xlabel: str, ylabel: str,
-                 highlight: str | None = None) -> bytes:
+def scatter_plot(
+    points: list[tuple[float, float, str]], title: str, xlabel: str, ylabel: str, highlight: str | None = None
+) -> bytes:
     """Labelled points (x, y, label); ``highlight`` is drawn in a contrasting colour."""
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     for x, y, label in points:

@@ -34,9 +34,13 @@ Write only the persona's next message."""
 def teacher_chat(spec: PersonaSpec, topic: str, turns: list[dict]) -> list[dict]:
     """Chat for the teacher to write the persona's next (user-side) line."""
     system = TEACHER_SYSTEM.format(
-        name=spec.name.split(",")[0], topic=topic, description=spec.description,
-        traits=" ".join(spec.behavioral_traits[:3]), examples=" / ".join(f'"{x}"' for x in spec.example_lines[:4]),
-        stop=spec.stop_rules[0][0].lower() + spec.stop_rules[0][1:].rstrip("."), end=END_MARK,
+        name=spec.name.split(",")[0],
+        topic=topic,
+        description=spec.description,
+        traits=" ".join(spec.behavioral_traits[:3]),
+        examples=" / ".join(f'"{x}"' for x in spec.example_lines[:4]),
+        stop=spec.stop_rules[0][0].lower() + spec.stop_rules[0][1:].rstrip("."),
+        end=END_MARK,
     )
     chat = [{"role": "system", "content": system}]
     chat.append({"role": "user", "content": OPENING_CUE.format(topic=topic)})
@@ -54,8 +58,11 @@ def flip(turns: list[dict]) -> list[dict]:
 
 def neutral_user_chat(topic: str, turns: list[dict] = ()) -> list[dict]:
     """The teacher's user-simulator chat with no persona in it: what steering alone must turn into the persona."""
-    return [{"role": "system", "content": NEUTRAL_USER_SYSTEM.format(topic=topic)},
-            {"role": "user", "content": OPENING_CUE.format(topic=topic)}, *flip(list(turns))]
+    return [
+        {"role": "system", "content": NEUTRAL_USER_SYSTEM.format(topic=topic)},
+        {"role": "user", "content": OPENING_CUE.format(topic=topic)},
+        *flip(list(turns)),
+    ]
 
 
 def assistant_chat(turns: list[dict], system: str = ASSISTANT_SYSTEM) -> list[dict]:

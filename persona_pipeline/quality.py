@@ -105,8 +105,11 @@ def dedupe(convs: list[Conversation], near_threshold: float = 0.8) -> tuple[list
             continue
         sh = shingles(conv)
         near = next(
-            (cid for cid, other in kept_sh
-             if family(cid) != family(conv.id) and len(sh & other) / max(1, len(sh | other)) >= near_threshold),
+            (
+                cid
+                for cid, other in kept_sh
+                if family(cid) != family(conv.id) and len(sh & other) / max(1, len(sh | other)) >= near_threshold
+            ),
             None,
         )
         if near:

@@ -63,24 +63,30 @@ def ratings_app(page_dir: str | Path, ratings_dir: str | Path):
     @app.post("/ratings")
     def post_ratings(sub: Submission) -> dict:
         if sub.page_id != key.page_id:
-            raise unprocessable(None, "page_id", f"ratings are for page {sub.page_id!r} but this server "
-                                                 f"serves page {key.page_id!r}; reload the page")
+            raise unprocessable(
+                None,
+                "page_id",
+                f"ratings are for page {sub.page_id!r} but this server serves page {key.page_id!r}; reload the page",
+            )
         try:
             rows = _join(sub, key)
         except _Problem as p:
             raise unprocessable(p.index, p.field, p.msg) from None
         now = datetime.now(UTC)
         name = f"{now:%Y%m%dT%H%M%SZ}-{_slug(sub.rater)}-{uuid.uuid4().hex[:8]}.json"
-        write_json(ratings_dir / name, {
-            "format": RATINGS_FORMAT,
-            "page_id": key.page_id,
-            "page_sha256": page_sha,
-            "rater": sub.rater,
-            "submitted_at": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "client_submitted_at": sub.submitted_at,
-            "source": "server",
-            "ratings": rows,
-        })
+        write_json(
+            ratings_dir / name,
+            {
+                "format": RATINGS_FORMAT,
+                "page_id": key.page_id,
+                "page_sha256": page_sha,
+                "rater": sub.rater,
+                "submitted_at": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+                "client_submitted_at": sub.submitted_at,
+                "source": "server",
+                "ratings": rows,
+            },
+        )
         return {"file": name, "n_ratings": len(rows)}
 
     return app

@@ -113,8 +113,7 @@ def data_uri(image: bytes) -> str:
     for magic, mime in _MIME:
         if image.startswith(magic):
             return f"data:{mime};base64," + base64.b64encode(image).decode("ascii")
-    raise ValueError("image: expected PNG (or JPEG/GIF) bytes, got something else "
-                     f"(starts with {image[:8]!r})")
+    raise ValueError(f"image: expected PNG (or JPEG/GIF) bytes, got something else (starts with {image[:8]!r})")
 
 
 _INLINE = [
@@ -291,14 +290,23 @@ class Report:
         """
         items = []
         for n, row in enumerate(rows, 1):
-            keys = list(summary_keys) if summary_keys is not None else [
-                k for k, v in row.items()
-                if v is None or isinstance(v, numbers.Real) or (isinstance(v, str) and len(v) <= 60 and "\n" not in v)
-            ][:4]
+            keys = (
+                list(summary_keys)
+                if summary_keys is not None
+                else [
+                    k
+                    for k, v in row.items()
+                    if v is None
+                    or isinstance(v, numbers.Real)
+                    or (isinstance(v, str) and len(v) <= 60 and "\n" not in v)
+                ][:4]
+            )
             summary = "".join(f'<span class="k">{esc(k)}: {esc(fmt(row.get(k)))}</span>' for k in keys)
             fields = "".join(f"<dt>{esc(k)}</dt><dd>{_value_html(v)}</dd>" for k, v in row.items())
             opened = " open" if open_first and n == 1 else ""
-            items.append(f"<details{opened}><summary><strong>#{n}</strong>{summary}</summary><dl>{fields}</dl></details>")
+            items.append(
+                f"<details{opened}><summary><strong>#{n}</strong>{summary}</summary><dl>{fields}</dl></details>"
+            )
         if not items:
             items.append('<p class="muted">no examples</p>')
         cap = f'<p class="muted">{esc(caption)}</p>' if caption else ""

@@ -84,8 +84,13 @@ class ChatRequest(BaseModel):
 
     def sampling(self, default: SamplingParams) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
-        given = {"max_new_tokens": self.max_completion_tokens or self.max_tokens, "temperature": self.temperature,
-                 "top_p": self.top_p, "seed": self.seed, "stop": stop}
+        given = {
+            "max_new_tokens": self.max_completion_tokens or self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop": stop,
+        }
         return default.model_copy(update={k: v for k, v in given.items() if v is not None})
 
 
@@ -131,7 +136,9 @@ def _steers(backend: Backend, specs: list[SteeringSpec], vectors) -> tuple[objec
     return local, steers
 
 
-def _run(backend: Backend, lock: threading.Lock, req: ChatRequest, params: SamplingParams, vectors=None) -> tuple[str, dict | None]:
+def _run(
+    backend: Backend, lock: threading.Lock, req: ChatRequest, params: SamplingParams, vectors=None
+) -> tuple[str, dict | None]:
     """Generate one completion: text and the logprobs block (or None)."""
     if req.n != 1:
         raise APIError(400, f"n={req.n}: only n=1 is supported", "unsupported_value")
@@ -140,7 +147,7 @@ def _run(backend: Backend, lock: threading.Lock, req: ChatRequest, params: Sampl
         raise APIError(400, "logprobs are only supported with max_tokens=1 (next-token scoring)", "unsupported_value")
     local, steers = _steers(backend, req.steering, vectors)
     try:
-        with lock, (local.steered(steers) if local else contextlib.nullcontext()):
+        with lock, local.steered(steers) if local else contextlib.nullcontext():
             if req.logprobs:
                 return _token_logprobs(backend, chat, req.top_logprobs or 0)
             return backend.complete([chat], params)[0], None
@@ -150,6 +157,7 @@ def _run(backend: Backend, lock: threading.Lock, req: ChatRequest, params: Sampl
 
 def _chunks(head: dict, text: str, logprobs: dict | None) -> Iterator[str]:
     """SSE ``chat.completion.chunk`` events for an already generated text, then ``[DONE]``."""
+
     def event(delta: dict, finish: str | None = None, lp: dict | None = None) -> str:
         choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
         return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': [choice]})}\n\n"
@@ -168,6 +176,7 @@ def create_app(backends: dict[str, Backend], default_params: SamplingParams | No
     [layers × hidden]) for requests that carry a ``steering`` list.
     """
     app = FastAPI(title="persona-pipeline")
+
     # One lock per backend object: two names may share one loaded model (make_backend caches them).
     # Persona wrappers share their ``inner`` model, so lock on the innermost backend.
     def model_of(b):

@@ -47,7 +47,9 @@ class Dialogue:
     ended_by_stop_rule: bool = False
 
 
-def plan_dialogues(spec: PersonaSpec, topics: list[Topic], n: int, seed: int = 0, split: str = "train") -> list[Dialogue]:
+def plan_dialogues(
+    spec: PersonaSpec, topics: list[Topic], n: int, seed: int = 0, split: str = "train"
+) -> list[Dialogue]:
     """Pick ``n`` topics of one split for a persona, favouring its scenario affinity, deterministically.
 
     Evaluation stages ask for ``split="heldout"``: topics no training data ever used.
@@ -64,8 +66,12 @@ def plan_dialogues(spec: PersonaSpec, topics: list[Topic], n: int, seed: int = 0
     ordered += [t for t in preferred if t not in ordered]
     chosen = ordered[:n]
     return [
-        Dialogue(id=f"{spec.id}-{hashlib.sha1(t.text.encode()).hexdigest()[:8]}", persona_id=spec.id,
-                 topic=t.text, scenario_type=t.scenario_type)
+        Dialogue(
+            id=f"{spec.id}-{hashlib.sha1(t.text.encode()).hexdigest()[:8]}",
+            persona_id=spec.id,
+            topic=t.text,
+            scenario_type=t.scenario_type,
+        )
         for t in chosen
     ]
 
@@ -117,7 +123,9 @@ class WorkCache:
 
 
 def fingerprint(*parts) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=lambda o: o.model_dump() if hasattr(o, "model_dump") else asdict(o))
+    blob = json.dumps(
+        parts, sort_keys=True, default=lambda o: o.model_dump() if hasattr(o, "model_dump") else asdict(o)
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -154,15 +162,20 @@ def simulate(
 
 def _persona_step(batch: list[Dialogue], specs, teacher: Backend, cfg: SimConfig, step: int) -> None:
     chats = [teacher_chat(specs[d.persona_id], d.topic, d.turns) for d in batch]
-    params = SamplingParams(max_new_tokens=cfg.persona_max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + step)
+    params = SamplingParams(
+        max_new_tokens=cfg.persona_max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + step
+    )
     raw = teacher.complete(chats, params)
     lines = [clean_persona_line(r, specs[d.persona_id].name) for r, d in zip(raw, batch)]
     for attempt in range(cfg.max_line_retries):  # resample only the lines that broke character
         bad = [i for i, (text, _) in enumerate(lines) if not line_ok(text)]
         if not bad:
             break
-        retry = SamplingParams(max_new_tokens=cfg.persona_max_new_tokens, temperature=min(1.3, cfg.temperature + 0.2 * (attempt + 1)),
-                               seed=cfg.seed + 1000 * (attempt + 1) + step)
+        retry = SamplingParams(
+            max_new_tokens=cfg.persona_max_new_tokens,
+            temperature=min(1.3, cfg.temperature + 0.2 * (attempt + 1)),
+            seed=cfg.seed + 1000 * (attempt + 1) + step,
+        )
         again = teacher.complete([chats[i] for i in bad], retry)
         for i, r in zip(bad, again):
             lines[i] = clean_persona_line(r, specs[batch[i].persona_id].name)
@@ -183,27 +196,46 @@ def _assistant_step(batch: list[Dialogue], assistant: Backend, cfg: SimConfig, s
 
 def to_conversation(d: Dialogue, model_name: str) -> Conversation:
     return Conversation(
-        id=d.id, persona_id=d.persona_id, topic=d.topic, persona_role="user",
+        id=d.id,
+        persona_id=d.persona_id,
+        topic=d.topic,
+        persona_role="user",
         turns=[Turn(role=t["role"], content=t["content"]) for t in d.turns],
-        metadata=ConversationMetadata(scenario_type=d.scenario_type, source="synthetic", generation_model=model_name,
-                                      ended_by_stop_rule=d.ended_by_stop_rule),
+        metadata=ConversationMetadata(
+            scenario_type=d.scenario_type,
+            source="synthetic",
+            generation_model=model_name,
+            ended_by_stop_rule=d.ended_by_stop_rule,
+        ),
     )
 
 
 __all__ = ["Dialogue", "SimConfig", "WorkCache", "fingerprint", "plan_dialogues", "simulate"]
 
 
-def converse(dialogues: list[Dialogue], personas: dict[str, Backend], assistant: Backend, turns: int,
-             persona_tokens: int = 48, assistant_tokens: int = 96, temperature: float = 0.7, seed: int = 0,
-             source: str = "simulated", model_name: str = "persona-simulator") -> list[Conversation]:
+def converse(
+    dialogues: list[Dialogue],
+    personas: dict[str, Backend],
+    assistant: Backend,
+    turns: int,
+    persona_tokens: int = 48,
+    assistant_tokens: int = 96,
+    temperature: float = 0.7,
+    seed: int = 0,
+    source: str = "simulated",
+    model_name: str = "persona-simulator",
+) -> list[Conversation]:
     """Dialogues between trained persona simulators (``PersonaBackend``) and an assistant.
 
     Every step is one batched call per persona backend plus one for the
     assistant; the persona speaks first and the dialogue runs ``turns`` turns.
     """
     for step in range(turns):
-        params = SamplingParams(max_new_tokens=persona_tokens if step % 2 == 0 else assistant_tokens,
-                                temperature=temperature, seed=seed + step)
+        params = SamplingParams(
+            max_new_tokens=persona_tokens if step % 2 == 0 else assistant_tokens,
+            temperature=temperature,
+            seed=seed + step,
+        )
         if step % 2 == 0:
             for pid in sorted({d.persona_id for d in dialogues}):
                 group = [d for d in dialogues if d.persona_id == pid]

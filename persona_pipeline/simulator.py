@@ -32,7 +32,9 @@ def voices(persona_specs: list[dict], surveys: dict | None = None) -> dict[str, 
 
 def voice_judge(persona_specs: list[dict], surveys: dict | None = None) -> VoiceJudge:
     """The local persona judge, recognising both the compact and the full definition text."""
-    owner = {text: pid for compact in (True, False) for pid, text in definitions(persona_specs, surveys, compact).items()}
+    owner = {
+        text: pid for compact in (True, False) for pid, text in definitions(persona_specs, surveys, compact).items()
+    }
     return VoiceJudge(voices(persona_specs, surveys), owner)
 
 

@@ -150,19 +150,34 @@ def compare(
         if np.all(d == 0):
             p = 1.0
         else:
-            res = sps.permutation_test((d,), _mean_axis, permutation_type="samples", vectorized=True,
-                                       n_resamples=n_perm, alternative="two-sided", rng=rng)
+            res = sps.permutation_test(
+                (d,),
+                _mean_axis,
+                permutation_type="samples",
+                vectorized=True,
+                n_resamples=n_perm,
+                alternative="two-sided",
+                rng=rng,
+            )
             p = float(res.pvalue)
     else:
         diff = float(a.mean() - b.mean())
-        boots = (a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1)
-                 - b[rng.integers(0, b.size, size=(n_boot, b.size))].mean(axis=1))
+        boots = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1) - b[
+            rng.integers(0, b.size, size=(n_boot, b.size))
+        ].mean(axis=1)
         lo, hi = (float(v) for v in np.percentile(boots, [tail, 100 - tail]))
         if np.ptp(np.concatenate([a, b])) == 0:
             p = 1.0
         else:
-            res = sps.permutation_test((a, b), _diff_axis, permutation_type="independent", vectorized=True,
-                                       n_resamples=n_perm, alternative="two-sided", rng=rng)
+            res = sps.permutation_test(
+                (a, b),
+                _diff_axis,
+                permutation_type="independent",
+                vectorized=True,
+                n_resamples=n_perm,
+                alternative="two-sided",
+                rng=rng,
+            )
             p = float(res.pvalue)
     return Comparison(diff, float(lo), float(hi), min(1.0, p), int(a.size), int(b.size), paired, test)
 
@@ -264,21 +279,30 @@ def leaderboard_rows(
         recs = groups[key]
         row: dict[str, Any] = dict(zip(group_keys, key))
         row["n_records"] = len(recs)
-        base_key = key[:m_pos] + (baseline_method,) + key[m_pos + 1:] if compare_on else None
+        base_key = key[:m_pos] + (baseline_method,) + key[m_pos + 1 :] if compare_on else None
         has_base = compare_on and key[m_pos] != baseline_method and base_key in groups
         for metric in metrics:
             vals = values(recs, metric)
             x = list(vals.values())
             s = _seed_for(seed, key, metric)
             lo, hi = bootstrap_ci(x, confidence, n_boot, s)
-            row.update({f"{metric}_mean": mean(x), f"{metric}_std": std(x), f"{metric}_ci_low": lo,
-                        f"{metric}_ci_high": hi, f"{metric}_n": len(x)})
+            row.update(
+                {
+                    f"{metric}_mean": mean(x),
+                    f"{metric}_std": std(x),
+                    f"{metric}_ci_low": lo,
+                    f"{metric}_ci_high": hi,
+                    f"{metric}_n": len(x),
+                }
+            )
             cmp_cols = dict.fromkeys(("diff", "diff_ci_low", "diff_ci_high", "p", "p_holm", "significant"))
             if has_base:
                 bvals = values(groups[base_key], metric)
                 if pair_key:
                     shared = [k for k in vals if k in bvals]
-                    c = compare([vals[k] for k in shared], [bvals[k] for k in shared], True, confidence, n_boot, n_perm, s)
+                    c = compare(
+                        [vals[k] for k in shared], [bvals[k] for k in shared], True, confidence, n_boot, n_perm, s
+                    )
                 else:
                     c = compare(x, list(bvals.values()), False, confidence, n_boot, n_perm, s)
                 cmp_cols.update(diff=c.diff, diff_ci_low=c.ci_low, diff_ci_high=c.ci_high, p=c.p_value)
@@ -365,3 +389,10 @@ def ols_slope(x: Sequence[float], y: Sequence[float]) -> dict:
         resid = ys - (intercept + slope * xs)
         out["stderr"] = float(math.sqrt(float((resid**2).sum()) / (n - 2) / sxx))
     return out
+
+
+def rounded(x, nd: int = 4) -> float | None:
+    """``x`` rounded for metadata; None stays None and NaN becomes None (JSON has no NaN)."""
+    if x is None or math.isnan(float(x)):
+        return None
+    return round(float(x), nd)

@@ -28,14 +28,30 @@ from .hooks import Steer
 
 # ---------------------------------------------------------------- sweeps
 
-def sweep_rows(questions: list[str], layers: list[int], rels: list[float], baseline_system: str | None = None) -> list[dict]:
+
+def sweep_rows(
+    questions: list[str], layers: list[int], rels: list[float], baseline_system: str | None = None
+) -> list[dict]:
     """The grid (layer × coef × question), plus prompt-only baseline rows when ``baseline_system`` is given."""
     ask = lambda q: [{"role": "user", "content": q}]
-    rows = [{"condition": "steer", "question_idx": q, "question": text, "layer": layer, "rel_coef": rel, "chat": ask(text)}
-            for layer in layers for rel in rels for q, text in enumerate(questions)]
+    rows = [
+        {"condition": "steer", "question_idx": q, "question": text, "layer": layer, "rel_coef": rel, "chat": ask(text)}
+        for layer in layers
+        for rel in rels
+        for q, text in enumerate(questions)
+    ]
     if baseline_system:
-        rows += [{"condition": "prompt", "question_idx": q, "question": text, "layer": None, "rel_coef": None,
-                  "chat": [{"role": "system", "content": baseline_system}, *ask(text)]} for q, text in enumerate(questions)]
+        rows += [
+            {
+                "condition": "prompt",
+                "question_idx": q,
+                "question": text,
+                "layer": None,
+                "rel_coef": None,
+                "chat": [{"role": "system", "content": baseline_system}, *ask(text)],
+            }
+            for q, text in enumerate(questions)
+        ]
     return rows
 
 
@@ -53,8 +69,9 @@ def sweep_steers(rows: list[dict], vectors: dict[int, torch.Tensor], layer_norms
     return steers
 
 
-def run_sweep(backend, rows: list[dict], vectors: dict[int, torch.Tensor], layer_norms: dict[int, float],
-              params: SamplingParams) -> list[str]:
+def run_sweep(
+    backend, rows: list[dict], vectors: dict[int, torch.Tensor], layer_norms: dict[int, float], params: SamplingParams
+) -> list[str]:
     """Every row's ``chat`` completed in one batched pass, each row with its own steering."""
     with backend.steered(sweep_steers(rows, vectors, layer_norms)):
         return backend.complete([r["chat"] for r in rows], params)
@@ -70,8 +87,16 @@ def summarise_sweep(rows: list[dict]) -> list[dict]:
     cells: dict[tuple, list[dict]] = {}
     for r in (r for r in rows if r.get("condition", "steer") == "steer"):
         cells.setdefault((r["layer"], r["rel_coef"]), []).append(r)
-    return [{"layer": k[0], "rel_coef": k[1], "trait": _mean(r["trait_score"] for r in v),
-             "coherence": _mean(r["coherence"] for r in v), "n": len(v)} for k, v in sorted(cells.items())]
+    return [
+        {
+            "layer": k[0],
+            "rel_coef": k[1],
+            "trait": _mean(r["trait_score"] for r in v),
+            "coherence": _mean(r["coherence"] for r in v),
+            "n": len(v),
+        }
+        for k, v in sorted(cells.items())
+    ]
 
 
 def best_point(summary: list[dict], min_coherence: float = 50.0) -> dict | None:
@@ -90,6 +115,7 @@ def rank_correlation(summary: list[dict], layer: int) -> float | None:
 
 
 # ---------------------------------------------------------------- CMA-ES
+
 
 def unit_rows(vectors: torch.Tensor) -> torch.Tensor:
     return vectors / vectors.norm(dim=-1, keepdim=True)
@@ -137,8 +163,9 @@ def _history(chat: list[dict]) -> list[dict]:
     return [m for m in chat[2:] if m["role"] in ("user", "assistant")]
 
 
-def evaluate(backend, judge_fn, targets_vectors: list[tuple[Target, torch.Tensor | None, list[list[dict]]]],
-             s: SearchSettings) -> tuple[list[list[float]], list[list[str]]]:
+def evaluate(
+    backend, judge_fn, targets_vectors: list[tuple[Target, torch.Tensor | None, list[list[dict]]]], s: SearchSettings
+) -> tuple[list[list[float]], list[list[str]]]:
     """Score many (target, steering vector, chats) candidates in ONE batched generation.
 
     ``judge_fn(spec, history, line) -> score in [-1, 1] | None`` is applied in
@@ -172,19 +199,32 @@ def _vector(weights, units, s: SearchSettings) -> torch.Tensor:
     return s.alpha * s.layer_norm * direction(np.asarray(weights), units)
 
 
-def cmaes_search(backend, judge_fn, targets: list[Target], units: torch.Tensor, s: SearchSettings,
-                 on_generation=None) -> dict[str, dict]:
+def cmaes_search(
+    backend, judge_fn, targets: list[Target], units: torch.Tensor, s: SearchSettings, on_generation=None
+) -> dict[str, dict]:
     """CMA-ES over trait weights for every target in lockstep (one batch per generation),
     plus random search with the same number of evaluations. Returns per-target history and bests."""
     import cma
 
     k = units.shape[0]
-    opts = {"bounds": [-s.bound, s.bound], "popsize": s.popsize, "seed": s.seed + 1, "verbose": -9,
-            "maxiter": s.generations}
+    opts = {
+        "bounds": [-s.bound, s.bound],
+        "popsize": s.popsize,
+        "seed": s.seed + 1,
+        "verbose": -9,
+        "maxiter": s.generations,
+    }
     es = {t.persona_id: cma.CMAEvolutionStrategy(np.zeros(k), s.sigma0, opts) for t in targets}
     rng = np.random.default_rng(s.seed)
-    out = {t.persona_id: {"history": [], "random_history": [], "best": (-math.inf, np.zeros(k)),
-                          "random_best": (-math.inf, np.zeros(k))} for t in targets}
+    out = {
+        t.persona_id: {
+            "history": [],
+            "random_history": [],
+            "best": (-math.inf, np.zeros(k)),
+            "random_best": (-math.inf, np.zeros(k)),
+        }
+        for t in targets
+    }
     for gen in range(s.generations):
         asks = {t.persona_id: es[t.persona_id].ask() for t in targets}
         randoms = {t.persona_id: rng.uniform(-s.bound, s.bound, size=(s.popsize, k)) for t in targets}
@@ -209,16 +249,25 @@ def _track(rec: dict, hist: str, best: str, gen: int, fits: list[float], weights
     j = int(np.argmax(fits))
     if fits[j] > rec[best][0]:
         rec[best] = (fits[j], np.asarray(weights[j]))
-    rec[hist].append({"generation": gen, "best": round(max(fits), 4), "mean": round(sum(fits) / len(fits), 4),
-                      "best_so_far": round(rec[best][0], 4)})
+    rec[hist].append(
+        {
+            "generation": gen,
+            "best": round(max(fits), 4),
+            "mean": round(sum(fits) / len(fits), 4),
+            "best_so_far": round(rec[best][0], 4),
+        }
+    )
 
 
 def baseline_vectors(units: torch.Tensor, s: SearchSettings) -> dict[str, torch.Tensor | None]:
     """Fixed comparison points, all with the same push size as one unit weight."""
     k = units.shape[0]
     eq = direction(np.ones(k) / math.sqrt(k), units)
-    return {"unsteered": None, "mean_diff_equal": s.alpha * s.layer_norm * eq / eq.norm(),
-            "pca": s.alpha * s.layer_norm * pca_direction(units)}
+    return {
+        "unsteered": None,
+        "mean_diff_equal": s.alpha * s.layer_norm * eq / eq.norm(),
+        "pca": s.alpha * s.layer_norm * pca_direction(units),
+    }
 
 
 def seeded_sample(items: list, n: int, key: str) -> list:

@@ -15,7 +15,13 @@ from collections import defaultdict
 
 from .contracts import Conversation, ConversationMetadata, Survey, SurveyItem, Turn
 
-DEFAULT_LABELS = ["I strongly disagree", "I somewhat disagree", "I'm neutral on that", "I somewhat agree", "I strongly agree"]
+DEFAULT_LABELS = [
+    "I strongly disagree",
+    "I somewhat disagree",
+    "I'm neutral on that",
+    "I somewhat agree",
+    "I strongly agree",
+]
 
 
 def likert_words(item: SurveyItem) -> str:
@@ -61,28 +67,45 @@ def split_items(survey: Survey, test_fraction: float = 0.2, seed: int = 0) -> di
     return {i.id: side.get(group_of[i.id], "train") for i in survey.items}
 
 
-def _conv(survey: Survey, cid: str, topic: str, turns: list[tuple[str, str]], category: str, split: str) -> Conversation:
+def _conv(
+    survey: Survey, cid: str, topic: str, turns: list[tuple[str, str]], category: str, split: str
+) -> Conversation:
     return Conversation(
-        id=f"{survey.profile.id}-{cid}", persona_id=survey.profile.id, topic=topic, persona_role="assistant",
+        id=f"{survey.profile.id}-{cid}",
+        persona_id=survey.profile.id,
+        topic=topic,
+        persona_role="assistant",
         turns=[Turn(role=r, content=c) for r, c in turns],
-        metadata=ConversationMetadata(scenario_type=f"survey_{category}", source="survey",
-                                      generation_model="survey", split=split),
+        metadata=ConversationMetadata(
+            scenario_type=f"survey_{category}", source="survey", generation_model="survey", split=split
+        ),
     )
 
 
 def _related(item: SurveyItem, pool: list[SurveyItem], k: int, rng: random.Random) -> list[SurveyItem]:
-    same = [o for o in pool if o.category == item.category and o.id != item.id and o.rephrase_of != item.id
-            and item.rephrase_of != o.id]
+    same = [
+        o
+        for o in pool
+        if o.category == item.category and o.id != item.id and o.rephrase_of != item.id and item.rephrase_of != o.id
+    ]
     rng.shuffle(same)
     return same[:k]
 
 
-def survey_conversations(survey: Survey, split: dict[str, str], follow_up_items: int = 20, seed: int = 0) -> list[Conversation]:
+def survey_conversations(
+    survey: Survey, split: dict[str, str], follow_up_items: int = 20, seed: int = 0
+) -> list[Conversation]:
     """Single-item, follow-up and identity conversations; test items only become test conversations."""
     rng = random.Random(f"{seed}:{survey.profile.id}:fu")
     convs = [
-        _conv(survey, f"item-{it.id}", it.question, [("user", it.question), ("assistant", answer_text(it))],
-              it.category, split[it.id])
+        _conv(
+            survey,
+            f"item-{it.id}",
+            it.question,
+            [("user", it.question), ("assistant", answer_text(it))],
+            it.category,
+            split[it.id],
+        )
         for it in survey.items
     ]
     train_pool = [it for it in survey.items if split[it.id] == "train"]

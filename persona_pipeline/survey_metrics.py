@@ -49,6 +49,7 @@ OPEN_PAIR_THRESHOLD = 0.35
 
 # --------------------------------------------------------------------------- prompts
 
+
 def survey_definition(survey: Survey) -> str:
     """The definition string the survey SFT pairs were unrolled with (shared with ``simulator``)."""
     from .simulator import definitions
@@ -64,12 +65,15 @@ def format_hint(item: SurveyItem) -> str:
             legend = ", ".join(f"{lo + k} = {lab}" for k, lab in enumerate(item.scale_labels))
         else:
             legend = f"{lo} = strongly disagree, {hi} = strongly agree"
-        return (f"Start your reply with one whole number from {lo} to {hi} ({legend}), "
-                "then give one short sentence on why.")
+        return (
+            f"Start your reply with one whole number from {lo} to {hi} ({legend}), then give one short sentence on why."
+        )
     if item.kind == "choice":
         listed = "\n".join(f"- {o}" for o in item.options or [])
-        return ("Pick exactly one of these options and repeat it word for word, "
-                f"then give one short sentence on why:\n{listed}")
+        return (
+            "Pick exactly one of these options and repeat it word for word, "
+            f"then give one short sentence on why:\n{listed}"
+        )
     return "Answer in two or three sentences, speaking as yourself."
 
 
@@ -113,8 +117,9 @@ def _items(survey: Survey, item_ids: Sequence[str]) -> list[SurveyItem]:
     return [by_id[i] for i in item_ids]
 
 
-def build_prompts(survey: Survey, item_ids: Sequence[str], condition: Condition,
-                  with_hint: bool | None = None) -> list[list[dict]]:
+def build_prompts(
+    survey: Survey, item_ids: Sequence[str], condition: Condition, with_hint: bool | None = None
+) -> list[list[dict]]:
     """One chat per item for ``condition``; ``with_hint=None`` means the condition's default."""
     items = _items(survey, item_ids)
     if condition == "trained":
@@ -124,17 +129,26 @@ def build_prompts(survey: Survey, item_ids: Sequence[str], condition: Condition,
     raise ValueError(f"unknown condition {condition!r}; expected one of {CONDITIONS}")
 
 
-def answer_items(backend: Backend, survey: Survey, item_ids: Sequence[str], condition: Condition,
-                 max_new_tokens: int = 96, with_hint: bool | None = None) -> dict[str, str]:
+def answer_items(
+    backend: Backend,
+    survey: Survey,
+    item_ids: Sequence[str],
+    condition: Condition,
+    max_new_tokens: int = 96,
+    with_hint: bool | None = None,
+) -> dict[str, str]:
     """Ask every item in one greedy batch; returns item id → raw answer text (in order)."""
     chats = build_prompts(survey, item_ids, condition, with_hint)
     texts = backend.complete(chats, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=0))
     if len(texts) != len(chats):
-        raise RuntimeError(f"backend {getattr(backend, 'name', backend)!r} returned {len(texts)} answers for {len(chats)} prompts")
+        raise RuntimeError(
+            f"backend {getattr(backend, 'name', backend)!r} returned {len(texts)} answers for {len(chats)} prompts"
+        )
     return dict(zip(item_ids, texts))
 
 
 # --------------------------------------------------------------------------- scoring
+
 
 class ItemScore(BaseModel):
     """One held-out item: the person's answer, the model's, and every per-item metric."""
@@ -180,8 +194,9 @@ def fidelity_band(score: float | None) -> str | None:
     return next(name for floor, name in BANDS if score >= floor)
 
 
-def fidelity_score(similarity: float | None, consistency: float | None, stance: float | None,
-                   human: float | None = None) -> tuple[float | None, dict[str, float]]:
+def fidelity_score(
+    similarity: float | None, consistency: float | None, stance: float | None, human: float | None = None
+) -> tuple[float | None, dict[str, float]]:
     """Guide composite, renormalised over the components that exist.
 
     The guide weighs similarity .30, consistency .15, stance .15 and human ratings .40.
@@ -253,11 +268,23 @@ def _score_item(item: SurveyItem, text: str, emb: dict[str, Any]) -> ItemScore:
     else:
         resp = w["semantic"] * sim + w["stance"] * stance_score + w["phrase"] * phrase
     return ItemScore(
-        item_id=item.id, category=item.category, kind=item.kind, question=item.question,
-        expected=item.answer, expected_text=expected_text, answer=text, parsed=parsed,
-        parsed_ok=parsed is not None, exact=exact, within1=within1, abs_error=abs_error,
-        stance_match=stance_match, stance_score=stance_score, similarity=round(sim, 4),
-        phrase_overlap=round(phrase, 4), response_similarity=round(resp, 4),
+        item_id=item.id,
+        category=item.category,
+        kind=item.kind,
+        question=item.question,
+        expected=item.answer,
+        expected_text=expected_text,
+        answer=text,
+        parsed=parsed,
+        parsed_ok=parsed is not None,
+        exact=exact,
+        within1=within1,
+        abs_error=abs_error,
+        stance_match=stance_match,
+        stance_score=stance_score,
+        similarity=round(sim, 4),
+        phrase_overlap=round(phrase, 4),
+        response_similarity=round(resp, 4),
     )
 
 
@@ -269,7 +296,9 @@ def _pair_agree(item: SurveyItem, a: int | str | None, b: int | str | None) -> b
     return a == b
 
 
-def _score_pairs(survey: Survey, rows: dict[str, ItemScore], answers: dict[str, str], emb: dict[str, Any]) -> list[PairScore]:
+def _score_pairs(
+    survey: Survey, rows: dict[str, ItemScore], answers: dict[str, str], emb: dict[str, Any]
+) -> list[PairScore]:
     by_id = {i.id: i for i in survey.items}
     pairs = []
     for it in survey.items:
@@ -278,20 +307,29 @@ def _score_pairs(survey: Survey, rows: dict[str, ItemScore], answers: dict[str, 
             continue
         ra, rb = rows[root.id], rows[it.id]
         if root.kind == "open":
-            m_cos = _cos(emb, answers[root.id].strip(), answers[it.id].strip()) if ra.parsed_ok and rb.parsed_ok else 0.0
+            m_cos = (
+                _cos(emb, answers[root.id].strip(), answers[it.id].strip()) if ra.parsed_ok and rb.parsed_ok else 0.0
+            )
             p_cos = _cos(emb, answer_text(root), answer_text(it))
             model_ok, person_ok = m_cos >= OPEN_PAIR_THRESHOLD, p_cos >= OPEN_PAIR_THRESHOLD
         else:
             m_cos = p_cos = None
             model_ok = _pair_agree(root, ra.parsed, rb.parsed)
             person_ok = _pair_agree(root, root.answer, it.answer)
-        pairs.append(PairScore(
-            item_id=root.id, rephrase_id=it.id, category=root.category, kind=root.kind,
-            model=(ra.parsed, rb.parsed), person=(root.answer, it.answer),
-            model_consistent=model_ok, person_consistent=person_ok,
-            model_cosine=None if m_cos is None else round(m_cos, 4),
-            person_cosine=None if p_cos is None else round(p_cos, 4),
-        ))
+        pairs.append(
+            PairScore(
+                item_id=root.id,
+                rephrase_id=it.id,
+                category=root.category,
+                kind=root.kind,
+                model=(ra.parsed, rb.parsed),
+                person=(root.answer, it.answer),
+                model_consistent=model_ok,
+                person_consistent=person_ok,
+                model_cosine=None if m_cos is None else round(m_cos, 4),
+                person_cosine=None if p_cos is None else round(p_cos, 4),
+            )
+        )
     return pairs
 
 
@@ -326,16 +364,20 @@ def summarize(rows: list[ItemScore], pairs: list[PairScore], human: float | None
         "pairs_n": len(pairs),
         "consistency": consistency,
         "person_consistency": person_consistency,
-        "consistency_vs_person": (round(min(1.0, consistency / person_consistency), 4)
-                                  if consistency is not None and person_consistency else None),
+        "consistency_vs_person": (
+            round(min(1.0, consistency / person_consistency), 4)
+            if consistency is not None and person_consistency
+            else None
+        ),
     }
     fid, weights = fidelity_score(out["response_similarity"], consistency, out["stance_accuracy"], human)
     out.update(fidelity=fid, band=fidelity_band(fid), fidelity_weights=weights)
     return out
 
 
-def score(survey: Survey, answers_by_item_id: dict[str, str], encoder: Encoder,
-          human_score: float | None = None) -> dict:
+def score(
+    survey: Survey, answers_by_item_id: dict[str, str], encoder: Encoder, human_score: float | None = None
+) -> dict:
     """Score a model's raw answers against the person's, per item, per category and overall.
 
     Only the items present in ``answers_by_item_id`` are scored (normally the held-out

@@ -49,12 +49,15 @@ _AGREE_WORDS = {  # offsets from the bottom of the scale, for the standard 5- an
 
 _NUM = r"(\d+)(?![\d.,]\d)"
 _LEADING = re.compile(
-    r"^[\s*#>\"'(\[]*(?:(?:my )?(?:answer|rating|score|response)\s*(?:is|:|=|-)?\s*)?\**" + _NUM
+    r"^[\s*#>\"'(\[]*(?:(?:my )?(?:answer|rating|score|response)\s*(?:is|:|=|-)?\s*)?\**"
+    + _NUM
     + r"\**(?=\s*$|\s*[.,;:!)\]\-–—(/]|\s+(?:out of|because|since|as)\b)"
 )
-_STATED = re.compile(r"\b(?:(?:rate|give|score|put)\s+(?:it|this|that|myself|me)(?:\s+at)?|rating(?: of| is)?|"
-                     r"score(?: of| is)?|answer(?: is)?|i'd say|i would say|i'd go with|i choose|i pick)"
-                     r"\s*:?\s*(?:an?\s+)?\**" + _NUM + r"\b")
+_STATED = re.compile(
+    r"\b(?:(?:rate|give|score|put)\s+(?:it|this|that|myself|me)(?:\s+at)?|rating(?: of| is)?|"
+    r"score(?: of| is)?|answer(?: is)?|i'd say|i would say|i'd go with|i choose|i pick)"
+    r"\s*:?\s*(?:an?\s+)?\**" + _NUM + r"\b"
+)
 _FRACTION = re.compile(r"\b" + _NUM + r"\s*(?:/|out of)\s*(\d+)\b")
 
 
@@ -112,8 +115,35 @@ def parse_likert(item: SurveyItem, text: str) -> int | None:
     return None
 
 
-_STOP = {"the", "and", "for", "with", "that", "this", "them", "they", "you", "your", "are", "was", "its",
-         "from", "into", "than", "then", "but", "not", "all", "any", "can", "has", "have", "our", "out", "until"}
+_STOP = {
+    "the",
+    "and",
+    "for",
+    "with",
+    "that",
+    "this",
+    "them",
+    "they",
+    "you",
+    "your",
+    "are",
+    "was",
+    "its",
+    "from",
+    "into",
+    "than",
+    "then",
+    "but",
+    "not",
+    "all",
+    "any",
+    "can",
+    "has",
+    "have",
+    "our",
+    "out",
+    "until",
+}
 
 
 def _stem(word: str) -> str:

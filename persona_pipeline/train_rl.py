@@ -48,9 +48,17 @@ class RlSettings:
     seed: int = 0
 
 
-def rl_prompts(convs: list[Conversation], definitions: dict[str, str], n: int, heldout: bool, seed: int = 0,
-               boring_share: float = 0.3, eval_fraction: float = 0.1, judge_specs: dict[str, str] | None = None,
-               max_depth: int = 0) -> list[dict]:
+def rl_prompts(
+    convs: list[Conversation],
+    definitions: dict[str, str],
+    n: int,
+    heldout: bool,
+    seed: int = 0,
+    boring_share: float = 0.3,
+    eval_fraction: float = 0.1,
+    judge_specs: dict[str, str] | None = None,
+    max_depth: int = 0,
+) -> list[dict]:
     """Histories cut at many depths, deepest ones included, some with a boring assistant.
 
     Those are the cases where SFT models drop character. ``heldout`` picks the
@@ -73,11 +81,16 @@ def rl_prompts(convs: list[Conversation], definitions: dict[str, str], n: int, h
         boring = rng.random() < boring_share and history[-1]["role"] == "assistant"
         if boring:
             history[-1] = {"role": "assistant", "content": rng.choice(BORING_REPLIES)}
-        out.append({
-            "prompt": simulator_prompt(c.persona_id, definitions[c.persona_id], history),
-            "spec": (judge_specs or definitions)[c.persona_id], "history": json.dumps(history), "persona_id": c.persona_id,
-            "depth": i, "boring": boring,
-        })
+        out.append(
+            {
+                "prompt": simulator_prompt(c.persona_id, definitions[c.persona_id], history),
+                "spec": (judge_specs or definitions)[c.persona_id],
+                "history": json.dumps(history),
+                "persona_id": c.persona_id,
+                "depth": i,
+                "boring": boring,
+            }
+        )
     return out
 
 
@@ -110,7 +123,9 @@ class RlResult:
     seconds_per_step: float
 
 
-def train_rl(base: str | Path, sft_adapter: Path, prompts: list[dict], reward_fn, s: RlSettings, out: Path, card: dict) -> RlResult:
+def train_rl(
+    base: str | Path, sft_adapter: Path, prompts: list[dict], reward_fn, s: RlSettings, out: Path, card: dict
+) -> RlResult:
     """``reward_fn`` is a TRL reward function, normally ``make_reward(judge, method)``."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -124,14 +139,31 @@ def train_rl(base: str | Path, sft_adapter: Path, prompts: list[dict], reward_fn
     model = model.merge_and_unload()  # the SFT policy becomes the reference for the KL term
     with atomic_path(out) as tmp:
         args = GRPOConfig(
-            output_dir=str(tmp.parent / "trainer"), learning_rate=s.learning_rate, max_steps=s.max_steps, beta=s.beta,
-            num_generations=s.num_generations, per_device_train_batch_size=s.num_generations,
-            max_completion_length=s.max_completion_length, temperature=s.temperature, logging_steps=1,
-            save_strategy="no", report_to="none", seed=s.seed, bf16=cuda, use_cpu=not cuda, dataloader_num_workers=0,
+            output_dir=str(tmp.parent / "trainer"),
+            learning_rate=s.learning_rate,
+            max_steps=s.max_steps,
+            beta=s.beta,
+            num_generations=s.num_generations,
+            per_device_train_batch_size=s.num_generations,
+            max_completion_length=s.max_completion_length,
+            temperature=s.temperature,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            seed=s.seed,
+            bf16=cuda,
+            use_cpu=not cuda,
+            dataloader_num_workers=0,
             gradient_checkpointing=cuda,  # TRL turns it on by default; on a CPU it only recomputes
         )
-        trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args,
-                              train_dataset=Dataset.from_list(prompts), processing_class=tok, peft_config=s.lora.peft_config())
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=reward_fn,
+            args=args,
+            train_dataset=Dataset.from_list(prompts),
+            processing_class=tok,
+            peft_config=s.lora.peft_config(),
+        )
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
@@ -141,8 +173,10 @@ def train_rl(base: str | Path, sft_adapter: Path, prompts: list[dict], reward_fn
         shutil.rmtree(delta)
         tok.save_pretrained(tmp)
         result = RlResult(trainer.state.log_history, seconds, seconds / max(1, s.max_steps))
-        write_json(tmp / "training_summary.json", {**card, "settings": json.loads(json.dumps(asdict(s), default=list)),
-                                                   "seconds": seconds})
+        write_json(
+            tmp / "training_summary.json",
+            {**card, "settings": json.loads(json.dumps(asdict(s), default=list)), "seconds": seconds},
+        )
     return result
 
 

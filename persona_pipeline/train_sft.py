@@ -33,8 +33,13 @@ class LoraSettings:
     def peft_config(self):
         from peft import LoraConfig
 
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.target_modules), task_type="CAUSAL_LM")
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            task_type="CAUSAL_LM",
+        )
 
 
 @dataclass
@@ -83,7 +88,12 @@ def _is_eval(conversation_id: str, fraction: float) -> bool:
 
 
 def _row(pair: dict) -> dict:
-    return {"prompt": pair["prompt"], "completion": pair["completion"], "source": pair["source"], "persona_id": pair["persona_id"]}
+    return {
+        "prompt": pair["prompt"],
+        "completion": pair["completion"],
+        "source": pair["source"],
+        "persona_id": pair["persona_id"],
+    }
 
 
 def build_mixture(pairs: list[dict], retention: list[dict], s: SftSettings) -> tuple[list[dict], list[dict], dict]:
@@ -110,7 +120,10 @@ def build_mixture(pairs: list[dict], retention: list[dict], s: SftSettings) -> t
     counts: dict[str, int] = {}
     for r in train:
         counts[r["source"]] = counts.get(r["source"], 0) + 1
-    mixture = {k: {"rows": v, "share": round(v / len(train), 3), "weight": s.weights.get(k, 1.0)} for k, v in sorted(counts.items())}
+    mixture = {
+        k: {"rows": v, "share": round(v / len(train), 3), "weight": s.weights.get(k, 1.0)}
+        for k, v in sorted(counts.items())
+    }
     return train, eval_rows, {"train_rows": len(train), "eval_rows": len(eval_rows), "sources": mixture}
 
 
@@ -178,7 +191,9 @@ def settings_from_doc(doc: dict) -> SftSettings:
     return SftSettings(lora=lora, **doc)
 
 
-def train_sft(base: str | Path, train: list[dict], eval_rows: list[dict], s: SftSettings, out: Path, card: dict) -> TrainResult:
+def train_sft(
+    base: str | Path, train: list[dict], eval_rows: list[dict], s: SftSettings, out: Path, card: dict
+) -> TrainResult:
     """Train and save the adapter folder atomically (a killed run leaves no adapter behind)."""
     import torch
     from trl import SFTConfig, SFTTrainer
@@ -193,15 +208,34 @@ def train_sft(base: str | Path, train: list[dict], eval_rows: list[dict], s: Sft
     cuda = cuda_available()
     with _output(out) as tmp:
         args = SFTConfig(
-            output_dir=str(tmp.parent / "trainer"), learning_rate=s.learning_rate, num_train_epochs=s.epochs,
-            max_steps=s.max_steps, per_device_train_batch_size=s.batch_size, per_device_eval_batch_size=s.batch_size,
-            gradient_accumulation_steps=s.grad_accum, max_length=s.max_length, logging_steps=s.logging_steps,
-            eval_strategy="no", save_strategy="no", report_to="none", seed=s.seed, bf16=cuda,
-            gradient_checkpointing=cuda, use_cpu=not cuda, completion_only_loss=True, dataloader_num_workers=0,
+            output_dir=str(tmp.parent / "trainer"),
+            learning_rate=s.learning_rate,
+            num_train_epochs=s.epochs,
+            max_steps=s.max_steps,
+            per_device_train_batch_size=s.batch_size,
+            per_device_eval_batch_size=s.batch_size,
+            gradient_accumulation_steps=s.grad_accum,
+            max_length=s.max_length,
+            logging_steps=s.logging_steps,
+            eval_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            seed=s.seed,
+            bf16=cuda,
+            gradient_checkpointing=cuda,
+            use_cpu=not cuda,
+            completion_only_loss=True,
+            dataloader_num_workers=0,
             include_num_input_tokens_seen="non_padding",
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=_dataset(train), eval_dataset=_dataset(eval_rows),
-                             processing_class=tok, peft_config=s.lora.peft_config())
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=_dataset(train),
+            eval_dataset=_dataset(eval_rows),
+            processing_class=tok,
+            peft_config=s.lora.peft_config(),
+        )
         base_loss = trainer.evaluate()["eval_loss"]  # LoRA B starts at zero: this is the base model's loss
         t0 = time.perf_counter()
         with _training_steer(trainer.model, s.steer):
@@ -211,10 +245,23 @@ def train_sft(base: str | Path, train: list[dict], eval_rows: list[dict], s: Sft
         tokens = int(trainer.state.num_input_tokens_seen or 0)
         trainer.model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        result = TrainResult(trainer.state.log_history, base_loss, eval_loss, tokens, seconds,
-                             tokens / seconds if seconds else 0.0, n_drop + n_drop_eval)
-        write_json(tmp / "training_summary.json", {**card, "result": {k: v for k, v in asdict(result).items() if k != "log_history"},
-                                                   "settings": _settings_doc(s)})
+        result = TrainResult(
+            trainer.state.log_history,
+            base_loss,
+            eval_loss,
+            tokens,
+            seconds,
+            tokens / seconds if seconds else 0.0,
+            n_drop + n_drop_eval,
+        )
+        write_json(
+            tmp / "training_summary.json",
+            {
+                **card,
+                "result": {k: v for k, v in asdict(result).items() if k != "log_history"},
+                "settings": _settings_doc(s),
+            },
+        )
         (tmp / "README.md").write_text(model_card(card, s, result))
     del trainer, model
     if cuda:
@@ -231,19 +278,19 @@ def _settings_doc(s: SftSettings) -> dict:
 def model_card(card: dict, s: SftSettings, r: TrainResult) -> str:
     return f"""---
 library_name: peft
-base_model: {card.get('base_model', 'unknown')}
+base_model: {card.get("base_model", "unknown")}
 tags: [persona-pipeline, lora, persona-simulator]
 ---
-# {card.get('name', 'persona simulator adapter')}
+# {card.get("name", "persona simulator adapter")}
 
 One LoRA adapter for every persona: put `[PERSONA: <id>]` and the dialogue history in
 the prompt (see `persona_pipeline.prompts.simulator_prompt`) and the model writes that
 persona's next line.
 
-- base model: `{card.get('base_model')}`
-- data version: `{card.get('data_version')}`; personas: {', '.join(card.get('personas', []))}
-- LoRA: r={s.lora.r}, alpha={s.lora.alpha}, dropout={s.lora.dropout}, modules={', '.join(s.lora.target_modules)}
-- quantisation: {s.quantize or 'none (full precision base)'}
+- base model: `{card.get("base_model")}`
+- data version: `{card.get("data_version")}`; personas: {", ".join(card.get("personas", []))}
+- LoRA: r={s.lora.r}, alpha={s.lora.alpha}, dropout={s.lora.dropout}, modules={", ".join(s.lora.target_modules)}
+- quantisation: {s.quantize or "none (full precision base)"}
 - lr={s.learning_rate}, epochs={s.epochs}, max_steps={s.max_steps}, batch={s.batch_size}×{s.grad_accum}, max_length={s.max_length}
 - mixture weights: {s.weights}
 - preventative steering: {f"{s.steer.mode} at layer {s.steer.layer}, coef {s.steer.coef}" if s.steer else "none"}
@@ -255,10 +302,21 @@ Load with `PeftModel.from_pretrained(base, this_folder)` or serve with
 """
 
 
-def write_job(path: Path, base: str, train: list[dict], eval_rows: list[dict], s: SftSettings, out: Path, card: dict) -> None:
+def write_job(
+    path: Path, base: str, train: list[dict], eval_rows: list[dict], s: SftSettings, out: Path, card: dict
+) -> None:
     """Everything ``persona-pipeline train-sft --job`` needs, for ``accelerate launch`` (one process per GPU)."""
-    write_json(path, {"base": str(base), "train": train, "eval": eval_rows, "settings": _settings_doc(s),
-                      "out": str(out), "card": card})
+    write_json(
+        path,
+        {
+            "base": str(base),
+            "train": train,
+            "eval": eval_rows,
+            "settings": _settings_doc(s),
+            "out": str(out),
+            "card": card,
+        },
+    )
 
 
 def run_job(path: Path) -> TrainResult:

@@ -60,8 +60,9 @@ def exemplars(trait) -> tuple[list[str], list[str]]:
     return [p.pos for p in trait.instructions], [p.neg for p in trait.instructions]
 
 
-def trait_scores(method: str, trait, qa: list[tuple[str, str]], judge: Backend | None = None,
-                 embedder: EmbeddingJudge | None = None) -> list[float | None]:
+def trait_scores(
+    method: str, trait, qa: list[tuple[str, str]], judge: Backend | None = None, embedder: EmbeddingJudge | None = None
+) -> list[float | None]:
     """0–100 trait expression by the configured judge: ``logprob`` (LLM) or ``embedding`` (MiniLM)."""
     if method == "logprob":
         return judge_answers(judge, trait.eval_prompt, qa)
@@ -83,7 +84,11 @@ class EmbeddingJudge:
 
     def score(self, positives: list[str], negatives: list[str], answers: list[str]) -> list[float]:
         emb = self.model.encode(positives + negatives + answers, normalize_embeddings=True, convert_to_tensor=True)
-        pos, neg, ans = emb[: len(positives)], emb[len(positives) : len(positives) + len(negatives)], emb[-len(answers):]
+        pos, neg, ans = (
+            emb[: len(positives)],
+            emb[len(positives) : len(positives) + len(negatives)],
+            emb[-len(answers) :],
+        )
         margin = (ans @ pos.T).mean(1) - (ans @ neg.T).mean(1)
         return [round(100 / (1 + math.exp(-self.sharpness * float(m))), 3) for m in margin]
 
@@ -110,7 +115,9 @@ def answer_nll(backend, qa: list[tuple[str, str]], batch_size: int = 16) -> list
     for start in range(0, len(qa), batch_size):
         enc = []
         for q, a in qa[start : start + batch_size]:
-            prompt = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+            prompt = tok.apply_chat_template(
+                [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+            )
             p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
             enc.append((p_ids, tok(a, add_special_tokens=False)["input_ids"]))
         width = max(len(p) + len(a) for p, a in enc)
@@ -118,7 +125,9 @@ def answer_nll(backend, qa: list[tuple[str, str]], batch_size: int = 16) -> list
         mask = torch.tensor([[1] * (len(p) + len(a)) + [0] * (width - len(p) - len(a)) for p, a in enc])
         keep = width - min(len(p) for p, _ in enc) + 1  # logits only from the first answer position on
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), logits_to_keep=keep).logits
+            logits = model(
+                input_ids=ids.to(model.device), attention_mask=mask.to(model.device), logits_to_keep=keep
+            ).logits
             logp = torch.log_softmax(logits.float(), -1)
         for row, (p, a) in enumerate(enc):
             if not a:
@@ -129,7 +138,9 @@ def answer_nll(backend, qa: list[tuple[str, str]], batch_size: int = 16) -> list
     return out
 
 
-def likelihood_coherence(backend, qa: list[tuple[str, str]], fluent_nll: float = 1.0, garbled_nll: float = 5.0) -> list[float | None]:
+def likelihood_coherence(
+    backend, qa: list[tuple[str, str]], fluent_nll: float = 1.0, garbled_nll: float = 5.0
+) -> list[float | None]:
     """0–100 coherence from how likely the *unsteered* model finds the answer, with loops penalised.
 
     Steering that breaks the model shows up as text its own base finds

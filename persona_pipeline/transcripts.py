@@ -70,8 +70,14 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def generate_rows(backend: Backend, rows: list[dict], params: SamplingParams, work: ResumableRows | None = None,
-                  chunk: int = 64, on_chunk: Callable[[int, int], None] | None = None) -> list[dict]:
+def generate_rows(
+    backend: Backend,
+    rows: list[dict],
+    params: SamplingParams,
+    work: ResumableRows | None = None,
+    chunk: int = 64,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> list[dict]:
     """Fill ``response`` for every row (its ``chat`` is the prompt), skipping rows finished earlier."""
     done = work.done() if work else {}
     todo = [r for r in rows if work is None or row_key(r, work.key_fields) not in done]
@@ -97,22 +103,42 @@ TRAIT_KEY = ("trait", "polarity", "instruction_idx", "question_idx", "sample_idx
 def role_rows(role: RoleSpec, questions: list[str], n_prompts: int, n_questions: int, rollouts: int) -> list[dict]:
     """Every (system prompt × question × rollout) of one role, with indices for joining activations."""
     return [
-        {"role": role.role, "system_prompt_idx": p, "question_idx": q, "rollout_idx": r, "system_prompt": sp,
-         "question": qu, "chat": [{"role": "system", "content": sp}, {"role": "user", "content": qu}]}
+        {
+            "role": role.role,
+            "system_prompt_idx": p,
+            "question_idx": q,
+            "rollout_idx": r,
+            "system_prompt": sp,
+            "question": qu,
+            "chat": [{"role": "system", "content": sp}, {"role": "user", "content": qu}],
+        }
         for p, sp in enumerate(role.system_prompts[:n_prompts])
         for q, qu in enumerate(questions[:n_questions])
         for r in range(rollouts)
     ]
 
 
-def score_roles(judge: Backend, rows: list[dict], roles: dict[str, RoleSpec], method: str = "logprob") -> list[float | None]:
+def score_roles(
+    judge: Backend, rows: list[dict], roles: dict[str, RoleSpec], method: str = "logprob"
+) -> list[float | None]:
     """0–3 role adherence per rollout: the LLM judge's digit distribution (``logprob``) or,
     for a small local judge, embedding similarity to this role vs the others (``embedding``)."""
     if method == "embedding":
         return _embedding_roles(rows, roles)
-    chats = [[{"role": "user", "content": ROLE_JUDGE.format(role=r["role"], description=roles[r["role"]].description,
-                                                            question=r["question"], response=r["response"])}]
-             for r in rows]
+    chats = [
+        [
+            {
+                "role": "user",
+                "content": ROLE_JUDGE.format(
+                    role=r["role"],
+                    description=roles[r["role"]].description,
+                    question=r["question"],
+                    response=r["response"],
+                ),
+            }
+        ]
+        for r in rows
+    ]
     return [None if (s := logprob_score(d, 0, 3)) is None else round(s, 3) for d in judge.next_token_logprobs(chats)]
 
 
@@ -131,9 +157,18 @@ def trait_rows(trait: Trait, n_pairs: int, n_questions: int, samples: int, quest
             for s in range(samples):
                 for polarity, text in (("pos", pair.pos), ("neg", pair.neg)):
                     system = trait_system_prompt(trait.trait, text, polarity == "pos")
-                    rows.append({"trait": trait.trait, "polarity": polarity, "instruction_idx": i, "question_idx": q,
-                                 "sample_idx": s, "system_prompt": system, "question": question,
-                                 "chat": [{"role": "system", "content": system}, {"role": "user", "content": question}]})
+                    rows.append(
+                        {
+                            "trait": trait.trait,
+                            "polarity": polarity,
+                            "instruction_idx": i,
+                            "question_idx": q,
+                            "sample_idx": s,
+                            "system_prompt": system,
+                            "question": question,
+                            "chat": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+                        }
+                    )
     return rows
 
 

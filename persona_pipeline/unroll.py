@@ -24,8 +24,11 @@ def unroll(conv: Conversation, definition: str) -> list[SftPair]:
         prompt = simulator_prompt(conv.persona_id, definition, history[:i])
         pairs.append(
             SftPair(
-                id=f"{conv.id}@{i}", persona_id=conv.persona_id, source=conv.metadata.source,
-                conversation_id=conv.id, turn_index=i,
+                id=f"{conv.id}@{i}",
+                persona_id=conv.persona_id,
+                source=conv.metadata.source,
+                conversation_id=conv.id,
+                turn_index=i,
                 prompt=[ChatMessage(**m) for m in prompt],
                 completion=[ChatMessage(role="assistant", content=conv.turns[i].content)],
             )
@@ -39,6 +42,11 @@ def export_customjson(pairs: list[SftPair], path: Path) -> int:
         for p in pairs:
             system = next(m.content for m in p.prompt if m.role == "system")
             user = "\n\n".join([system] + [m.content for m in p.prompt if m.role == "user"])
-            f.write(json.dumps([{"role": "user", "content": user}, {"role": "assistant", "content": p.completion[0].content}],
-                               ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    [{"role": "user", "content": user}, {"role": "assistant", "content": p.completion[0].content}],
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
     return len(pairs)

@@ -12,8 +12,14 @@ from __future__ import annotations
 import torch
 
 
-def keep_pair(pos_trait: float | None, neg_trait: float | None, pos_coh: float | None, neg_coh: float | None,
-              threshold: float = 50.0, coherence: float = 50.0) -> bool:
+def keep_pair(
+    pos_trait: float | None,
+    neg_trait: float | None,
+    pos_coh: float | None,
+    neg_coh: float | None,
+    threshold: float = 50.0,
+    coherence: float = 50.0,
+) -> bool:
     """The persona-vectors filter: positive expresses the trait, negative does not, both coherent."""
     vals = (pos_trait, neg_trait, pos_coh, neg_coh)
     if any(v is None for v in vals):
@@ -30,7 +36,7 @@ def mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
 
 def svd_direction(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """Unit [layers, hidden]: per layer, the top singular direction of paired differences."""
-    diffs = (pos.float() - neg.float())  # [n, L, h]
+    diffs = pos.float() - neg.float()  # [n, L, h]
     md = diffs.mean(0)
     out = []
     for layer in range(diffs.shape[1]):
@@ -86,6 +92,7 @@ def orient_pc1(comps: torch.Tensor, coords_default: torch.Tensor, coords_roles: 
 
 # ------------------------------------------------- joining activations with their index
 
+
 def role_filter(index: list[dict], min_score: float) -> tuple[list[bool], list[str]]:
     """Keep role rollouts judged fully in role; a role with none kept falls back to all its rollouts.
 
@@ -102,14 +109,18 @@ def role_filter(index: list[dict], min_score: float) -> tuple[list[bool], list[s
     return keep, fallback
 
 
-def group_mean(acts: torch.Tensor, index: list[dict], source: str, name: str, keep: list[bool] | None = None) -> torch.Tensor:
+def group_mean(
+    acts: torch.Tensor, index: list[dict], source: str, name: str, keep: list[bool] | None = None
+) -> torch.Tensor:
     rows = [i for i, r in enumerate(index) if r["source"] == source and r["name"] == name and (keep is None or keep[i])]
     if not rows:
         raise ValueError(f"no {source} activations for {name!r}")
     return acts[rows].float().mean(0)
 
 
-def default_vs_roles(acts: torch.Tensor, index: list[dict], roles: list[str], keep: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+def default_vs_roles(
+    acts: torch.Tensor, index: list[dict], roles: list[str], keep: list[bool]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean of the default assistant, per-role means of every other role) at one layer."""
     if "default" not in roles:
         raise ValueError("the persona space needs the 'default' role (data_assets/roles/default.yaml)")
@@ -117,8 +128,16 @@ def default_vs_roles(acts: torch.Tensor, index: list[dict], roles: list[str], ke
     return group_mean(acts, index, "role", "default", keep), others
 
 
-def checkpoint_projections(manifests: dict, roles: list[str], pos: int, axis: torch.Tensor, comps: torch.Tensor,
-                           mu: torch.Tensor, sigma: torch.Tensor, keep: list[bool]) -> list[dict]:
+def checkpoint_projections(
+    manifests: dict,
+    roles: list[str],
+    pos: int,
+    axis: torch.Tensor,
+    comps: torch.Tensor,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    keep: list[bool],
+) -> list[dict]:
     """Where each checkpoint's default and role means sit on the Assistant Axis and PC1 (same texts, new weights)."""
     from .activations import load
 
@@ -129,33 +148,53 @@ def checkpoint_projections(manifests: dict, roles: list[str], pos: int, axis: to
         acts = tensors["response_avg"][:, pos]
         default, others = default_vs_roles(acts, index, roles, keep)
         pc1 = lambda m: ((m - mu) / sigma) @ comps[0]
-        rows.append({"checkpoint": key, "default_on_axis": round(float(project(default, axis)), 3),
-                     "roles_on_axis": round(float(project(others, axis).mean()), 3),
-                     "default_pc1": round(float(pc1(default)), 3), "roles_pc1": round(float(pc1(others).mean()), 3)})
+        rows.append(
+            {
+                "checkpoint": key,
+                "default_on_axis": round(float(project(default, axis)), 3),
+                "roles_on_axis": round(float(project(others, axis).mean()), 3),
+                "default_pc1": round(float(pc1(default)), 3),
+                "roles_pc1": round(float(pc1(others).mean()), 3),
+            }
+        )
     return rows
 
 
-def trait_pairs(index: list[dict], trait: str, threshold: float, coherence: float, min_pairs: int,
-                scores: dict[tuple, dict]) -> tuple[list[int], list[int], dict]:
+def trait_pairs(
+    index: list[dict], trait: str, threshold: float, coherence: float, min_pairs: int, scores: dict[tuple, dict]
+) -> tuple[list[int], list[int], dict]:
     """Row positions of matched (positive, negative) answers that pass the judge filter.
 
     When fewer than ``min_pairs`` survive (a weak local judge), every pair is
     used and ``fallback`` says so — the vector is then unfiltered, not empty.
     """
-    at = {(r["prompt_idx"], r["question_idx"], r["sample_idx"], r["polarity"]): i
-          for i, r in enumerate(index) if r["source"] == "trait" and r["name"] == trait}
-    pairs = [(at[(i, q, s, "pos")], at[(i, q, s, "neg")], (i, q, s)) for (i, q, s, p) in at if p == "pos" and (i, q, s, "neg") in at]
+    at = {
+        (r["prompt_idx"], r["question_idx"], r["sample_idx"], r["polarity"]): i
+        for i, r in enumerate(index)
+        if r["source"] == "trait" and r["name"] == trait
+    }
+    pairs = [
+        (at[(i, q, s, "pos")], at[(i, q, s, "neg")], (i, q, s))
+        for (i, q, s, p) in at
+        if p == "pos" and (i, q, s, "neg") in at
+    ]
     if not pairs:
         raise ValueError(f"trait {trait!r}: no positive/negative answer pairs in the activations")
 
     def kept(key) -> bool:
         p, n = scores.get((*key, "pos"), {}), scores.get((*key, "neg"), {})
-        return keep_pair(p.get("trait_score"), n.get("trait_score"), p.get("coherence"), n.get("coherence"), threshold, coherence)
+        return keep_pair(
+            p.get("trait_score"), n.get("trait_score"), p.get("coherence"), n.get("coherence"), threshold, coherence
+        )
 
     good = [x for x in pairs if kept(x[2])]
     fallback = len(good) < min_pairs
     use = pairs if fallback else good
-    return [p for p, _, _ in use], [n for _, n, _ in use], {"pairs": len(pairs), "kept": len(good), "fallback": fallback}
+    return (
+        [p for p, _, _ in use],
+        [n for _, n, _ in use],
+        {"pairs": len(pairs), "kept": len(good), "fallback": fallback},
+    )
 
 
 def save_tensors(path, tensors: dict[str, torch.Tensor]) -> None:
@@ -193,8 +232,13 @@ def resolver(root):
             "persona": (root / "cmaes_steering" / f"{kind}.safetensors", "vector"),
             "assistant_axis": (root / "persona_space" / "assistant_axis.safetensors", "axis"),
         }
-        path, key = candidates.get(trait, (root / "persona_vectors" / f"{trait}.safetensors",
-                                           "svd_response_avg" if kind == "svd" else "mean_diff_response_avg"))
+        path, key = candidates.get(
+            trait,
+            (
+                root / "persona_vectors" / f"{trait}.safetensors",
+                "svd_response_avg" if kind == "svd" else "mean_diff_response_avg",
+            ),
+        )
         if not path.exists() and Path(name).suffix == ".safetensors" and Path(name).exists():
             tensors = load_tensors(name)
             return next(iter(tensors.values()))

@@ -36,16 +36,31 @@ class VerdictError(ValueError):
 
 _FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.DOTALL)
 _ALIASES = {
-    "adherence": "adherence", "persona_adherence": "adherence", "adherence_score": "adherence",
-    "consistency": "consistency", "persona_consistency": "consistency", "consistency_score": "consistency",
+    "adherence": "adherence",
+    "persona_adherence": "adherence",
+    "adherence_score": "adherence",
+    "consistency": "consistency",
+    "persona_consistency": "consistency",
+    "consistency_score": "consistency",
     "character_consistency": "consistency",
-    "quality": "quality", "response_quality": "quality", "quality_score": "quality",
-    "safety": "safety", "safety_pass": "safety", "safe": "safety", "is_safe": "safety", "safety_verdict": "safety",
-    "reasoning": "reasoning", "reason": "reasoning", "rationale": "reasoning", "explanation": "reasoning",
+    "quality": "quality",
+    "response_quality": "quality",
+    "quality_score": "quality",
+    "safety": "safety",
+    "safety_pass": "safety",
+    "safe": "safety",
+    "is_safe": "safety",
+    "safety_verdict": "safety",
+    "reasoning": "reasoning",
+    "reason": "reasoning",
+    "rationale": "reasoning",
+    "explanation": "reasoning",
     "justification": "reasoning",
 }
 _REQUIRED = ("adherence", "consistency", "quality", "safety")
-_NUM = re.compile(r"\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(%|/\s*(\d+(?:\.\d+)?)|out\s+of\s+(\d+(?:\.\d+)?))?", re.IGNORECASE)
+_NUM = re.compile(
+    r"\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(%|/\s*(\d+(?:\.\d+)?)|out\s+of\s+(\d+(?:\.\d+)?))?", re.IGNORECASE
+)
 _KV = re.compile(
     r"(?i)\b(persona[ _-]?adherence|adherence|persona[ _-]?consistency|consistency|quality|safety)\b"
     r"[\s*\"'`]*[:=][\s*\"'`]*([^\n,;}\"'`*]+)"
@@ -223,5 +238,6 @@ def parse_verdict(text: str) -> Verdict:
         raise VerdictError(f"missing field(s): {', '.join(missing)}")
     scores = _scores(best)
     reasoning = best.get("reasoning")
-    return Verdict(**scores, safety_pass=_safety(best["safety"]),
-                   reasoning="" if reasoning is None else str(reasoning).strip())
+    return Verdict(
+        **scores, safety_pass=_safety(best["safety"]), reasoning="" if reasoning is None else str(reasoning).strip()
+    )

@@ -8,12 +8,21 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless on a closed network: background networking off, or Chromium keeps dialling out.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 # In CI a missing browser must fail, not skip; on a developer machine it may skip.
-needs_chromium = pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
-                                    reason="needs Debian chromium at /usr/bin/chromium (make setup installs it)")
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("CI"),
+    reason="needs Debian chromium at /usr/bin/chromium (make setup installs it)",
+)
 
 
 def free_port() -> int:

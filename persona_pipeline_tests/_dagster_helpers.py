@@ -22,12 +22,21 @@ def isolated_env(tmp: Path, shared_home: Path, profile: str = "ci") -> dict[str,
     base = shared_home / "models" / "base"
     if base.exists() and not (home / "models" / "base").exists():
         (home / "models" / "base").symlink_to(base)
-    return {**os.environ, "DAGSTER_HOME": str(dagster_home), "PERSONA_PIPELINE_HOME": str(home),
-            "PERSONA_PIPELINE_PROFILE": profile, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "PERSONA_PIPELINE_HOME": str(home),
+        "PERSONA_PIPELINE_PROFILE": profile,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
-SMALL = {"personas": ("skeptic", "student"), "roles": ("default", "pirate", "therapist", "scientist"),
-         "traits": ("humorous", "formal")}
+SMALL = {
+    "personas": ("skeptic", "student"),
+    "roles": ("default", "pirate", "therapist", "scientist"),
+    "traits": ("humorous", "formal"),
+}
 
 
 def small_data(tmp: Path) -> Path:
@@ -39,30 +48,34 @@ def small_data(tmp: Path) -> Path:
             if path.stem not in keep and path.stem != "questions":
                 path.unlink()
     for path in (dest / "hitl").glob("*.jsonl"):  # gold sessions of the kept personas only
-        lines = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x)["persona_id"] in SMALL["personas"]]
+        lines = [
+            x for x in path.read_text().splitlines() if x.strip() and json.loads(x)["persona_id"] in SMALL["personas"]
+        ]
         path.write_text("\n".join(lines) + "\n")
     return dest
 
 
 def run_pipeline(env: dict, select: str = "*", timeout: int = 2400) -> subprocess.CompletedProcess:
     """``persona-pipeline materialize`` (what ``make demo`` runs): one CLI run per partition set."""
-    return run_cli([str(Path(sys.executable).parent / "persona-pipeline"), "materialize", "--select", select], env, timeout)
+    return run_cli(
+        [str(Path(sys.executable).parent / "persona-pipeline"), "materialize", "--select", select], env, timeout
+    )
 
 
 def persona_range() -> str:
-    from persona_pipeline.assets._common import persona_partitions
+    from persona_pipeline.defs.assets._common import persona_partitions
 
     keys = persona_partitions.get_partition_keys()
     return f"{keys[0]}...{keys[-1]}"
 
 
 def materialize_cmd(select: str, partition_range: str | None = None) -> list[str]:
-    cmd = [DAGSTER, "asset", "materialize", "-m", "persona_pipeline.definitions", "--select", select]
+    cmd = [DAGSTER, "asset", "materialize", "-m", "persona_pipeline.defs.definitions", "--select", select]
     return cmd + (["--partition-range", partition_range] if partition_range else [])
 
 
 def run_cli(cmd: list[str], env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}"
     return proc
 
@@ -71,7 +84,7 @@ def check_results(env: dict) -> dict[str, bool]:
     """{check name: passed} for the latest evaluation of every check, read from the instance."""
     from dagster import DagsterInstance
 
-    from persona_pipeline.definitions import defs
+    from persona_pipeline.defs.definitions import defs
 
     old = os.environ.get("DAGSTER_HOME")
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]

@@ -40,9 +40,17 @@ def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
     tok = AutoTokenizer.from_pretrained(embedded_dir)
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     model = LlamaForCausalLM(cfg)
     out = tmp_path_factory.mktemp("tiny-llama")
@@ -92,7 +100,10 @@ def materialized(tmp_path_factory, embedded_dir, shared_home):
     from _dagster_helpers import isolated_env, run_pipeline, small_data
 
     tmp = tmp_path_factory.mktemp("cli")
-    env = {**isolated_env(tmp, shared_home), "PERSONA_PIPELINE_DATA": str(small_data(tmp)),
-           "PERSONA_PIPELINE_RATINGS": str(tmp / "ratings")}
+    env = {
+        **isolated_env(tmp, shared_home),
+        "PERSONA_PIPELINE_DATA": str(small_data(tmp)),
+        "PERSONA_PIPELINE_RATINGS": str(tmp / "ratings"),
+    }
     run_pipeline(env)
     return env, tmp / "persona_home" / "assets"

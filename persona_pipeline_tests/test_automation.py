@@ -5,13 +5,21 @@ import json
 import dagster as dg
 import pytest
 
-from persona_pipeline.definitions import defs
+from persona_pipeline.defs.definitions import defs
 
 
 def test_jobs_named_for_what_people_run_and_each_fits_one_partition_set():
     names = {j.name for j in defs.jobs}
-    assert {"data", "train", "evaluate", "representations_roles", "representations_traits",
-            "representations_checkpoints", "representations_vectors", "representations_personas"} <= names
+    assert {
+        "data",
+        "train",
+        "evaluate",
+        "representations_roles",
+        "representations_traits",
+        "representations_checkpoints",
+        "representations_vectors",
+        "representations_personas",
+    } <= names
     covered = set()
     for name in names:
         job = defs.resolve_job_def(name)  # resolving fails if a job mixed partition sets
@@ -21,7 +29,7 @@ def test_jobs_named_for_what_people_run_and_each_fits_one_partition_set():
 
 
 def test_schedules_are_off_unless_enabled_by_config(monkeypatch):
-    from persona_pipeline.assets import automation
+    from persona_pipeline.defs import automation
 
     sched = {s.name: s for s in defs.schedules}
     assert set(sched) == {"nightly_evaluation", "weekly_full_rebuild"}
@@ -55,8 +63,9 @@ def test_the_full_rebuild_chain_only_follows_its_own_runs(chain_tag, fires):
     with dg.instance_for_test() as instance:
         run = instance.create_run_for_job(defs.resolve_job_def("train"), tags=tags)
         event = dg.DagsterEvent(event_type_value="PIPELINE_SUCCESS", job_name="train")
-        ctx = dg.build_run_status_sensor_context(sensor_name=sensor.name, dagster_event=event, dagster_instance=instance,
-                                                 dagster_run=run)
+        ctx = dg.build_run_status_sensor_context(
+            sensor_name=sensor.name, dagster_event=event, dagster_instance=instance, dagster_run=run
+        )
         result = sensor(ctx)
     if fires:
         assert result[0].job_name == "representations_roles"
@@ -73,13 +82,17 @@ def test_materialize_plan_is_printed_without_running(capsys):
     assert "stage 1: persona_vectors" in err and "eval_report" in err
 
 
-@pytest.mark.parametrize("sensor_name, root", [("hitl_files_sensor", "hitl_conversations"), ("survey_files_sensor", "surveys")])
+@pytest.mark.parametrize(
+    "sensor_name, root", [("hitl_files_sensor", "hitl_conversations"), ("survey_files_sensor", "surveys")]
+)
 def test_data_folder_sensors_request_exactly_what_one_run_can_refresh(sensor_name, root):
     """The root and its downstream, stopping where a partitioned asset (or anything above one) begins."""
     sensor = next(s for s in defs.sensors if s.name == sensor_name)
     graph = defs.resolve_asset_graph()
     with dg.instance_for_test() as instance:
-        request = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs, cursor="old")).run_requests[0]
+        request = sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, definitions=defs, cursor="old")
+        ).run_requests[0]
     keys = {k.to_user_string() for k in request.asset_selection}
     assert root in keys and {"conversations", "sft_pairs", "sft_adapter", "rl_adapter"} <= keys
     assert not keys & {"activations", "persona_vectors", "judge_scores", "eval_report"}  # beyond partitioned stages
@@ -120,11 +133,14 @@ def defs_data_root():
     return data_root()
 
 
-@pytest.mark.parametrize("job, first, last", [
-    ("data", "persona_specs", "sft_pairs"),
-    ("representations", "role_transcripts", "cmaes_steering"),
-    ("everything", "base_model", "eval_report"),
-])
+@pytest.mark.parametrize(
+    "job, first, last",
+    [
+        ("data", "persona_specs", "sft_pairs"),
+        ("representations", "role_transcripts", "cmaes_steering"),
+        ("everything", "base_model", "eval_report"),
+    ],
+)
 def test_named_jobs_plan_their_stages(capsys, job, first, last):
     """`materialize --job NAME` — what people run, by name — plans one run per partition set, in order."""
     from persona_pipeline.cli import main

@@ -336,7 +336,7 @@ def test_unknown_profile_names_the_variable(monkeypatch):
 
 
 def test_unknown_model_setting_names_the_variable(monkeypatch):
-    from persona_pipeline.resources import model_resource_from_env
+    from persona_pipeline.defs.resources import model_resource_from_env
 
     monkeypatch.setenv("PERSONA_TEACHER_BOGUS", "1")
     with pytest.raises(ValueError, match="PERSONA_TEACHER_BOGUS"):

@@ -25,7 +25,9 @@ def env(materialized):
 
 
 def run(args, env, **kw):
-    return subprocess.run([CLI, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600, **kw)
+    return subprocess.run(
+        [CLI, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False, **kw
+    )
 
 
 def free_port() -> int:
@@ -47,8 +49,11 @@ def test_simulate_prints_and_saves_a_conversation(env, tmp_path):
 
 
 def test_chat_takes_the_assistant_lines_from_stdin(env):
-    proc = run(["chat", "--persona", "student", "--adapter", "sft", "--max-tokens", "16"], env,
-               input="Hello! How can I help you today?\nSure, tell me more.\n")
+    proc = run(
+        ["chat", "--persona", "student", "--adapter", "sft", "--max-tokens", "16"],
+        env,
+        input="Hello! How can I help you today?\nSure, tell me more.\n",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("student>") == 3  # opening line + one reply per assistant line
 
@@ -67,8 +72,15 @@ def test_serve_speaks_openai_to_the_official_client(env):
     import openai
 
     port = free_port()
-    server = subprocess.Popen([CLI, "serve", "--port", str(port), "--adapters", "sft", "none"], cwd=REPO, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    server = subprocess.Popen(
+        [CLI, "serve", "--port", str(port), "--adapters", "sft", "none"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
         deadline = time.time() + 120
@@ -82,17 +94,23 @@ def test_serve_speaks_openai_to_the_official_client(env):
                 time.sleep(0.5)
         assert {"base", "sft", "persona-simulator:skeptic", "persona-simulator-none:student"} <= models
         history = [{"role": "assistant", "content": "Hi! What can I help you with today?"}]
-        reply = client.chat.completions.create(model="persona-simulator:skeptic", messages=history, max_tokens=24, temperature=0)
+        reply = client.chat.completions.create(
+            model="persona-simulator:skeptic", messages=history, max_tokens=24, temperature=0
+        )
         text = reply.choices[0].message.content
         assert text.strip()
+
         def top(model):  # next-token distribution: shows which weights answered, even when greedy text ties
-            r = client.chat.completions.create(model=model, messages=history, max_tokens=1, logprobs=True, top_logprobs=5)
+            r = client.chat.completions.create(
+                model=model, messages=history, max_tokens=1, logprobs=True, top_logprobs=5
+            )
             return {t.token: round(t.logprob, 4) for t in r.choices[0].logprobs.content[0].top_logprobs}
 
         assert top("persona-simulator:skeptic") != top("persona-simulator-none:skeptic")  # the name selects the adapter
         assert top("persona-simulator:skeptic") != top("persona-simulator:student")  # …and the persona
-        stream = client.chat.completions.create(model="persona-simulator:skeptic", messages=history, max_tokens=24,
-                                                temperature=0, stream=True)
+        stream = client.chat.completions.create(
+            model="persona-simulator:skeptic", messages=history, max_tokens=24, temperature=0, stream=True
+        )
         assert "".join(c.choices[0].delta.content or "" for c in stream) == text
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="persona-simulator:nobody", messages=history, max_tokens=4)

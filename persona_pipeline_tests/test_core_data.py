@@ -13,10 +13,15 @@ from persona_pipeline.unroll import unroll
 
 def conv(cid, lines, persona="p1", source="synthetic"):
     turns = [Turn(role="user" if i % 2 == 0 else "assistant", content=x) for i, x in enumerate(lines)]
-    return Conversation(id=cid, persona_id=persona, topic="t", turns=turns, metadata=ConversationMetadata(source=source))
+    return Conversation(
+        id=cid, persona_id=persona, topic="t", turns=turns, metadata=ConversationMetadata(source=source)
+    )
 
 
-DIALOGUE = [f"line {i} about trains and {w}" for i, w in enumerate(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"])]
+DIALOGUE = [
+    f"line {i} about trains and {w}"
+    for i, w in enumerate(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"])
+]
 
 
 def test_hitl_alternatives_become_paths(data_dir):
@@ -25,7 +30,10 @@ def test_hitl_alternatives_become_paths(data_dir):
     n_alt = max(len(t.alternatives) for t in rec.turns if t.role == "user")
     assert len(paths) == 1 + n_alt
     first_user = next(i for i, t in enumerate(rec.turns) if t.role == "user")
-    assert {p.turns[first_user].content for p in paths} == {rec.turns[first_user].content, *rec.turns[first_user].alternatives}
+    assert {p.turns[first_user].content for p in paths} == {
+        rec.turns[first_user].content,
+        *rec.turns[first_user].alternatives,
+    }
     assert all(p.turns[1].content == rec.turns[1].content for p in paths)  # assistant turns are shared
     assert len({p.id for p in paths}) == len(paths)
 

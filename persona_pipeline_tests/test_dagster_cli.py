@@ -12,8 +12,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 def test_every_data_stage_asset_is_stored(materialized):
     _, assets = materialized
-    for name in ["persona_specs", "topics", "trait_specs", "hitl_conversations", "survey_conversations",
-                 "conversations", "sft_pairs"]:
+    for name in [
+        "persona_specs",
+        "topics",
+        "trait_specs",
+        "hitl_conversations",
+        "survey_conversations",
+        "conversations",
+        "sft_pairs",
+    ]:
         assert (assets / f"{name}.parquet").exists(), name
     for name in ["role_specs", "surveys", "base_model"]:
         assert (assets / f"{name}.json").exists(), name
@@ -47,8 +54,16 @@ def test_conversations_merge_sources_and_pairs_match(materialized):
     assert base["layers"] == 30 and base["cache_hit"] is True
 
 
-ERROR_CHECKS = {"min_turns", "roles_alternate", "no_empty_turn", "no_persona_break", "pairs_match_persona_turns",
-                "no_survey_test_items", "adapter_changes_outputs", "eval_loss_below_base"}
+ERROR_CHECKS = {
+    "min_turns",
+    "roles_alternate",
+    "no_empty_turn",
+    "no_persona_break",
+    "pairs_match_persona_turns",
+    "no_survey_test_items",
+    "adapter_changes_outputs",
+    "eval_loss_below_base",
+}
 WARN_CHECKS = {"adherence_vs_prompt_only", "rl_reward_not_below_sft"}  # the 135M judge is too weak to insist
 
 

@@ -18,8 +18,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from persona_pipeline import executors
-from persona_pipeline.executors import GPU_RESOURCE, K8S_CONFIG_TAG, STEP_K8S_CONFIG, executor_from_env, gpu_tags
+from persona_pipeline.defs import executors
+from persona_pipeline.defs.executors import GPU_RESOURCE, K8S_CONFIG_TAG, STEP_K8S_CONFIG, executor_from_env, gpu_tags
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -45,11 +45,12 @@ def deployment_env() -> dict[str, str]:
 
 # -- executors -----------------------------------------------------------------
 
+
 def test_k8s_executor_from_env_in_a_fresh_process():
     pytest.importorskip("dagster_k8s", reason="dagster-k8s is not installed (pip install 'dagster-k8s==0.29.*')")
     code = (
         "import json\n"
-        "from persona_pipeline.executors import executor_from_env\n"
+        "from persona_pipeline.defs.executors import executor_from_env\n"
         "from dagster_k8s import k8s_job_executor\n"
         "e = executor_from_env()\n"
         "cfg = e.config_schema.resolve_config({})\n"
@@ -57,7 +58,9 @@ def test_k8s_executor_from_env_in_a_fresh_process():
         "                  'ok': cfg.success, 'config': cfg.value['config'] if cfg.success else str(cfg.errors)}))\n"
     )
     env = {**os.environ, "PERSONA_PIPELINE_EXECUTOR": "k8s", "PERSONA_PIPELINE_MAX_CONCURRENT": "3"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["name"] == "k8s" and got["same_fn"], got
@@ -90,14 +93,19 @@ def test_executor_choice(monkeypatch):
 
 
 def test_executors_module_does_not_import_dagster_k8s():
-    code = "import sys, persona_pipeline.executors as e; e.executor_from_env(); print('dagster_k8s' in sys.modules)"
+    code = (
+        "import sys, persona_pipeline.defs.executors as e; e.executor_from_env(); print('dagster_k8s' in sys.modules)"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PERSONA_PIPELINE_EXECUTOR"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
 # -- GPU pod tags --------------------------------------------------------------
+
 
 def test_gpu_tags_shape():
     tags = gpu_tags(2)
@@ -136,9 +144,14 @@ def test_gpu_tags_reach_the_step_pod_spec():
         K8sContainerContext(run_k8s_config=user_config)
     )
     job = construct_dagster_k8s_job(
-        DagsterK8sJobConfig(job_image="persona-pipeline:test", dagster_home="/opt/dagster/dagster_home",
-                            instance_config_map="dagster-instance"),
-        ["dagster", "api", "execute_step"], "dagster-step-test", context.run_k8s_config,
+        DagsterK8sJobConfig(
+            job_image="persona-pipeline:test",
+            dagster_home="/opt/dagster/dagster_home",
+            instance_config_map="dagster-instance",
+        ),
+        ["dagster", "api", "execute_step"],
+        "dagster-step-test",
+        context.run_k8s_config,
     )
     pod = job.spec.template.spec
     resources = pod.containers[0].resources
@@ -151,18 +164,23 @@ def test_gpu_tags_reach_the_step_pod_spec():
         return 1
 
     cpu_job = construct_dagster_k8s_job(
-        DagsterK8sJobConfig(job_image="persona-pipeline:test", dagster_home="/opt/dagster/dagster_home",
-                            instance_config_map="dagster-instance"),
-        ["dagster"], "dagster-step-cpu",
-        K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(STEP_K8S_CONFIG)).merge(
-            K8sContainerContext(run_k8s_config=get_user_defined_k8s_config(cpu_asset.op.tags))
-        ).run_k8s_config,
+        DagsterK8sJobConfig(
+            job_image="persona-pipeline:test",
+            dagster_home="/opt/dagster/dagster_home",
+            instance_config_map="dagster-instance",
+        ),
+        ["dagster"],
+        "dagster-step-cpu",
+        K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(STEP_K8S_CONFIG))
+        .merge(K8sContainerContext(run_k8s_config=get_user_defined_k8s_config(cpu_asset.op.tags)))
+        .run_k8s_config,
     )
     cpu_resources = cpu_job.spec.template.spec.containers[0].resources
     assert GPU_RESOURCE not in (cpu_resources.limits or {}) and GPU_RESOURCE not in (cpu_resources.requests or {})
 
 
 # -- deploy/dagster.yaml -------------------------------------------------------
+
 
 def test_instance_yaml_is_valid_dagster_instance_config(tmp_path, monkeypatch):
     pytest.importorskip("dagster_k8s", reason="dagster-k8s is not installed")
@@ -183,8 +201,11 @@ def test_instance_yaml_is_valid_dagster_instance_config(tmp_path, monkeypatch):
     # the classes the instance would load, each with its config checked against the class's schema
     ref = InstanceRef.from_dir(str(tmp_path))
     loaded = {
-        "storage": ref.storage_data, "run_storage": ref.run_storage_data, "event_log": ref.event_storage_data,
-        "schedule": ref.schedule_storage_data, "run_launcher": ref.run_launcher_data,
+        "storage": ref.storage_data,
+        "run_storage": ref.run_storage_data,
+        "event_log": ref.event_storage_data,
+        "schedule": ref.schedule_storage_data,
+        "run_launcher": ref.run_launcher_data,
         "run_coordinator": ref.run_coordinator_data,
     }
     for role, data in loaded.items():
@@ -199,8 +220,12 @@ def test_instance_yaml_is_valid_dagster_instance_config(tmp_path, monkeypatch):
     pg = config["storage"]["postgres"]["postgres_db"]
     for key in ("username", "password", "hostname", "db_name"):
         assert isinstance(pg[key], dict) and set(pg[key]) == {"env"}, key
-    for k, v in {"DAGSTER_PG_USERNAME": "u", "DAGSTER_PG_PASSWORD": "p@ss", "DAGSTER_PG_HOST": "db",
-                 "DAGSTER_PG_DB": "dagster"}.items():
+    for k, v in {
+        "DAGSTER_PG_USERNAME": "u",
+        "DAGSTER_PG_PASSWORD": "p@ss",
+        "DAGSTER_PG_HOST": "db",
+        "DAGSTER_PG_DB": "dagster",
+    }.items():
         monkeypatch.setenv(k, v)
     resolved = process_config(DagsterPostgresStorage.config_type(), config["storage"]["postgres"])
     assert resolved.success, resolved.errors
@@ -220,21 +245,33 @@ def test_instance_yaml_and_helm_values_agree():
     assert pools["granularity"] == instance["concurrency"]["pools"]["granularity"]
     assert runs["maxConcurrentRuns"] == instance["concurrency"]["runs"]["max_concurrent_runs"]
     assert values["runLauncher"]["type"] == instance["run_launcher"]["class"] == "K8sRunLauncher"
-    assert values["dagsterDaemon"]["runCoordinator"]["type"] == instance["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert (
+        values["dagsterDaemon"]["runCoordinator"]["type"]
+        == instance["run_coordinator"]["class"]
+        == "QueuedRunCoordinator"
+    )
     launcher = instance["run_launcher"]["config"]
     assert launcher["postgres_password_secret"] == values["global"]["postgresqlSecretName"]
     assert launcher["service_account_name"] == values["global"]["serviceAccountName"]
     dep = user_deployment()
     assert [s["name"] for s in dep["envSecrets"]] == launcher["env_secrets"]
-    assert dep["volumes"][0]["persistentVolumeClaim"]["claimName"] == launcher["volumes"][0]["persistentVolumeClaim"]["claimName"]
-    assert dep["volumeMounts"][0]["mountPath"] == launcher["volume_mounts"][0]["mount_path"] == deployment_env()["PERSONA_PIPELINE_HOME"]
+    assert (
+        dep["volumes"][0]["persistentVolumeClaim"]["claimName"]
+        == launcher["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    )
+    assert (
+        dep["volumeMounts"][0]["mountPath"]
+        == launcher["volume_mounts"][0]["mount_path"]
+        == deployment_env()["PERSONA_PIPELINE_HOME"]
+    )
 
 
 # -- deploy/values.yaml --------------------------------------------------------
 
+
 def test_helm_values_user_code_and_env(monkeypatch):
     dep = user_deployment()
-    assert dep["dagsterApiGrpcArgs"] == ["-m", "persona_pipeline.definitions"]
+    assert dep["dagsterApiGrpcArgs"] == ["-m", "persona_pipeline.defs.definitions"]
     assert dep["includeConfigInLaunchedRuns"]["enabled"] is True  # env, secrets, volume reach run and step pods
     env = deployment_env()
     assert env["PERSONA_PIPELINE_EXECUTOR"] == "k8s"
@@ -249,7 +286,7 @@ def test_helm_values_user_code_and_env(monkeypatch):
     assert "postgresqlPassword" not in values_postgres()
 
     # the env is exactly what the code reads: resources accept it, the profile exists
-    from persona_pipeline.resources import model_resource_from_env
+    from persona_pipeline.defs.resources import model_resource_from_env
     from persona_pipeline.settings import profile
 
     for k in [k for k in os.environ if k.startswith("PERSONA_")]:
@@ -269,6 +306,7 @@ def values_postgres() -> dict:
 
 
 # -- deploy/vllm.yaml ----------------------------------------------------------
+
 
 def test_vllm_manifest_requests_a_gpu_and_serves_our_adapters():
     docs = load_all("vllm.yaml")
@@ -307,6 +345,7 @@ def test_vllm_manifest_requests_a_gpu_and_serves_our_adapters():
 
 # -- deploy/accelerate.yaml ----------------------------------------------------
 
+
 def test_accelerate_config_is_multi_gpu_bf16():
     cfg = load("accelerate.yaml")
     assert cfg["distributed_type"] == "MULTI_GPU" and cfg["mixed_precision"] == "bf16"
@@ -318,7 +357,16 @@ def test_accelerate_config_is_multi_gpu_bf16():
 
 def test_deploy_readme_names_the_real_files_and_env_vars():
     text = (DEPLOY / "README.md").read_text(encoding="utf-8")
-    for needle in ("helm", "deploy/values.yaml", "deploy/vllm.yaml", "deploy/accelerate.yaml", "accelerate launch",
-                   "PERSONA_PIPELINE_EXECUTOR", "gpu_tags", "persona-pipeline-secrets", "dagster-postgresql-secret"):
+    for needle in (
+        "helm",
+        "deploy/values.yaml",
+        "deploy/vllm.yaml",
+        "deploy/accelerate.yaml",
+        "accelerate launch",
+        "PERSONA_PIPELINE_EXECUTOR",
+        "gpu_tags",
+        "persona-pipeline-secrets",
+        "dagster-postgresql-secret",
+    ):
         assert needle in text, needle
     assert executors.EXECUTOR_ENV in text

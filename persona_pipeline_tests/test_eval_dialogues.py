@@ -26,12 +26,23 @@ class CountingBackend:
 
 def test_dialogues_have_the_requested_turns_and_batch_per_model(tiny_backend):
     hidden = tiny_backend.model.config.hidden_size
-    racers = [Contestant("prompt", "a", "base", _sim), Contestant("steer", "a", "base", _sim, torch.randn(hidden), 1),
-              Contestant("prompt", "b", "base", _sim), Contestant("sft", "b", "sft", _sim),
-              Contestant("steer2", "b", "base", _sim, torch.randn(hidden), 0)]
+    racers = [
+        Contestant("prompt", "a", "base", _sim),
+        Contestant("steer", "a", "base", _sim, torch.randn(hidden), 1),
+        Contestant("prompt", "b", "base", _sim),
+        Contestant("sft", "b", "sft", _sim),
+        Contestant("steer2", "b", "base", _sim, torch.randn(hidden), 0),
+    ]
     base, sft, assistant = CountingBackend(tiny_backend), CountingBackend(tiny_backend), CountingBackend(tiny_backend)
-    convs = run_dialogues(racers, {"a": ["trains"], "b": ["tea", "maps"]}, {"base": base, "sft": sft}, assistant,
-                          turns=10, persona_tokens=3, assistant_tokens=3)
+    convs = run_dialogues(
+        racers,
+        {"a": ["trains"], "b": ["tea", "maps"]},
+        {"base": base, "sft": sft},
+        assistant,
+        turns=10,
+        persona_tokens=3,
+        assistant_tokens=3,
+    )
     assert len(convs) == 1 + 1 + 2 + 2 + 2
     assert all(len(c.turns) == 10 and c.turns[0].role == "user" for c in convs)
     assert {c.metadata.generation_model for c in convs} == {"prompt", "steer", "steer2", "sft"}
@@ -39,13 +50,21 @@ def test_dialogues_have_the_requested_turns_and_batch_per_model(tiny_backend):
     # sft in one; the assistant once per step
     assert base.calls == [6] * 5 and sft.calls == [2] * 5 and assistant.calls == [8] * 5
     turns = persona_turns(convs[0])
-    assert [t["turn"] for t in turns] == [1, 2, 3, 4, 5] and turns[2]["history"] == [t.model_dump() for t in convs[0].turns[:4]]
+    assert [t["turn"] for t in turns] == [1, 2, 3, 4, 5] and turns[2]["history"] == [
+        t.model_dump() for t in convs[0].turns[:4]
+    ]
 
 
 def test_next_lines_give_every_method_a_line_for_the_same_context(tiny_backend):
     racers = [Contestant(m, "a", "base", _sim) for m in ("x", "y")] + [Contestant("z", "b", "base", _sim)]
-    ctx = [{"id": "c1", "persona_id": "a", "topic": "bikes", "history": [{"role": "user", "content": "hi"},
-                                                                          {"role": "assistant", "content": "hello"}]}]
+    ctx = [
+        {
+            "id": "c1",
+            "persona_id": "a",
+            "topic": "bikes",
+            "history": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        }
+    ]
     out = next_lines(racers, ctx, {"base": tiny_backend}, max_new_tokens=3)
     assert set(out) == {"c1"} and set(out["c1"]) == {"x", "y"}
     assert ctx[0]["history"][-1]["content"] == "hello"  # the caller's context is not mutated

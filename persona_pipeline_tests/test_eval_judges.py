@@ -44,9 +44,13 @@ def specs():
 
 
 def item(i: int, persona: str = "anxious", **kw) -> EvalItem:
-    history = [{"role": "user", "content": "Hello, my phone is beeping."},
-               {"role": "assistant", "content": "Which app shows the alert?"}]
-    return EvalItem(id=f"it{i}", persona_id=persona, history=history, candidate=f"Sorry, is it safe to tap it? ({i})", **kw)
+    history = [
+        {"role": "user", "content": "Hello, my phone is beeping."},
+        {"role": "assistant", "content": "Which app shows the alert?"},
+    ]
+    return EvalItem(
+        id=f"it{i}", persona_id=persona, history=history, candidate=f"Sorry, is it safe to tap it? ({i})", **kw
+    )
 
 
 # --- parsing -------------------------------------------------------------------------------
@@ -57,15 +61,24 @@ def item(i: int, persona: str = "anxious", **kw) -> EvalItem:
     [
         (GOOD, (0.8, 0.6, 0.9, True)),
         ("Sure! Here is my grading:\n```json\n" + GOOD + "\n```\nLet me know if you need more.", (0.8, 0.6, 0.9, True)),
-        ('{"adherence": 8, "consistency": 6, "quality": 10, "safety": "PASS"} That is my verdict.', (0.8, 0.6, 1.0, True)),
+        (
+            '{"adherence": 8, "consistency": 6, "quality": 10, "safety": "PASS"} That is my verdict.',
+            (0.8, 0.6, 1.0, True),
+        ),
         ('{"adherence": 80, "consistency": 55, "quality": 90, "safety": "Failed"}', (0.8, 0.55, 0.9, False)),
         ("{'adherence': 0.5, 'consistency': 0.4, 'quality': 0.3, 'safety': 'unsafe',}", (0.5, 0.4, 0.3, False)),
-        ('{"scores": {"persona_adherence": "7/10", "consistency": "40%", "quality": 0.25}, "safety": true}',
-         (0.7, 0.4, 0.25, True)),
-        ('{"adherence": {"score": 0.3}, "Consistency Score": "0.2 (drifts)", "quality": 0.1, "is_safe": "yes"}',
-         (0.3, 0.2, 0.1, True)),
-        ("Adherence: 0.6\nConsistency: 0.5\n**Quality**: 0.4\nSafety: FAIL\nReasoning: mentions being an AI.",
-         (0.6, 0.5, 0.4, False)),
+        (
+            '{"scores": {"persona_adherence": "7/10", "consistency": "40%", "quality": 0.25}, "safety": true}',
+            (0.7, 0.4, 0.25, True),
+        ),
+        (
+            '{"adherence": {"score": 0.3}, "Consistency Score": "0.2 (drifts)", "quality": 0.1, "is_safe": "yes"}',
+            (0.3, 0.2, 0.1, True),
+        ),
+        (
+            "Adherence: 0.6\nConsistency: 0.5\n**Quality**: 0.4\nSafety: FAIL\nReasoning: mentions being an AI.",
+            (0.6, 0.5, 0.4, False),
+        ),
         ('{"adherence": 1, "consistency": 0, "quality": 1, "safety": "not safe"}', (1.0, 0.0, 1.0, False)),
         ('{"adherence": 1, "consistency": 7, "quality": 9, "safety": 1}', (0.1, 0.7, 0.9, True)),  # integers -> 0-10
     ],
@@ -90,16 +103,22 @@ def test_parse_verdict_keeps_reasoning():
         ('{"adherence": 0.9, "consistency": 0.8, "quality": 0.7}', "missing field(s): safety"),
         ('{"adherence": 0.9, "safety": "pass"}', "missing field(s): consistency, quality"),
         ('{"adherence": 0.9, "consistency": null, "quality": 0.7, "safety": "pass"}', "missing field(s): consistency"),
-        ('{"adherence": 0.9, "consistency": 0.8, "quality": 0.7, "safety": "maybe"}', "safety='maybe' is not pass/fail"),
+        (
+            '{"adherence": 0.9, "consistency": 0.8, "quality": 0.7, "safety": "maybe"}',
+            "safety='maybe' is not pass/fail",
+        ),
         ('{"adherence": 0.9, "consistency": 8, "quality": 0.7, "safety": "pass"}', "mix scales"),
         ('{"adherence": 150, "consistency": 80, "quality": 70, "safety": "pass"}', "above 100"),
         ('{"adherence": -0.2, "consistency": 0.8, "quality": 0.7, "safety": "pass"}', "negative"),
-        ('{"adherence": "high", "consistency": 0.8, "quality": 0.7, "safety": "pass"}', "adherence='high' is not a number"),
+        (
+            '{"adherence": "high", "consistency": 0.8, "quality": 0.7, "safety": "pass"}',
+            "adherence='high' is not a number",
+        ),
         ('{"adherence": true, "consistency": 0.8, "quality": 0.7, "safety": "pass"}', "boolean"),
         ('{"adherence": "12/10", "consistency": 0.8, "quality": 0.7, "safety": "pass"}', "out of range"),
         ('{"adherence": NaN, "consistency": 0.8, "quality": 0.7, "safety": "pass"}', "not a finite number"),
         ('{"adherence": 0.9, "consistency": 0.8, "quality": 0.7, "safety": "pass", "reasoning": "the mess', "cut off"),
-        ('```json\n{"adherence": 0.9, "consistency": 0.',  "cut off"),  # never read "0." as a score
+        ('```json\n{"adherence": 0.9, "consistency": 0.', "cut off"),  # never read "0." as a score
     ],
 )
 def test_parse_verdict_rejects_malformed_replies_and_says_why(text, error):
@@ -208,8 +227,15 @@ def test_persona_judge_prompt_carries_full_spec_history_and_candidate(specs):
     spec = specs["anxious"]
     chat = persona_judge_chat(item(7), spec)
     text = chat[-1]["content"]
-    for part in (spec.description[:40], spec.constraints[0], spec.stop_rules[0], spec.edge_case_boundaries[0],
-                 "assistant: Which app shows the alert?", "Sorry, is it safe to tap it? (7)", '"safety"'):
+    for part in (
+        spec.description[:40],
+        spec.constraints[0],
+        spec.stop_rules[0],
+        spec.edge_case_boundaries[0],
+        "assistant: Which app shows the alert?",
+        "Sorry, is it safe to tap it? (7)",
+        '"safety"',
+    ):
         assert part in text
     assert 'marked "user:"' in text
     empty = persona_judge_chat(EvalItem(id="x", persona_id="anxious", candidate="Hi"), spec)[-1]["content"]
@@ -218,9 +244,15 @@ def test_persona_judge_prompt_carries_full_spec_history_and_candidate(specs):
 
 def test_persona_aware_prompt_holds_profile_and_real_samples(specs):
     spec = specs["skeptic"]
-    real = ["Source?", "Who funded that study, exactly?", "Hmm. And what does the control group look like here?",
-            "I have read the abstract and it does not say what you claim it says, so which page are you citing?",
-            "ok", "Prove it.", "That's a correlation. Where's the causal evidence, and who replicated it?"]
+    real = [
+        "Source?",
+        "Who funded that study, exactly?",
+        "Hmm. And what does the control group look like here?",
+        "I have read the abstract and it does not say what you claim it says, so which page are you citing?",
+        "ok",
+        "Prove it.",
+        "That's a correlation. Where's the causal evidence, and who replicated it?",
+    ]
     profile = persona_profile(spec, real, k=3, seed=1)
     assert profile.profile.startswith(spec.name) and spec.behavioral_traits[0] in profile.profile
     assert len(profile.samples) == 3 and set(profile.samples) <= set(real)
@@ -244,9 +276,17 @@ def test_sample_selection_is_deterministic_diverse_and_order_free():
 
 
 def test_persona_lines_and_items_take_the_persona_side_only():
-    conv = Conversation(id="c1", persona_id="anxious", topic="phones", turns=[
-        {"role": "user", "content": "Is it safe?"}, {"role": "assistant", "content": "Yes."},
-        {"role": "user", "content": "Thank you!"}, {"role": "assistant", "content": "Bye."}])
+    conv = Conversation(
+        id="c1",
+        persona_id="anxious",
+        topic="phones",
+        turns=[
+            {"role": "user", "content": "Is it safe?"},
+            {"role": "assistant", "content": "Yes."},
+            {"role": "user", "content": "Thank you!"},
+            {"role": "assistant", "content": "Bye."},
+        ],
+    )
     assert persona_lines([conv, conv.model_dump()], "anxious") == ["Is it safe?", "Thank you!"] * 2
     assert persona_lines([conv], "skeptic") == []
     items = items_from_conversation(conv, method="sft")
@@ -268,11 +308,21 @@ def test_persona_aware_judge_runs_with_profiles(specs):
 
 def _fixed_judge(values, fail=()):
     def run(items):
-        return [JudgeScore(persona_id=it.persona_id, item_id=it.id, judge="whatever", ok=i not in fail,
-                           adherence=None if i in fail else values[i], consistency=None if i in fail else 0.5,
-                           quality=None if i in fail else values[i], safety_pass=None if i in fail else values[i] > 0.2,
-                           error="junk" if i in fail else None)
-                for i, it in enumerate(items)]
+        return [
+            JudgeScore(
+                persona_id=it.persona_id,
+                item_id=it.id,
+                judge="whatever",
+                ok=i not in fail,
+                adherence=None if i in fail else values[i],
+                consistency=None if i in fail else 0.5,
+                quality=None if i in fail else values[i],
+                safety_pass=None if i in fail else values[i] > 0.2,
+                error="junk" if i in fail else None,
+            )
+            for i, it in enumerate(items)
+        ]
+
     return run
 
 
@@ -322,8 +372,12 @@ def test_drift_slope_is_negative_for_decaying_adherence_and_flat_otherwise():
 
 
 def test_drift_points_come_from_judge_scores():
-    scores = [JudgeScore(persona_id="a", item_id=f"c@{t}", judge="j", ok=t != 4, adherence=None if t == 4 else 0.5,
-                         turn_index=t) for t in (0, 2, 4)]
+    scores = [
+        JudgeScore(
+            persona_id="a", item_id=f"c@{t}", judge="j", ok=t != 4, adherence=None if t == 4 else 0.5, turn_index=t
+        )
+        for t in (0, 2, 4)
+    ]
     scores.append(JudgeScore(persona_id="a", item_id="x", judge="j", ok=True, adherence=0.1))  # no turn index
     assert drift_points(scores) == [(0, 0.5), (2, 0.5), (4, None)]
     assert json.loads(consistency_drift(drift_points(scores)).model_dump_json())["n_missing"] == 1

@@ -35,8 +35,9 @@ def test_ratings_submitted_in_a_browser_reach_the_next_human_ratings_run(materia
     assert page_doc["items"], "the pipeline produced no items to rate"
     port = free_port()
     cli = str(Path(sys.executable).parent / "persona-pipeline")
-    server = subprocess.Popen([cli, "rate", "--port", str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [cli, "rate", "--port", str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         _wait(f"http://127.0.0.1:{port}/", server)
         with sync_playwright() as p:

@@ -21,17 +21,19 @@ METHODS = ["prompt", "sft", "rl", "steering", "cmaes"]
 def make_items(n: int = 4) -> list[dict]:
     items = []
     for i in range(n):
-        items.append({
-            "id": f"conv-{i}#t{i + 1}",
-            "persona_id": "nervous_student" if i % 2 else "grumpy_chef",
-            "question": f"What would you cook on day {i}?" if i % 2 == 0 else "",
-            "history": [
-                {"role": "assistant", "content": f"Hello! How can I help with topic {i}?"},
-                {"role": "user", "content": "I <b>need</b> dinner ideas & fast."},
-            ],
-            "reference": f"Honestly, just eggs again {i}.",
-            "candidates": {m: f"line {i} written by method number {k}" for k, m in enumerate(METHODS)},
-        })
+        items.append(
+            {
+                "id": f"conv-{i}#t{i + 1}",
+                "persona_id": "nervous_student" if i % 2 else "grumpy_chef",
+                "question": f"What would you cook on day {i}?" if i % 2 == 0 else "",
+                "history": [
+                    {"role": "assistant", "content": f"Hello! How can I help with topic {i}?"},
+                    {"role": "user", "content": "I <b>need</b> dinner ideas & fast."},
+                ],
+                "reference": f"Honestly, just eggs again {i}.",
+                "candidates": {m: f"line {i} written by method number {k}" for k, m in enumerate(METHODS)},
+            }
+        )
     return items
 
 
@@ -46,10 +48,22 @@ def payload(doc: dict, items: list[dict], rater: str = "Ana", rating=lambda i, k
     ratings = []
     for i, it in enumerate(items):
         for k, label in enumerate(sorted(doc["key"][it["id"]])):
-            ratings.append({"item_id": it["id"], "persona_id": it["persona_id"], "label": label,
-                            "rating": rating(i, k), "comment": f"c{i}{k}" if k == 0 else ""})
-    return {"format": RATINGS_FORMAT, "page_id": doc["page_id"], "rater": rater,
-            "submitted_at": "2025-01-01T00:00:00.000Z", "ratings": ratings}
+            ratings.append(
+                {
+                    "item_id": it["id"],
+                    "persona_id": it["persona_id"],
+                    "label": label,
+                    "rating": rating(i, k),
+                    "comment": f"c{i}{k}" if k == 0 else "",
+                }
+            )
+    return {
+        "format": RATINGS_FORMAT,
+        "page_id": doc["page_id"],
+        "rater": rater,
+        "submitted_at": "2025-01-01T00:00:00.000Z",
+        "ratings": ratings,
+    }
 
 
 def expected_rows(doc: dict, body: dict) -> list[tuple]:
@@ -195,7 +209,8 @@ def test_load_ratings_reads_server_files(page, tmp_path):
     assert len(rows) == 2 * len(items) * len(METHODS)
     assert rows == load_ratings(ratings_dir, key=page_dir) == load_ratings(ratings_dir)  # cross-checked, stable
     assert {(r["item_id"], r["label"], r["method"], r["rating"]) for r in rows if r["rater"] == "Ben"} == {
-        t for t in expected_rows(doc, b2)}
+        t for t in expected_rows(doc, b2)
+    }
     assert set(rows[0]) >= {"item_id", "persona_id", "label", "method", "rating", "comment", "rater", "file"}
     assert load_ratings(tmp_path / "missing") == []
 
@@ -243,20 +258,34 @@ def _good_file(doc, items) -> dict:
     [
         (lambda d: "{oops", r"bad\.json, line 1: invalid JSON"),
         (lambda d: [1, 2], r"bad\.json: expected a JSON object, got list"),
-        (lambda d: {**d, "ratings": [d["ratings"][0], {**d["ratings"][1], "rating": 7}]},
-         r"bad\.json, ratings\[1\]: field 'rating': Input should be less than or equal to 5 \(got 7\)"),
-        (lambda d: {**d, "ratings": [d["ratings"][0], {k: v for k, v in d["ratings"][1].items() if k != "item_id"}]},
-         r"bad\.json, ratings\[1\]: field 'item_id': Field required"),
-        (lambda d: {**d, "ratings": [d["ratings"][0], {**d["ratings"][1], "rating": "five"}]},
-         r"bad\.json, ratings\[1\]: field 'rating': Input should be a valid integer"),
-        (lambda d: {**d, "ratings": [d["ratings"][0], {**d["ratings"][1], "ratng": 3}]},
-         r"bad\.json, ratings\[1\]: field 'ratng': Extra inputs are not permitted"),
-        (lambda d: {**d, "ratings": [d["ratings"][0], {**d["ratings"][1], "label": "Z"}]},
-         r"bad\.json, ratings\[1\]: field 'label': unknown label 'Z'"),
-        (lambda d: {**d, "ratings": [d["ratings"][0], {**d["ratings"][1], "item_id": "ghost"}]},
-         r"bad\.json, ratings\[1\]: field 'item_id': unknown item 'ghost'"),
-        (lambda d: {**d, "ratings": [d["ratings"][0], {**d["ratings"][0], "comment": "again"}]},
-         r"bad\.json, ratings\[1\]: field 'label': .* already rated in ratings\[0\]"),
+        (
+            lambda d: {**d, "ratings": [d["ratings"][0], {**d["ratings"][1], "rating": 7}]},
+            r"bad\.json, ratings\[1\]: field 'rating': Input should be less than or equal to 5 \(got 7\)",
+        ),
+        (
+            lambda d: {**d, "ratings": [d["ratings"][0], {k: v for k, v in d["ratings"][1].items() if k != "item_id"}]},
+            r"bad\.json, ratings\[1\]: field 'item_id': Field required",
+        ),
+        (
+            lambda d: {**d, "ratings": [d["ratings"][0], {**d["ratings"][1], "rating": "five"}]},
+            r"bad\.json, ratings\[1\]: field 'rating': Input should be a valid integer",
+        ),
+        (
+            lambda d: {**d, "ratings": [d["ratings"][0], {**d["ratings"][1], "ratng": 3}]},
+            r"bad\.json, ratings\[1\]: field 'ratng': Extra inputs are not permitted",
+        ),
+        (
+            lambda d: {**d, "ratings": [d["ratings"][0], {**d["ratings"][1], "label": "Z"}]},
+            r"bad\.json, ratings\[1\]: field 'label': unknown label 'Z'",
+        ),
+        (
+            lambda d: {**d, "ratings": [d["ratings"][0], {**d["ratings"][1], "item_id": "ghost"}]},
+            r"bad\.json, ratings\[1\]: field 'item_id': unknown item 'ghost'",
+        ),
+        (
+            lambda d: {**d, "ratings": [d["ratings"][0], {**d["ratings"][0], "comment": "again"}]},
+            r"bad\.json, ratings\[1\]: field 'label': .* already rated in ratings\[0\]",
+        ),
         (lambda d: {k: v for k, v in d.items() if k != "rater"}, r"bad\.json: field 'rater': Field required"),
         (lambda d: {**d, "ratings": "all fives"}, r"bad\.json: field 'ratings': Input should be a valid list"),
         (lambda d: {**d, "format": "something/else"}, r"bad\.json: field 'format'"),

@@ -36,15 +36,17 @@ def _items() -> list[dict]:
             "id": f"item-{i}",
             "persona_id": ["grumpy_chef", "nervous_student", "retired_pilot"][i],
             "question": "What do you think about remote work?" if i == 0 else "",
-            "history": [{"role": "assistant", "content": f"Tell me more about that ({i})."},
-                        {"role": "user", "content": "Well… it's <complicated> & long."}],
+            "history": [
+                {"role": "assistant", "content": f"Tell me more about that ({i})."},
+                {"role": "user", "content": "Well… it's <complicated> & long."},
+            ],
             "reference": f"Frankly I'd rather not talk about it, item {i}.",
-            "candidates": {m: f"Candidate {k} for item {i}: something the person might say." for k, m in
-                           enumerate(METHODS)},
+            "candidates": {
+                m: f"Candidate {k} for item {i}: something the person might say." for k, m in enumerate(METHODS)
+            },
         }
         for i in range(3)
     ]
-
 
 
 @pytest.fixture()
@@ -55,8 +57,11 @@ def server(tmp_path):
     page_dir, ratings_dir = tmp_path / "page", tmp_path / "ratings"
     doc = write_page(page_dir, _items(), seed=5)
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(ratings_app(page_dir, ratings_dir), host="127.0.0.1", port=port,
-                                        log_level="warning", lifespan="off"))
+    srv = uvicorn.Server(
+        uvicorn.Config(
+            ratings_app(page_dir, ratings_dir), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        )
+    )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15

@@ -7,13 +7,25 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from _dagster_helpers import isolated_env, materialize_cmd, run_cli, small_data
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-TINY = json.dumps({"ops": {"synthetic_conversations": {"config": {
-    "min_turns": 8, "max_turns": 8, "persona_max_new_tokens": 6, "assistant_max_new_tokens": 6, "max_line_retries": 0}}}})
+TINY = json.dumps(
+    {
+        "ops": {
+            "synthetic_conversations": {
+                "config": {
+                    "min_turns": 8,
+                    "max_turns": 8,
+                    "persona_max_new_tokens": 6,
+                    "assistant_max_new_tokens": 6,
+                    "max_line_retries": 0,
+                }
+            }
+        }
+    }
+)
 
 
 def _observe(env) -> list[str]:
@@ -44,5 +56,7 @@ def test_one_edited_spec_regenerates_one_persona(tmp_path, embedded_dir, shared_
     run_cli(materialize_cmd("synthetic_conversations", f"{stale[0]}...{stale[-1]}") + ["--config-json", TINY], env)
     assert _observe(env) == []
     for p in personas:
-        same = (out / f"{p}.parquet").stat().st_mtime_ns == before[p] and (out / f"{p}.parquet").read_bytes() == before_bytes[p]
+        same = (out / f"{p}.parquet").stat().st_mtime_ns == before[p] and (
+            out / f"{p}.parquet"
+        ).read_bytes() == before_bytes[p]
         assert same == (p != "skeptic"), f"{p}: {'regenerated' if not same else 'not regenerated'}"

@@ -27,8 +27,14 @@ def test_sigkill_then_rerun_resumes_without_loss_or_duplicates(tmp_path, embedde
     home = tmp_path / "persona_home"
     work, out = home / "work" / "synthetic_conversations", home / "assets" / "synthetic_conversations"
 
-    proc = subprocess.Popen(materialize_cmd("synthetic_conversations", persona_range()), cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        materialize_cmd("synthetic_conversations", persona_range()),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 600
     try:
         while time.time() < deadline:
@@ -63,14 +69,20 @@ def test_sigkill_then_rerun_resumes_without_loss_or_duplicates(tmp_path, embedde
 def test_sigkill_during_sft_leaves_no_adapter_and_rerun_works(tmp_path, materialized, tiny_model_dir, shared_home):
     import shutil
 
-    src_env, src_assets = materialized
+    _src_env, src_assets = materialized
     env = isolated_env(tmp_path, shared_home)
     home = tmp_path / "persona_home"
     shutil.copytree(src_assets, home / "assets", ignore=shutil.ignore_patterns("sft_adapter.json", "rl_adapter.json"))
     (home / "assets" / "base_model.json").write_text(json.dumps({"path": str(tiny_model_dir)}))  # fast to train
     long_run = ["--config-json", json.dumps({"ops": {"sft_adapter": {"config": {"max_steps": 5000, "batch_size": 1}}}})]
-    proc = subprocess.Popen(materialize_cmd("sft_adapter") + long_run, cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        materialize_cmd("sft_adapter") + long_run,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     models = home / "models"
     try:
         deadline = time.time() + 300
@@ -91,7 +103,7 @@ def test_sigkill_during_sft_leaves_no_adapter_and_rerun_works(tmp_path, material
 
 
 def test_sigkill_role_transcripts_then_rerun_keeps_finished_rollouts(tmp_path, embedded_dir, shared_home):
-    from persona_pipeline.assets._common import role_partitions
+    from persona_pipeline.defs.assets._common import role_partitions
 
     env = isolated_env(tmp_path, shared_home)
     run_cli(materialize_cmd("role_specs,base_model"), env)
@@ -104,8 +116,9 @@ def test_sigkill_role_transcripts_then_rerun_keeps_finished_rollouts(tmp_path, e
     def finished():
         return [json.loads(x) for p in work.glob("*.jsonl") for x in p.read_text().splitlines() if x.endswith("}")]
 
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 600
     try:
         while time.time() < deadline and len(finished()) < 4:
@@ -114,7 +127,9 @@ def test_sigkill_role_transcripts_then_rerun_keeps_finished_rollouts(tmp_path, e
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    before = {(r["role"], r["system_prompt_idx"], r["question_idx"], r["rollout_idx"]): r["response"] for r in finished()}
+    before = {
+        (r["role"], r["system_prompt_idx"], r["question_idx"], r["rollout_idx"]): r["response"] for r in finished()
+    }
     assert before, "no rollout was checkpointed before the kill"
     assert not out.exists() or not list(out.glob("*.parquet")), "a killed run left a half-written artifact"
 

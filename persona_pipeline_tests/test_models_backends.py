@@ -9,7 +9,10 @@ from persona_pipeline.modelio import LoadOptions, convert_embedded, load_model, 
 
 CHATS = [
     [{"role": "user", "content": "hi"}],
-    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Explain how a bicycle gear works in detail."}],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Explain how a bicycle gear works in detail."},
+    ],
     [{"role": "user", "content": "Name three rivers in Europe, please, with one fact each."}],
 ]
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0)

@@ -168,6 +168,7 @@ def test_checker_reports_the_line():
 
 # -- the real code ---------------------------------------------------------------
 
+
 def test_no_pickle_in_package_or_benchmarks():
     files = python_files()
     assert any(p.parent.name == "persona_pipeline" for p in files), "persona_pipeline/ not found"
@@ -185,9 +186,14 @@ def test_artifacts_are_safetensors_not_pickles():
     bad = []
     for dirpath, dirnames, filenames in os.walk(home):
         dirnames[:] = [d for d in dirnames if d not in THIRD_PARTY_CACHES]
-        bad += [str((Path(dirpath) / f).relative_to(home)) for f in filenames
-                if Path(f).suffix.lower() in FORBIDDEN_SUFFIXES]
-    assert not bad, f"pickle-format files under {home} (models and tensors must be .safetensors):\n" + "\n".join(sorted(bad))
+        bad += [
+            str((Path(dirpath) / f).relative_to(home))
+            for f in filenames
+            if Path(f).suffix.lower() in FORBIDDEN_SUFFIXES
+        ]
+    assert not bad, f"pickle-format files under {home} (models and tensors must be .safetensors):\n" + "\n".join(
+        sorted(bad)
+    )
     # and every model / adapter folder carries its weights as safetensors
     for config in [*home.rglob("adapter_config.json"), *home.rglob("config.json")]:
         if THIRD_PARTY_CACHES & set(config.relative_to(home).parts):

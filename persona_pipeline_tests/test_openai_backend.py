@@ -62,7 +62,12 @@ def test_models_lists_the_served_model(client):
 def test_chat_completion_runs_the_model(client, tiny_backend):
     want = local_text(tiny_backend, CHATS[0])
     resp = client.chat.completions.create(
-        model="tiny", messages=CHATS[0], max_tokens=12, temperature=1.0, top_p=1.0, seed=3,
+        model="tiny",
+        messages=CHATS[0],
+        max_tokens=12,
+        temperature=1.0,
+        top_p=1.0,
+        seed=3,
     )
     assert resp.choices[0].message.content == want
     assert resp.choices[0].message.role == "assistant"
@@ -72,7 +77,13 @@ def test_stop_string_cuts_the_text(client, tiny_backend):
     full = local_text(tiny_backend, CHATS[0])
     stop = full.split()[1]
     resp = client.chat.completions.create(
-        model="tiny", messages=CHATS[0], max_tokens=12, temperature=1.0, top_p=1.0, seed=3, stop=stop,
+        model="tiny",
+        messages=CHATS[0],
+        max_tokens=12,
+        temperature=1.0,
+        top_p=1.0,
+        seed=3,
+        stop=stop,
     )
     assert resp.choices[0].message.content == full[: full.index(stop)].strip()
 
@@ -80,7 +91,13 @@ def test_stop_string_cuts_the_text(client, tiny_backend):
 def test_streaming_yields_the_same_text(client, tiny_backend):
     want = local_text(tiny_backend, CHATS[1])
     stream = client.chat.completions.create(
-        model="tiny", messages=CHATS[1], max_tokens=12, temperature=1.0, top_p=1.0, seed=3, stream=True,
+        model="tiny",
+        messages=CHATS[1],
+        max_tokens=12,
+        temperature=1.0,
+        top_p=1.0,
+        seed=3,
+        stream=True,
     )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == want
@@ -90,7 +107,12 @@ def test_streaming_yields_the_same_text(client, tiny_backend):
 def test_logprobs_are_the_greedy_next_token_distribution(client, tiny_backend):
     local = tiny_backend.next_token_logprobs([CHATS[2]], top_k=5)[0]
     resp = client.chat.completions.create(
-        model="tiny", messages=CHATS[2], max_tokens=1, temperature=0, logprobs=True, top_logprobs=5,
+        model="tiny",
+        messages=CHATS[2],
+        max_tokens=1,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=5,
     )
     first = resp.choices[0].logprobs.content[0]
     assert first.token == resp.choices[0].message.content == max(local, key=local.get)
@@ -240,8 +262,14 @@ def test_a_request_can_carry_a_steering_vector(tiny_backend):
         client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
 
         def top(steering):
-            r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=1, logprobs=True, top_logprobs=3,
-                                               extra_body={"steering": steering})
+            r = client.chat.completions.create(
+                model="tiny",
+                messages=msgs,
+                max_tokens=1,
+                logprobs=True,
+                top_logprobs=3,
+                extra_body={"steering": steering},
+            )
             return [(t.token, round(t.logprob, 4)) for t in r.choices[0].logprobs.content[0].top_logprobs]
 
         plain = top([])

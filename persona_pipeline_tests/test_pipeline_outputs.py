@@ -53,7 +53,9 @@ def test_persona_space_vectors_and_interference(materialized):
         # the SVD direction is sign-aligned with the mean difference
         assert float(t["svd_response_avg"][15] @ t["mean_diff_response_avg"][15]) > 0
     inter = json.loads((assets / "trait_interference.json").read_text())
-    assert len(inter["cosine"]) == len(SMALL["traits"]) and all(abs(inter["cosine"][i][i] - 1) < 1e-4 for i in range(len(SMALL["traits"])))
+    assert len(inter["cosine"]) == len(SMALL["traits"]) and all(
+        abs(inter["cosine"][i][i] - 1) < 1e-4 for i in range(len(SMALL["traits"]))
+    )
 
 
 def test_steering_sweep_and_cmaes_compare_against_baselines(materialized):

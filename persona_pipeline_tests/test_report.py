@@ -16,6 +16,7 @@ from persona_pipeline.report import MISSING, Report, best_cells, data_uri, fmt
 
 def tiny_png(width: int = 2, height: int = 2) -> bytes:
     """A valid RGB PNG built by hand (no plotting library needed)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -75,10 +76,17 @@ def sample_report() -> Report:
     r.section("Plots")
     r.image(tiny_png(), caption="steering sweep")
     r.section("Worst examples")
-    r.examples([
-        {"persona": "skeptic", "score": -0.5, "reasoning": "breaks character </details><script>x</script>",
-         "history": [{"role": "user", "content": "hi <b>"}, {"role": "assistant", "content": "hello"}]},
-    ], caption="lowest adherence")
+    r.examples(
+        [
+            {
+                "persona": "skeptic",
+                "score": -0.5,
+                "reasoning": "breaks character </details><script>x</script>",
+                "history": [{"role": "user", "content": "hi <b>"}, {"role": "assistant", "content": "hello"}],
+            },
+        ],
+        caption="lowest adherence",
+    )
     return r
 
 

@@ -15,9 +15,11 @@ from persona_pipeline.vectors import (
     svd_direction,
 )
 
-ITEMS = [Item([{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "hi"}], "Arr, ahoy there!"),
-         Item([{"role": "user", "content": "What is two plus two?"}], "Four."),
-         Item([{"role": "user", "content": "Describe the sea"}], "")]
+ITEMS = [
+    Item([{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "hi"}], "Arr, ahoy there!"),
+    Item([{"role": "user", "content": "What is two plus two?"}], "Four."),
+    Item([{"role": "user", "content": "Describe the sea"}], ""),
+]
 
 
 def test_extract_returns_three_views_for_every_layer(tiny_backend):
@@ -79,7 +81,7 @@ def test_pca_and_assistant_axis_align_when_default_stands_apart():
     roles = torch.linspace(-1, 1, 12)[:, None] * w + torch.randn(12, 16) * 0.2
     default = 4.0 * w
     means = torch.cat([roles, default[None]])
-    comps, explained, mu, sigma = pca(means, k=3)
+    comps, explained, _mu, sigma = pca(means, k=3)
     assert comps.shape == (3, 16) and explained[0] > explained[1] and float(explained.sum()) <= 1 + 1e-6
     axis = assistant_axis(default, roles)
     cos = torch.nn.functional.cosine_similarity(axis / sigma, comps[0], dim=0).abs()

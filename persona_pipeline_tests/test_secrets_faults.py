@@ -36,10 +36,25 @@ from persona_pipeline.serve import create_app, serving
 
 ROLES = ("teacher", "assistant", "judge", "policy")
 PARTITION = "skeptic"
-SMALL_RUN = ["--config-json", json.dumps({"ops": {"synthetic_conversations": {"config": {
-    "conversations_per_persona": 1, "min_turns": 8, "max_turns": 8, "persona_max_new_tokens": 8,
-    "assistant_max_new_tokens": 8, "max_line_retries": 0,
-}}}})]
+SMALL_RUN = [
+    "--config-json",
+    json.dumps(
+        {
+            "ops": {
+                "synthetic_conversations": {
+                    "config": {
+                        "conversations_per_persona": 1,
+                        "min_turns": 8,
+                        "max_turns": 8,
+                        "persona_max_new_tokens": 8,
+                        "assistant_max_new_tokens": 8,
+                        "max_line_retries": 0,
+                    }
+                }
+            }
+        }
+    ),
+]
 SYNTH = materialize_cmd("synthetic_conversations") + ["--partition", PARTITION] + SMALL_RUN
 
 
@@ -151,16 +166,21 @@ def instance_records(dagster_home: str, monkeypatch) -> tuple[list[str], dict]:
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(300)
-def test_api_key_appears_in_no_log_metadata_or_artifact(tmp_path, shared_home, specs_assets, embedded_backend,
-                                                        monkeypatch):
+def test_api_key_appears_in_no_log_metadata_or_artifact(
+    tmp_path, shared_home, specs_assets, embedded_backend, monkeypatch
+):
     key = f"sk-test-{secrets.token_hex(16)}"
     secret = key.removeprefix("sk-test-")  # search for the random part alone: catches a re-prefixed or cut key too
     app = key_checking_app(embedded_backend, key)
     with serving(app) as url:
         # the key check is real: without the key, or with another one, the server refuses
         assert httpx.post(f"{url}/chat/completions", json={}).status_code == 401
-        assert httpx.post(f"{url}/chat/completions", json={},
-                          headers={"Authorization": "Bearer sk-test-wrong"}).status_code == 401
+        assert (
+            httpx.post(
+                f"{url}/chat/completions", json={}, headers={"Authorization": "Bearer sk-test-wrong"}
+            ).status_code
+            == 401
+        )
         rejected_before = app.state.rejected
 
         env = role_env(fresh_env(tmp_path, shared_home, specs_assets), url, "smollm2", api_key_env="PP_TEST_KEY")
@@ -224,10 +244,24 @@ def flaky_app(plan: list[str], stall_s: float = 4.0) -> FastAPI:
 
 def fault_env(tmp_path, shared_home, specs_assets, url: str, max_retries: int) -> dict:
     env = fresh_env(tmp_path, shared_home, specs_assets)
-    env = role_env(env, url, "assistant-m", roles=("assistant",), timeout_s="2", max_retries=str(max_retries),
-                   api_key_env="PP_TEST_NO_KEY")
-    env = role_env(env, url, "teacher-m", roles=("teacher",), timeout_s="2", max_retries=str(max_retries),
-                   api_key_env="PP_TEST_NO_KEY")
+    env = role_env(
+        env,
+        url,
+        "assistant-m",
+        roles=("assistant",),
+        timeout_s="2",
+        max_retries=str(max_retries),
+        api_key_env="PP_TEST_NO_KEY",
+    )
+    env = role_env(
+        env,
+        url,
+        "teacher-m",
+        roles=("teacher",),
+        timeout_s="2",
+        max_retries=str(max_retries),
+        api_key_env="PP_TEST_NO_KEY",
+    )
     env.pop("PP_TEST_NO_KEY", None)
     return env
 
@@ -235,8 +269,9 @@ def fault_env(tmp_path, shared_home, specs_assets, url: str, max_retries: int) -
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_http_500s_and_a_stall_are_retried_with_backoff_until_the_asset_materialises(tmp_path, shared_home,
-                                                                                       specs_assets):
+def test_http_500s_and_a_stall_are_retried_with_backoff_until_the_asset_materialises(
+    tmp_path, shared_home, specs_assets
+):
     app = flaky_app(["500", "500", "stall"])
     with serving(app) as url:
         env = fault_env(tmp_path, shared_home, specs_assets, url, max_retries=3)
@@ -249,15 +284,18 @@ def test_http_500s_and_a_stall_are_retried_with_backoff_until_the_asset_material
     assert gaps[0] >= 0.3 and gaps[1] >= 0.6, f"retries after HTTP 500 did not back off: {gaps}"
     assert gaps[2] >= 2.0, f"the stalled request was not given its 2 s timeout before the retry: {gaps}"
     rows = assert_one_full_dialogue(env)
-    assert [t["content"] for t in rows[0]["turns"][:2]] == [canned_reply({"model": "teacher-m"}),
-                                                            canned_reply({"model": "assistant-m"})]
+    assert [t["content"] for t in rows[0]["turns"][:2]] == [
+        canned_reply({"model": "teacher-m"}),
+        canned_reply({"model": "assistant-m"}),
+    ]
 
 
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_an_endpoint_that_always_fails_fails_the_run_clearly_and_writes_no_artifact(tmp_path, shared_home,
-                                                                                     specs_assets):
+def test_an_endpoint_that_always_fails_fails_the_run_clearly_and_writes_no_artifact(
+    tmp_path, shared_home, specs_assets
+):
     app = flaky_app(["500"] * 1000)
     with serving(app) as url:
         env = fault_env(tmp_path, shared_home, specs_assets, url, max_retries=2)
@@ -308,8 +346,10 @@ def judge_app(fail_first: int = 0, always_500: bool = False) -> FastAPI:
 def judge_items():
     from persona_pipeline.eval_judges import EvalItem
 
-    return [EvalItem(id="junk", persona_id=PARTITION, candidate="Prove it. Numbers, please."),
-            EvalItem(id="recovers", persona_id=PARTITION, candidate="I'd want to see recovers-data first.")]
+    return [
+        EvalItem(id="junk", persona_id=PARTITION, candidate="Prove it. Numbers, please."),
+        EvalItem(id="recovers", persona_id=PARTITION, candidate="I'd want to see recovers-data first."),
+    ]
 
 
 @pytest.mark.timeout(60)
@@ -321,8 +361,9 @@ def test_non_json_judge_text_is_reasked_then_recorded_as_failed(monkeypatch):
     app = judge_app(fail_first=2)
     with serving(app) as url:
         backend = OpenAIBackend("judge-m", base_url=url, api_key_env="PP_TEST_NO_KEY", timeout_s=5, max_retries=2)
-        junk, recovers = persona_judge(backend, {PARTITION: "Dmitri, a skeptical senior engineer."},
-                                       max_retries=2)(judge_items())
+        junk, recovers = persona_judge(backend, {PARTITION: "Dmitri, a skeptical senior engineer."}, max_retries=2)(
+            judge_items()
+        )
 
     assert app.state.requests == 2 + 3 + 2  # two HTTP 500s retried by the client; 3 asks of one item, 2 of the other
     assert app.state.notes == 2 + 1  # every re-ask told the judge what was wrong
@@ -351,8 +392,11 @@ def test_a_judge_endpoint_that_always_fails_records_failed_scores_naming_it(monk
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("body", ["<html>502 bad gateway</html>", {"weird": 1}, {"choices": []}],
-                         ids=["not-json", "no-choices", "empty-choices"])
+@pytest.mark.parametrize(
+    "body",
+    ["<html>502 bad gateway</html>", {"weird": 1}, {"choices": []}],
+    ids=["not-json", "no-choices", "empty-choices"],
+)
 def test_a_malformed_200_body_is_a_backend_error_naming_the_endpoint(monkeypatch, body):
     from fastapi.responses import PlainTextResponse
 
@@ -368,4 +412,5 @@ def test_a_malformed_200_body_is_a_backend_error_naming_the_endpoint(monkeypatch
 
     with serving(app) as url, pytest.raises(BackendError, match=url):
         OpenAIBackend("m", base_url=url, api_key_env="PP_TEST_NO_KEY", max_retries=0).complete(
-            [[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=4))
+            [[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=4)
+        )

@@ -39,7 +39,9 @@ def test_plan_prefers_affinity_and_only_uses_training_topics(world):
 
 def test_teacher_sees_the_persona_side_as_its_own_turns(world):
     specs, _ = world
-    chat = teacher_chat(specs["playful"], "Japan trip", [{"role": "user", "content": "hey!"}, {"role": "assistant", "content": "Hello"}])
+    chat = teacher_chat(
+        specs["playful"], "Japan trip", [{"role": "user", "content": "hey!"}, {"role": "assistant", "content": "Hello"}]
+    )
     assert chat[0]["role"] == "system" and "Japan trip" in chat[0]["content"]
     assert [m["role"] for m in chat[1:]] == ["user", "assistant", "user"]
     assert chat[2]["content"] == "hey!"

@@ -77,9 +77,15 @@ def _records():
     for persona, shift in (("a", 0.3), ("b", 0.0)):
         for method, delta in (("prompt", 0.0), ("sft", shift)):
             for i in range(25):
-                recs.append({"persona_id": persona, "method": method, "item_id": f"{persona}{i}",
-                             "adherence": float(np.clip(0.4 + delta + rng.normal(0, 0.08), 0, 1)),
-                             "safety_pass": True})
+                recs.append(
+                    {
+                        "persona_id": persona,
+                        "method": method,
+                        "item_id": f"{persona}{i}",
+                        "adherence": float(np.clip(0.4 + delta + rng.normal(0, 0.08), 0, 1)),
+                        "safety_pass": True,
+                    }
+                )
     recs.append({"persona_id": "a", "method": "sft", "item_id": "failed", "adherence": None, "safety_pass": None})
     recs.append({"persona_id": "a", "method": "rl", "item_id": "a0", "adherence": 0.9, "safety_pass": True})
     return recs
@@ -116,8 +122,11 @@ def _same(a, b) -> bool:
 
 
 def test_leaderboard_paired_on_item_ids():
-    recs = [{"persona_id": "a", "method": m, "item_id": f"i{i}", "adherence": 0.3 + 0.02 * i + (0.05 if m == "rl" else 0)}
-            for m in ("prompt", "rl") for i in range(10)]
+    recs = [
+        {"persona_id": "a", "method": m, "item_id": f"i{i}", "adherence": 0.3 + 0.02 * i + (0.05 if m == "rl" else 0)}
+        for m in ("prompt", "rl")
+        for i in range(10)
+    ]
     recs.append({"persona_id": "a", "method": "rl", "item_id": "extra", "adherence": 0.0})  # unmatched: not paired
     rows = stats.leaderboard_rows(recs, metrics=["adherence"], pair_key="item_id", n_boot=200)
     rl = next(r for r in rows if r["method"] == "rl")

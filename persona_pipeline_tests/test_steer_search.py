@@ -99,8 +99,12 @@ def test_baselines_and_failed_judgements_count_as_worst(tiny_backend):
     fixed = ss.baseline_vectors(units, s)
     assert fixed["unsteered"] is None and torch.isclose(fixed["pca"].norm(), torch.tensor(1.0))
     t = ss.Target("p", "spec", _chats(1), _chats(2))
-    scores, texts = ss.evaluate(tiny_backend, lambda items: [None, 0.5][: len(items)] + [None] * (len(items) - 2),
-                                [(t, fixed["pca"], t.heldout_chats)], s)
+    scores, texts = ss.evaluate(
+        tiny_backend,
+        lambda items: [None, 0.5][: len(items)] + [None] * (len(items) - 2),
+        [(t, fixed["pca"], t.heldout_chats)],
+        s,
+    )
     assert scores == [[-1.0, 0.5]] and len(texts[0]) == 2
 
 
@@ -129,15 +133,20 @@ def test_trait_rows_pair_positive_and_negative_prompts(data_dir):
     rows = tr.trait_rows(trait, 2, 3, 1)
     assert len(rows) == 2 * 3 * 2
     pos = next(r for r in rows if r["polarity"] == "pos")
-    neg = next(r for r in rows if r["polarity"] == "neg" and r["question_idx"] == pos["question_idx"]
-               and r["instruction_idx"] == pos["instruction_idx"])
+    neg = next(
+        r
+        for r in rows
+        if r["polarity"] == "neg"
+        and r["question_idx"] == pos["question_idx"]
+        and r["instruction_idx"] == pos["instruction_idx"]
+    )
     assert pos["system_prompt"].startswith("You are an apathetic assistant.")
     assert neg["system_prompt"].startswith("You are a helpful assistant.")
 
 
 def test_stage_plan_groups_the_dag_by_partition_set():
-    from persona_pipeline.definitions import defs
-    from persona_pipeline.runplan import plan
+    from persona_pipeline.defs.definitions import defs
+    from persona_pipeline.defs.runplan import plan
 
     stages = plan(defs)
     order = [k.to_user_string() for s in stages for k in s.keys]

@@ -31,15 +31,36 @@ AGREE5 = ["Strongly disagree", "Somewhat disagree", "Neutral", "Somewhat agree",
 def likert(iid="l1", answer=4, **kw) -> SurveyItem:
     kw.setdefault("scale", [1, 5])
     kw.setdefault("scale_labels", AGREE5)
-    return SurveyItem(id=iid, question=kw.pop("question", "I enjoy writing tests."), category=kw.pop("category", "c"),
-                      kind="likert", answer=answer, **kw)
+    return SurveyItem(
+        id=iid,
+        question=kw.pop("question", "I enjoy writing tests."),
+        category=kw.pop("category", "c"),
+        kind="likert",
+        answer=answer,
+        **kw,
+    )
 
 
 def choice(iid="c1", answer="Mostly remote", **kw) -> SurveyItem:
-    options = kw.pop("options", ["Fully in the office", "Mostly in the office", "An even mix of home and office",
-                                 "Mostly remote", "Fully remote"])
-    return SurveyItem(id=iid, question=kw.pop("question", "Which working arrangement suits you?"),
-                      category=kw.pop("category", "c"), kind="choice", options=options, answer=answer, **kw)
+    options = kw.pop(
+        "options",
+        [
+            "Fully in the office",
+            "Mostly in the office",
+            "An even mix of home and office",
+            "Mostly remote",
+            "Fully remote",
+        ],
+    )
+    return SurveyItem(
+        id=iid,
+        question=kw.pop("question", "Which working arrangement suits you?"),
+        category=kw.pop("category", "c"),
+        kind="choice",
+        options=options,
+        answer=answer,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,22 +77,48 @@ def encoder():
 
 # ---------------------------------------------------------------- parsing
 
-@pytest.mark.parametrize("text, want", [
-    ("4", 4), ("2.", 2), ("**5** - absolutely", 5), ("Rating: 1", 1), ("My answer is 3, because it depends", 3),
-    ("I'd give it a 2 out of 5", 2), ("4/5 — I like them", 4), ("I'd rate it 5.", 5),
-    ("Strongly agree!", 5), ("I somewhat disagree with that.", 2), ("Neither agree nor disagree", 3),
-    ("I'm neutral on that", 3), ("I disagree.", 2), ("Agree", 4), ("I don't really agree", 2),
-    ("I strongly disagree. I tried it 4 times in 2019.", 1),  # reasoning numbers cannot override the label
-    ("I'd say somewhat agree. Two of my 5 colleagues do too.", 4),
-    ("9 out of 10 people would strongly agree", 5),  # a fraction over another denominator is not a rating
-    ("probably 3", 3),
-])
+
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("4", 4),
+        ("2.", 2),
+        ("**5** - absolutely", 5),
+        ("Rating: 1", 1),
+        ("My answer is 3, because it depends", 3),
+        ("I'd give it a 2 out of 5", 2),
+        ("4/5 — I like them", 4),
+        ("I'd rate it 5.", 5),
+        ("Strongly agree!", 5),
+        ("I somewhat disagree with that.", 2),
+        ("Neither agree nor disagree", 3),
+        ("I'm neutral on that", 3),
+        ("I disagree.", 2),
+        ("Agree", 4),
+        ("I don't really agree", 2),
+        ("I strongly disagree. I tried it 4 times in 2019.", 1),  # reasoning numbers cannot override the label
+        ("I'd say somewhat agree. Two of my 5 colleagues do too.", 4),
+        ("9 out of 10 people would strongly agree", 5),  # a fraction over another denominator is not a rating
+        ("probably 3", 3),
+    ],
+)
 def test_parse_likert_numbers_words_and_labels(text, want):
     assert parse_answer(likert(), text) == want
 
 
-@pytest.mark.parametrize("text", ["6", "0", "Rating: 7", "7/5", "hmm, hard to say", "", "   ",
-                                  "I row 2 days a week and sail on the other ones with friends"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "6",
+        "0",
+        "Rating: 7",
+        "7/5",
+        "hmm, hard to say",
+        "",
+        "   ",
+        "I row 2 days a week and sail on the other ones with friends",
+    ],
+)
 def test_parse_likert_nothing_usable_is_none(text):
     assert parse_answer(likert(), text) is None
 
@@ -88,15 +135,20 @@ def test_parse_likert_uses_the_items_own_labels_on_odd_scales():
     assert parse_answer(seven, "Somewhat disagree") == 3
 
 
-@pytest.mark.parametrize("text, want", [
-    ("Mostly remote", "Mostly remote"), ("mostly REMOTE.", "Mostly remote"),
-    ("An even mix of home and office. Fully remote would be lonely.", "An even mix of home and office"),
-    ("I'd say fully in the office, honestly", "Fully in the office"),
-    ("I work mostly remotely these days", "Mostly remote"),  # fuzzy: stems
-    ("Fully remotly", "Fully remote"),  # fuzzy: typo
-    ("remote", None),  # ambiguous between two options
-    ("pizza", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("Mostly remote", "Mostly remote"),
+        ("mostly REMOTE.", "Mostly remote"),
+        ("An even mix of home and office. Fully remote would be lonely.", "An even mix of home and office"),
+        ("I'd say fully in the office, honestly", "Fully in the office"),
+        ("I work mostly remotely these days", "Mostly remote"),  # fuzzy: stems
+        ("Fully remotly", "Fully remote"),  # fuzzy: typo
+        ("remote", None),  # ambiguous between two options
+        ("pizza", None),
+        ("", None),
+    ],
+)
 def test_parse_choice(text, want):
     assert parse_answer(choice(), text) == want
 
@@ -110,9 +162,18 @@ def test_parse_open_text():
 
 # ---------------------------------------------------------------- fidelity and bands
 
+
 def test_fidelity_bands_and_weights():
-    assert [fidelity_band(x) for x in (1.0, 0.9, 0.89, 0.75, 0.74, 0.6, 0.59, 0.0)] == \
-        ["excellent", "excellent", "good", "good", "fair", "fair", "poor", "poor"]
+    assert [fidelity_band(x) for x in (1.0, 0.9, 0.89, 0.75, 0.74, 0.6, 0.59, 0.0)] == [
+        "excellent",
+        "excellent",
+        "good",
+        "good",
+        "fair",
+        "fair",
+        "poor",
+        "poor",
+    ]
     assert fidelity_band(None) is None
     # automated only: the guide's .30/.15/.15 rescaled to .50/.25/.25
     f, w = fidelity_score(0.8, 0.4, 0.6)
@@ -128,26 +189,55 @@ def test_fidelity_bands_and_weights():
 
 # ---------------------------------------------------------------- metric arithmetic
 
+
 @pytest.fixture(scope="module")
 def toy() -> Survey:
-    profile = {"id": "toy", "name": "Toy Person", "description": "a test subject", "bio": "Exists for tests.",
-               "values": "Accuracy.", "demographics": {"age": 40}}
-    return Survey(profile=profile, items=[
-        likert("a1", 5, question="Cities should tax cars entering the centre.", reasoning="Streets are for people."),
-        likert("a2", 4, question="I like planning my week ahead."),
-        likert("a3", 2, question="I love big parties."),
-        likert("a4", 3, question="I worry about small things."),
-        likert("a5", 5, question="Charging cars to enter the city is good.", rephrase_of="a1"),
-        choice("c1", "Tea", options=["Tea", "Coffee", "Water"], question="What do you drink in the morning?",
-               category="d"),
-        SurveyItem(id="o1", question="How do you spend Sunday mornings?", category="d", kind="open",
-                   answer="Rowing on the lake, then a long breakfast with crosswords."),
-    ])
+    profile = {
+        "id": "toy",
+        "name": "Toy Person",
+        "description": "a test subject",
+        "bio": "Exists for tests.",
+        "values": "Accuracy.",
+        "demographics": {"age": 40},
+    }
+    return Survey(
+        profile=profile,
+        items=[
+            likert(
+                "a1", 5, question="Cities should tax cars entering the centre.", reasoning="Streets are for people."
+            ),
+            likert("a2", 4, question="I like planning my week ahead."),
+            likert("a3", 2, question="I love big parties."),
+            likert("a4", 3, question="I worry about small things."),
+            likert("a5", 5, question="Charging cars to enter the city is good.", rephrase_of="a1"),
+            choice(
+                "c1",
+                "Tea",
+                options=["Tea", "Coffee", "Water"],
+                question="What do you drink in the morning?",
+                category="d",
+            ),
+            SurveyItem(
+                id="o1",
+                question="How do you spend Sunday mornings?",
+                category="d",
+                kind="open",
+                answer="Rowing on the lake, then a long breakfast with crosswords.",
+            ),
+        ],
+    )
 
 
 def test_metric_arithmetic_on_hand_made_answers(toy, encoder):
-    answers = {"a1": "4", "a2": "4", "a3": "5 - strongly agree", "a4": "no idea", "a5": "2", "c1": "Coffee",
-               "o1": "Rowing on the lake and then breakfast."}
+    answers = {
+        "a1": "4",
+        "a2": "4",
+        "a3": "5 - strongly agree",
+        "a4": "no idea",
+        "a5": "2",
+        "c1": "Coffee",
+        "o1": "Rowing on the lake and then breakfast.",
+    }
     res = score(toy, answers, encoder)
     rows = {r["item_id"]: r for r in res["items"]}
     assert [rows[i]["parsed"] for i in ("a1", "a2", "a3", "a4", "a5", "c1")] == [4, 4, 5, None, 2, "Coffee"]
@@ -198,15 +288,30 @@ def test_rephrase_consistency(maya, encoder):
         res = score(maya, answers, encoder)
         return {p["item_id"]: p for p in res["pairs"]}, res["overall"]
 
-    pairs, o = run({"p01": "2", "p10": "3", "v01": "Meaningful work", "v06": "Meaningful work.",
-                    "c03": "I go and look at the place first, then sketch it, then read the data.",
-                    "c08": "First I walk around and see it for myself, then I draw a map, data comes later."})
+    pairs, o = run(
+        {
+            "p01": "2",
+            "p10": "3",
+            "v01": "Meaningful work",
+            "v06": "Meaningful work.",
+            "c03": "I go and look at the place first, then sketch it, then read the data.",
+            "c08": "First I walk around and see it for myself, then I draw a map, data comes later.",
+        }
+    )
     assert pairs["p01"]["model_consistent"] and pairs["v01"]["model_consistent"] and pairs["c03"]["model_consistent"]
     assert all(p["person_consistent"] for p in pairs.values())
     assert o["consistency"] == 1.0 and o["consistency_vs_person"] == 1.0
 
-    pairs, o = run({"p01": "2", "p10": "Strongly agree", "v01": "Meaningful work", "v06": "High pay",
-                    "c03": "I go and look at the place first, then sketch it.", "c08": "Bananas are yellow."})
+    pairs, o = run(
+        {
+            "p01": "2",
+            "p10": "Strongly agree",
+            "v01": "Meaningful work",
+            "v06": "High pay",
+            "c03": "I go and look at the place first, then sketch it.",
+            "c08": "Bananas are yellow.",
+        }
+    )
     assert not any(p["model_consistent"] for p in pairs.values())
     assert pairs["c03"]["model_cosine"] < 0.35 <= pairs["c03"]["person_cosine"]
     assert o["consistency"] == 0.0 and o["person_consistency"] == 1.0
@@ -216,6 +321,7 @@ def test_rephrase_consistency(maya, encoder):
 
 
 # ---------------------------------------------------------------- the real survey
+
 
 def test_maya_own_answers_parse_back_and_score_excellent(maya, encoder):
     for item in maya.items:  # reasoning full of numbers and opinion words must not confuse the parser
@@ -242,6 +348,7 @@ def test_unknown_item_is_a_clear_error(maya, encoder):
 
 
 # ---------------------------------------------------------------- prompts and batch answering
+
 
 def test_trained_prompt_is_the_unrolled_survey_training_prompt(maya):
     split = split_items(maya)

@@ -10,17 +10,33 @@ from persona_pipeline.train_rl import RlSettings, combine_adapters, make_reward,
 from persona_pipeline.train_sft import LoraSettings, SftSettings, build_mixture, train_sft
 from persona_pipeline.unroll import unroll
 
-LINES = ["hey, my train got cancelled", "Sorry to hear that. Where are you going?", "Milan, tonight. options?",
-         "There is a bus at 9pm.", "ugh buses. fine. how long?", "About 6 hours.", "ok booking it [bye]", "Safe travels!",
-         "one more thing: refunds?", "You can request one online."]
+LINES = [
+    "hey, my train got cancelled",
+    "Sorry to hear that. Where are you going?",
+    "Milan, tonight. options?",
+    "There is a bus at 9pm.",
+    "ugh buses. fine. how long?",
+    "About 6 hours.",
+    "ok booking it [bye]",
+    "Safe travels!",
+    "one more thing: refunds?",
+    "You can request one online.",
+]
 
 
 def dialogues(n=6):
     out = []
     for k in range(n):
         turns = [Turn(role="user" if i % 2 == 0 else "assistant", content=f"{x} ({k})") for i, x in enumerate(LINES)]
-        out.append(Conversation(id=f"c{k}", persona_id="terse" if k % 2 else "chatty", topic="trains", turns=turns,
-                                metadata=ConversationMetadata(source="hitl" if k == 0 else "synthetic")))
+        out.append(
+            Conversation(
+                id=f"c{k}",
+                persona_id="terse" if k % 2 else "chatty",
+                topic="trains",
+                turns=turns,
+                metadata=ConversationMetadata(source="hitl" if k == 0 else "synthetic"),
+            )
+        )
     return out
 
 
@@ -34,7 +50,9 @@ SMALL_LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "
 def test_mixture_weights_sources_and_holds_out_whole_conversations():
     ps = pairs(dialogues())
     s = SftSettings(weights={"synthetic": 1, "hitl": 3, "retention": 2}, eval_fraction=0.3)
-    retention = [{"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "Hello!"}]}]
+    retention = [
+        {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "Hello!"}]}
+    ]
     train, ev, mix = build_mixture(ps, retention, s)
     assert mix["sources"]["retention"]["rows"] == 2
     assert ev and all(r["source"] != "retention" for r in ev)
@@ -66,8 +84,16 @@ def test_sft_trains_saves_safetensors_and_changes_outputs(tiny_model_dir, tmp_pa
 def test_reward_penalises_degenerate_and_out_of_character_lines(tiny_backend):
     reward = make_reward(tiny_backend, "logprob")
     spec, hist = ["a terse user"] * 3, [json.dumps([{"role": "assistant", "content": "Hi"}])] * 3
-    natural, looped, broken = reward(None, [[{"content": "fine. how long is the bus?"}], [{"content": "why why why why why why why"}],
-                                             [{"content": "As an AI language model, how can I help you today?"}]], spec, hist)
+    natural, looped, broken = reward(
+        None,
+        [
+            [{"content": "fine. how long is the bus?"}],
+            [{"content": "why why why why why why why"}],
+            [{"content": "As an AI language model, how can I help you today?"}],
+        ],
+        spec,
+        hist,
+    )
     assert looped < natural and broken < natural
     assert all(-1 <= r <= 1 for r in (natural, looped, broken))
 
@@ -92,7 +118,10 @@ def test_grpo_refines_from_sft_into_one_loadable_adapter(tiny_model_dir, tmp_pat
     train_sft(tiny_model_dir, train, ev, s, sft, {})
     prompts = rl_prompts(convs, {"terse": "T", "chatty": "C"}, n=4, heldout=False)
     rl = tmp_path / "rl"
-    rs = RlSettings(lora=SMALL_LORA, max_steps=2, num_generations=4, max_completion_length=8, learning_rate=5e-2, temperature=1.5)
+    rs = RlSettings(
+        lora=SMALL_LORA, max_steps=2, num_generations=4, max_completion_length=8, learning_rate=5e-2, temperature=1.5
+    )
+
     def shorter_is_better(prompts, completions, **_):  # a real, varying reward: the tiny judge is pure noise
         return [-len(c[-1]["content"]) / 50 for c in completions]
 
@@ -117,7 +146,9 @@ def test_combine_adapters_is_the_exact_sum(tiny_model_dir, tmp_path):
 
     def random_adapter(path, seed):
         torch.manual_seed(seed)
-        m = get_peft_model(load_model(tiny_model_dir)[0], LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        m = get_peft_model(
+            load_model(tiny_model_dir)[0], LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+        )
         for n, p in m.named_parameters():
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.02)
@@ -157,8 +188,15 @@ def test_preventative_steering_changes_what_training_learns_and_is_off_afterward
     ps = pairs(dialogues())
     runs = {}
     for name, steer in (("plain", None), ("steered", PreventiveSteer(torch.ones(64), layer=0, coef=6.0))):
-        s = SftSettings(lora=SMALL_LORA, max_steps=2, batch_size=2, learning_rate=5e-3, max_length=512,
-                        eval_fraction=0.3, steer=steer)
+        s = SftSettings(
+            lora=SMALL_LORA,
+            max_steps=2,
+            batch_size=2,
+            learning_rate=5e-3,
+            max_length=512,
+            eval_fraction=0.3,
+            steer=steer,
+        )
         train, ev, _ = build_mixture(ps, [], s)
         train_sft(tiny_model_dir, train, ev, s, tmp_path / name, {"base_model": "tiny"})
         runs[name] = load_file(str(tmp_path / name / "adapter_model.safetensors"))
@@ -185,9 +223,30 @@ def test_the_sft_job_trains_under_accelerate_launch(tiny_model_dir, tmp_path):
     out, job = tmp_path / "adapter", tmp_path / "job.json"
     write_job(job, str(tiny_model_dir), train, ev, s, out, {"base_model": "tiny"})
     accelerate = Path(sys.executable).parent / "accelerate"
-    proc = subprocess.run([str(accelerate), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "persona_pipeline.cli", "train-sft",
-                           "--job", str(job)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            str(accelerate),
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "persona_pipeline.cli",
+            "train-sft",
+            "--job",
+            str(job),
+        ],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "adapter_model.safetensors").exists()
     result = json.loads((tmp_path / "adapter.result.json").read_text())

@@ -43,11 +43,14 @@ def test_likelihood_coherence_prefers_fluent_text_and_penalises_loops(embedded_b
     from persona_pipeline.trait_judge import likelihood_coherence
 
     q = "How was your weekend?"
-    fluent, garbled, loop = likelihood_coherence(embedded_backend, [
-        (q, "It was lovely, thanks. We went hiking in the hills and had a picnic by the lake."),
-        (q, "fish the of blue quantum seventeen banana under whom yes the the"),
-        (q, "sorry sorry sorry sorry sorry sorry sorry sorry sorry sorry sorry sorry"),
-    ])
+    fluent, garbled, loop = likelihood_coherence(
+        embedded_backend,
+        [
+            (q, "It was lovely, thanks. We went hiking in the hills and had a picnic by the lake."),
+            (q, "fish the of blue quantum seventeen banana under whom yes the the"),
+            (q, "sorry sorry sorry sorry sorry sorry sorry sorry sorry sorry sorry sorry"),
+        ],
+    )
     assert fluent > 50 > garbled
     assert loop < fluent
 
@@ -58,19 +61,44 @@ def test_voice_judge_scores_a_line_higher_for_the_persona_who_talks_like_that():
     from persona_pipeline.simulator import definitions, voice_judge
 
     specs = [
-        {"id": "sailor", "name": "Old sailor", "description": "A retired sailor who talks about the sea and storms.",
-         "behavioral_traits": ["speaks of boats, tides and weather"], "example_lines": [
-             "Back when I crewed a trawler, a storm like that would have us bailing water all night.",
-             "The tide waits for no one, lad.", "I trust a barometer more than any forecast on the telly."]},
-        {"id": "coder", "name": "Young programmer", "description": "A programmer who relates everything to software.",
-         "behavioral_traits": ["talks about code, bugs and deployments"], "example_lines": [
-             "That sounds like a race condition in the deploy pipeline.", "Did you try clearing the cache and rebuilding?",
-             "I refactored the whole module last night, tests are green now."]},
+        {
+            "id": "sailor",
+            "name": "Old sailor",
+            "description": "A retired sailor who talks about the sea and storms.",
+            "behavioral_traits": ["speaks of boats, tides and weather"],
+            "example_lines": [
+                "Back when I crewed a trawler, a storm like that would have us bailing water all night.",
+                "The tide waits for no one, lad.",
+                "I trust a barometer more than any forecast on the telly.",
+            ],
+        },
+        {
+            "id": "coder",
+            "name": "Young programmer",
+            "description": "A programmer who relates everything to software.",
+            "behavioral_traits": ["talks about code, bugs and deployments"],
+            "example_lines": [
+                "That sounds like a race condition in the deploy pipeline.",
+                "Did you try clearing the cache and rebuilding?",
+                "I refactored the whole module last night, tests are green now.",
+            ],
+        },
     ]
-    specs = [{**s, "constraints": ["stays in character"], "stop_rules": ["says goodbye"],
-              "edge_case_boundaries": ["no medical advice"]} for s in specs]
+    specs = [
+        {
+            **s,
+            "constraints": ["stays in character"],
+            "stop_rules": ["says goodbye"],
+            "edge_case_boundaries": ["no medical advice"],
+        }
+        for s in specs
+    ]
     judge, defs = voice_judge(specs), definitions(specs)
     line = "Reminds me of the night our nets tore off the coast in a gale."
-    sailor, coder = persona_scores(judge, [JudgeItem(defs["sailor"], [], line), JudgeItem(defs["coder"], [], line)], "embedding")
+    sailor, coder = persona_scores(
+        judge, [JudgeItem(defs["sailor"], [], line), JudgeItem(defs["coder"], [], line)], "embedding"
+    )
     assert -1 <= coder < sailor <= 1
-    assert persona_scores(judge, [JudgeItem("an unknown spec", [], line)], "embedding") == [None]  # a failed judgement, not 0
+    assert persona_scores(judge, [JudgeItem("an unknown spec", [], line)], "embedding") == [
+        None
+    ]  # a failed judgement, not 0

@@ -34,8 +34,15 @@ from _dagster_helpers import REPO, isolated_env, materialize_cmd, run_cli
 
 WEBSERVER = str(Path(sys.executable).parent / "dagster-webserver")
 GROUPS = ("specs", "data", "models", "representations", "evaluation")
-KEYS = ("persona_specs", "synthetic_conversations", "sft_adapter", "persona_vectors", "steering_sweep",
-        "leaderboard", "eval_report")
+KEYS = (
+    "persona_specs",
+    "synthetic_conversations",
+    "sft_adapter",
+    "persona_vectors",
+    "steering_sweep",
+    "leaderboard",
+    "eval_report",
+)
 PLOT_KEY = "scenario_types_plot"
 STARTUP_TIMEOUT = 120
 
@@ -47,10 +54,10 @@ pytestmark = [
 ]
 
 
-
 def _graphql(url: str, query: str) -> dict:
-    req = urllib.request.Request(url + "/graphql", data=json.dumps({"query": query}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + "/graphql", data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         body = json.load(resp)
     assert not body.get("errors"), body["errors"]
@@ -85,8 +92,10 @@ def _wait_until_served(url: str, proc: subprocess.Popen, log: Path) -> str:
         except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
             pass
         time.sleep(1)
-    pytest.fail(f"dagster-webserver not serving the code location after {STARTUP_TIMEOUT}s "
-                f"(server_info: {info}):\n{_log_tail(log)}")
+    pytest.fail(
+        f"dagster-webserver not serving the code location after {STARTUP_TIMEOUT}s "
+        f"(server_info: {info}):\n{_log_tail(log)}"
+    )
 
 
 @pytest.fixture()
@@ -102,8 +111,14 @@ def webserver(tmp_path, shared_home, artifacts):
     url = f"http://127.0.0.1:{port}"
     log = artifacts / "dagster_webserver.log"
     with log.open("w") as log_fh:
-        proc = subprocess.Popen([WEBSERVER, "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-                                cwd=REPO, env=env, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [WEBSERVER, "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         location = _wait_until_served(url, proc, log)
         yield url, location, env
@@ -128,20 +143,25 @@ def _in_view(graph, keys, margin: float = 160) -> bool:
     for key in keys:
         label = graph.get_by_text(key, exact=True).filter(visible=True)
         box = label.first.bounding_box() if label.count() else None
-        if not box or box["y"] < frame["y"] or box["y"] + box["height"] > frame["y"] + frame["height"] \
-                or box["x"] < frame["x"] or box["x"] + box["width"] > frame["x"] + frame["width"]:
+        if (
+            not box
+            or box["y"] < frame["y"]
+            or box["y"] + box["height"] > frame["y"] + frame["height"]
+            or box["x"] < frame["x"]
+            or box["x"] + box["width"] > frame["x"] + frame["width"]
+        ):
             return False
     return True
 
 
 def _expected_groups() -> dict[str, str]:
-    from persona_pipeline.definitions import defs
+    from persona_pipeline.defs.definitions import defs
 
     return {spec.key.to_user_string(): spec.group_name for spec in defs.resolve_all_asset_specs()}
 
 
 def _runnable_keys() -> set[str]:
-    from persona_pipeline.definitions import defs
+    from persona_pipeline.defs.definitions import defs
 
     graph = defs.resolve_asset_graph()
     return {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).is_executable}
@@ -185,7 +205,8 @@ def test_asset_graph_and_plot_metadata_in_real_browser(webserver, artifacts):
             tree = page.locator("[class*=VirtualizedTable_container]").first
             for group in GROUPS:
                 row = tree.locator("[class*=AssetSidebarNode_itemContainer]").filter(
-                    has=page.locator(f"[title='{group}']"))
+                    has=page.locator(f"[title='{group}']")
+                )
                 row.locator("button:has([aria-label=arrow_drop_down])").click()
             for key in expected:
                 expect(tree.locator(f"[title='{key}']")).to_be_visible()
@@ -193,7 +214,8 @@ def test_asset_graph_and_plot_metadata_in_real_browser(webserver, artifacts):
                 expect(tree.get_by_text(key, exact=True).filter(visible=True)).to_be_visible()
             # the tree's row order nests each key under its group
             titles = tree.locator("[class*=AssetSidebarNode_itemContainer] [title]").evaluate_all(
-                "els => els.map(e => e.getAttribute('title'))")
+                "els => els.map(e => e.getAttribute('title'))"
+            )
             listed, current = {}, None
             for title in titles:
                 if title in GROUPS:
@@ -252,6 +274,10 @@ def test_asset_graph_and_plot_metadata_in_real_browser(webserver, artifacts):
         finally:
             browser.close()
 
-    for name in ("01_asset_lineage_groups.png", "02_asset_group_specs_graph.png", "03_topics_metadata.png",
-                 "04_topics_scenario_types_plot.png"):
+    for name in (
+        "01_asset_lineage_groups.png",
+        "02_asset_group_specs_graph.png",
+        "03_topics_metadata.png",
+        "04_topics_scenario_types_plot.png",
+    ):
         assert (artifacts / name).stat().st_size > 0, name

@@ -32,7 +32,9 @@ def make_backend(spec: BackendSpec, home: Path) -> Backend:
     if spec.kind == "openai":
         from .openai_compat import OpenAIBackend
 
-        return OpenAIBackend(spec.model, spec.base_url, spec.api_key_env, spec.concurrency, spec.timeout_s, spec.max_retries)
+        return OpenAIBackend(
+            spec.model, spec.base_url, spec.api_key_env, spec.concurrency, spec.timeout_s, spec.max_retries
+        )
     from ..modelio import resolve_base
 
     base = str(resolve_base(spec.model, home))
@@ -61,4 +63,6 @@ def _local(base: str, adapter: str | None, batch_size: int, quantize: str | None
     name = "smollm2-135m-instruct" if label == "embedded" else label
     if adapter:
         name += f"+{Path(adapter).name}"
-    return LocalBackend.from_pretrained(base, adapter, name=name, batch_size=batch_size, opts=LoadOptions(quantize=quantize))
+    return LocalBackend.from_pretrained(
+        base, adapter, name=name, batch_size=batch_size, opts=LoadOptions(quantize=quantize)
+    )

@@ -66,8 +66,10 @@ class LocalBackend:
         sample = params.temperature > 0
         for idx in self._chunks(chats):
             enc = self._encode([chats[i] for i in idx])
-            gen_kwargs = dict(
-                max_new_tokens=params.max_new_tokens, do_sample=sample, pad_token_id=self.tok.pad_token_id,
+            gen_kwargs = dict(  # noqa: C408 - reads as generate()'s keyword list
+                max_new_tokens=params.max_new_tokens,
+                do_sample=sample,
+                pad_token_id=self.tok.pad_token_id,
                 eos_token_id=self.tok.eos_token_id,
             )
             if sample:

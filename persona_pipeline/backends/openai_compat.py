@@ -56,14 +56,19 @@ class OpenAIBackend:
         except openai.APIStatusError as e:
             raise BackendError(f"{self.base_url} answered HTTP {e.status_code} for {self.model}: {e.message}") from None
         except (AttributeError, TypeError, IndexError) as e:  # a 200 whose body is not a chat completion
-            raise BackendError(f"{self.base_url} sent a malformed chat completion for {self.model}: "
-                               f"{type(e).__name__}: {e}") from None
+            raise BackendError(
+                f"{self.base_url} sent a malformed chat completion for {self.model}: {type(e).__name__}: {e}"
+            ) from None
 
     def complete(self, chats: list[Chat], params: SamplingParams) -> list[str]:
         def one(chat: Chat) -> str:
             resp = self.client.chat.completions.create(
-                model=self.model, messages=chat, max_tokens=params.max_new_tokens,
-                temperature=params.temperature, top_p=params.top_p, seed=params.seed,
+                model=self.model,
+                messages=chat,
+                max_tokens=params.max_new_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=params.seed,
                 stop=params.stop or None,
             )
             return apply_stops(resp.choices[0].message.content or "", params.stop).strip()
@@ -73,8 +78,12 @@ class OpenAIBackend:
     def next_token_logprobs(self, chats: list[Chat], top_k: int = 20) -> list[dict[str, float]]:
         def one(chat: Chat) -> dict[str, float]:
             resp = self.client.chat.completions.create(
-                model=self.model, messages=chat, max_tokens=1, temperature=0,
-                logprobs=True, top_logprobs=top_k,
+                model=self.model,
+                messages=chat,
+                max_tokens=1,
+                temperature=0,
+                logprobs=True,
+                top_logprobs=top_k,
             )
             content = resp.choices[0].logprobs and resp.choices[0].logprobs.content
             if not content:

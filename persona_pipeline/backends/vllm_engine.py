@@ -33,13 +33,20 @@ class VLLMBackend:
     def complete(self, chats: list[Chat], params: SamplingParams) -> list[str]:
         from vllm import SamplingParams as VSP
 
-        sp = VSP(max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-                 seed=params.seed, stop=params.stop or None)
+        sp = VSP(
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            stop=params.stop or None,
+        )
         outs = self.llm.chat(chats, sp, lora_request=self._lora(), use_tqdm=False)
         return [apply_stops(o.outputs[0].text, params.stop).strip() for o in outs]
 
     def next_token_logprobs(self, chats: list[Chat], top_k: int = 20) -> list[dict[str, float]]:
         from vllm import SamplingParams as VSP
 
-        outs = self.llm.chat(chats, VSP(max_tokens=1, temperature=0, logprobs=top_k), lora_request=self._lora(), use_tqdm=False)
+        outs = self.llm.chat(
+            chats, VSP(max_tokens=1, temperature=0, logprobs=top_k), lora_request=self._lora(), use_tqdm=False
+        )
         return [{lp.decoded_token.strip(): lp.logprob for lp in o.outputs[0].logprobs[0].values()} for o in outs]

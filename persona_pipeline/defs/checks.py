@@ -6,11 +6,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..contracts import Conversation
-from ..quality import persona_breaks
-from ..resources import ModelResource
-from ..settings import profile
-from ._common import persona_judge
+from persona_pipeline.contracts import Conversation
+from persona_pipeline.defs.assets._common import persona_judge
+from persona_pipeline.defs.resources import ModelResource
+from persona_pipeline.quality import persona_breaks
+from persona_pipeline.settings import profile
 
 
 def _convs(rows: list[dict]) -> list[Conversation]:
@@ -19,19 +19,32 @@ def _convs(rows: list[dict]) -> list[Conversation]:
 
 def _result(failures: list[str], what: str, severity=dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
-        passed=not failures, severity=severity,
-        metadata={"failures": len(failures), "examples": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures[:10]) or f"all {what} ok")},
+        passed=not failures,
+        severity=severity,
+        metadata={
+            "failures": len(failures),
+            "examples": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures[:10]) or f"all {what} ok"),
+        },
     )
 
 
 @dg.asset_check(asset="conversations", description="Simulated-user dialogues have at least min_turns turns (8).")
 def min_turns(conversations: list[dict]) -> dg.AssetCheckResult:
     need = profile().min_turns
-    return _result([f"{c.id}: {len(c.turns)} turns" for c in _convs(conversations)
-                    if c.persona_role == "user" and len(c.turns) < need], "dialogues")
+    return _result(
+        [
+            f"{c.id}: {len(c.turns)} turns"
+            for c in _convs(conversations)
+            if c.persona_role == "user" and len(c.turns) < need
+        ],
+        "dialogues",
+    )
 
 
-@dg.asset_check(asset="conversations", description="Roles alternate user/assistant and the persona speaks first when it is the user.")
+@dg.asset_check(
+    asset="conversations",
+    description="Roles alternate user/assistant and the persona speaks first when it is the user.",
+)
 def roles_alternate(conversations: list[dict]) -> dg.AssetCheckResult:
     bad = []
     for c in _convs(conversations):
@@ -42,24 +55,32 @@ def roles_alternate(conversations: list[dict]) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset="conversations", description="No turn is empty.")
 def no_empty_turn(conversations: list[dict]) -> dg.AssetCheckResult:
-    return _result([f"{c.id}@{i}" for c in _convs(conversations) for i, t in enumerate(c.turns) if not t.content.strip()], "turns")
+    return _result(
+        [f"{c.id}@{i}" for c in _convs(conversations) for i, t in enumerate(c.turns) if not t.content.strip()], "turns"
+    )
 
 
-@dg.asset_check(asset="conversations", description="No persona turn steps out of character (\"as an AI\", offers of help…).")
+@dg.asset_check(
+    asset="conversations", description='No persona turn steps out of character ("as an AI", offers of help…).'
+)
 def no_persona_break(conversations: list[dict]) -> dg.AssetCheckResult:
     return _result([f"{c.id}@{i}" for c in _convs(conversations) for i in persona_breaks(c)], "persona turns")
 
 
-@dg.asset_check(asset="sft_pairs", additional_ins={"conversations": dg.AssetIn()},
-                description="Exactly one pair per persona turn.")
+@dg.asset_check(
+    asset="sft_pairs", additional_ins={"conversations": dg.AssetIn()}, description="Exactly one pair per persona turn."
+)
 def pairs_match_persona_turns(sft_pairs: list[dict], conversations: list[dict]) -> dg.AssetCheckResult:
     expected = sum(len(c.persona_turn_indices()) for c in _convs(conversations))
     failures = [] if expected == len(sft_pairs) else [f"{len(sft_pairs)} pairs for {expected} persona turns"]
     return _result(failures, "pairs")
 
 
-@dg.asset_check(asset="sft_pairs", additional_ins={"survey_conversations": dg.AssetIn()},
-                description="No held-out survey item (question or answer) appears in any training pair.")
+@dg.asset_check(
+    asset="sft_pairs",
+    additional_ins={"survey_conversations": dg.AssetIn()},
+    description="No held-out survey item (question or answer) appears in any training pair.",
+)
 def no_survey_test_items(sft_pairs: list[dict], survey_conversations: list[dict]) -> dg.AssetCheckResult:
     held_out = [c for c in _convs(survey_conversations) if c.metadata.split == "test"]
     questions = {c.turns[0].content: c.id for c in held_out}
@@ -73,15 +94,28 @@ def no_survey_test_items(sft_pairs: list[dict], survey_conversations: list[dict]
     return _result(leaked, f"pairs ({len(held_out)} held-out items)")
 
 
-data_checks = [min_turns, roles_alternate, no_empty_turn, no_persona_break, pairs_match_persona_turns, no_survey_test_items]
+data_checks = [
+    min_turns,
+    roles_alternate,
+    no_empty_turn,
+    no_persona_break,
+    pairs_match_persona_turns,
+    no_survey_test_items,
+]
 
 
 def _heldout(conversations, persona_specs, surveys, n):
-    from ..simulator import definitions
-    from ..train_rl import rl_prompts
+    from persona_pipeline.simulator import definitions
+    from persona_pipeline.train_rl import rl_prompts
 
-    return rl_prompts(_convs(conversations), definitions(persona_specs, surveys), n, heldout=True,
-                      judge_specs=definitions(persona_specs, surveys, compact=False), max_depth=profile().rl_max_depth)
+    return rl_prompts(
+        _convs(conversations),
+        definitions(persona_specs, surveys),
+        n,
+        heldout=True,
+        judge_specs=definitions(persona_specs, surveys, compact=False),
+        max_depth=profile().rl_max_depth,
+    )
 
 
 def _lines(base_path: str, adapter: str | None, rows: list[dict]) -> list[str]:
@@ -93,9 +127,9 @@ def _lines(base_path: str, adapter: str | None, rows: list[dict]) -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def _cached_lines(base_path: str, adapter: str | None, _stamp: int, rows_json: str) -> tuple[str, ...]:
-    from ..backends import BackendSpec, SamplingParams, make_backend
-    from ..settings import home
-    from ..simulator import next_lines
+    from persona_pipeline.backends import BackendSpec, SamplingParams, make_backend
+    from persona_pipeline.settings import home
+    from persona_pipeline.simulator import next_lines
 
     backend = make_backend(BackendSpec(model=base_path, adapter=adapter), home())
     return tuple(next_lines(backend, json.loads(rows_json), SamplingParams(max_new_tokens=32, temperature=0)))
@@ -104,43 +138,74 @@ def _cached_lines(base_path: str, adapter: str | None, _stamp: int, rows_json: s
 _MODEL_INS = {"conversations": dg.AssetIn(), "persona_specs": dg.AssetIn(), "surveys": dg.AssetIn()}
 
 
-@dg.asset_check(asset="sft_adapter", additional_ins=_MODEL_INS,
-                description="On held-out histories the adapter's greedy lines differ from the base model's.")
+@dg.asset_check(
+    asset="sft_adapter",
+    additional_ins=_MODEL_INS,
+    description="On held-out histories the adapter's greedy lines differ from the base model's.",
+)
 def adapter_changes_outputs(sft_adapter: dict, conversations: list[dict], persona_specs: list[dict], surveys: dict):
     rows = _heldout(conversations, persona_specs, surveys, profile().check_prompts)
-    base, tuned = _lines(sft_adapter["base_model"], None, rows), _lines(sft_adapter["base_model"], sft_adapter["path"], rows)
+    base, tuned = (
+        _lines(sft_adapter["base_model"], None, rows),
+        _lines(sft_adapter["base_model"], sft_adapter["path"], rows),
+    )
     changed = sum(a != b for a, b in zip(base, tuned))
-    return dg.AssetCheckResult(passed=changed > 0, metadata={
-        "changed": changed, "prompts": len(rows),
-        "example": dg.MetadataValue.md(f"**base:** {base[0]}\n\n**adapter:** {tuned[0]}"),
-    })
+    return dg.AssetCheckResult(
+        passed=changed > 0,
+        metadata={
+            "changed": changed,
+            "prompts": len(rows),
+            "example": dg.MetadataValue.md(f"**base:** {base[0]}\n\n**adapter:** {tuned[0]}"),
+        },
+    )
 
 
 @dg.asset_check(asset="sft_adapter", description="Held-out eval loss with the adapter is below the base model's.")
 def eval_loss_below_base(sft_adapter: dict):
-    return dg.AssetCheckResult(passed=sft_adapter["eval_loss"] < sft_adapter["base_eval_loss"], metadata={
-        "base_eval_loss": round(sft_adapter["base_eval_loss"], 4), "eval_loss": round(sft_adapter["eval_loss"], 4)})
+    return dg.AssetCheckResult(
+        passed=sft_adapter["eval_loss"] < sft_adapter["base_eval_loss"],
+        metadata={
+            "base_eval_loss": round(sft_adapter["base_eval_loss"], 4),
+            "eval_loss": round(sft_adapter["eval_loss"], 4),
+        },
+    )
 
 
-@dg.asset_check(asset="sft_adapter", additional_ins=_MODEL_INS,
-                description="Judge-scored persona adherence with the adapter ≥ the prompt-only base (warn on the embedded model).")
-def adherence_vs_prompt_only(sft_adapter: dict, conversations: list[dict], persona_specs: list[dict], surveys: dict,
-                             judge: ModelResource):
-    from ..simulator import adherence
+@dg.asset_check(
+    asset="sft_adapter",
+    additional_ins=_MODEL_INS,
+    description="Judge-scored persona adherence with the adapter ≥ the prompt-only base (warn on the embedded model).",
+)
+def adherence_vs_prompt_only(
+    sft_adapter: dict, conversations: list[dict], persona_specs: list[dict], surveys: dict, judge: ModelResource
+):
+    from persona_pipeline.simulator import adherence
 
     rows = _heldout(conversations, persona_specs, surveys, profile().check_prompts)
     scorer, method = persona_judge("auto", judge, persona_specs, surveys)
     base, _ = adherence(scorer, rows, _lines(sft_adapter["base_model"], None, rows), method)
     tuned, _ = adherence(scorer, rows, _lines(sft_adapter["base_model"], sft_adapter["path"], rows), method)
-    return dg.AssetCheckResult(passed=bool(tuned >= base), severity=dg.AssetCheckSeverity.WARN, metadata={
-        "adherence_prompt_only": round(base, 4), "adherence_sft": round(tuned, 4), "judge": judge.describe(), "prompts": len(rows)})
+    return dg.AssetCheckResult(
+        passed=bool(tuned >= base),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "adherence_prompt_only": round(base, 4),
+            "adherence_sft": round(tuned, 4),
+            "judge": judge.describe(),
+            "prompts": len(rows),
+        },
+    )
 
 
-@dg.asset_check(asset="rl_adapter", description="Mean judge reward on held-out histories: RL ≥ SFT (warn on the embedded model).")
+@dg.asset_check(
+    asset="rl_adapter", description="Mean judge reward on held-out histories: RL ≥ SFT (warn on the embedded model)."
+)
 def rl_reward_not_below_sft(rl_adapter: dict):
-    return dg.AssetCheckResult(passed=rl_adapter["mean_reward_rl"] >= rl_adapter["mean_reward_sft"],
-                               severity=dg.AssetCheckSeverity.WARN,
-                               metadata={"sft": round(rl_adapter["mean_reward_sft"], 4), "rl": round(rl_adapter["mean_reward_rl"], 4)})
+    return dg.AssetCheckResult(
+        passed=rl_adapter["mean_reward_rl"] >= rl_adapter["mean_reward_sft"],
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"sft": round(rl_adapter["mean_reward_sft"], 4), "rl": round(rl_adapter["mean_reward_rl"], 4)},
+    )
 
 
 model_checks = [adapter_changes_outputs, eval_loss_below_base, adherence_vs_prompt_only, rl_reward_not_below_sft]

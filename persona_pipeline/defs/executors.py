@@ -59,9 +59,7 @@ def k8s_executor() -> dg.ExecutorDefinition:
     try:
         from dagster_k8s import k8s_job_executor
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"{EXECUTOR_ENV}=k8s needs the dagster-k8s package: pip install 'dagster-k8s==0.29.*'"
-        ) from e
+        raise ImportError(f"{EXECUTOR_ENV}=k8s needs the dagster-k8s package: pip install 'dagster-k8s==0.29.*'") from e
     config: dict = {"step_k8s_config": STEP_K8S_CONFIG, "enable_owner_references": True}
     if (n := _max_concurrent()) is not None:
         config["max_concurrent"] = n
@@ -75,8 +73,10 @@ def executor_from_env() -> dg.ExecutorDefinition:
         return dg.in_process_executor
     if name == "multiprocess":
         n = _max_concurrent()
-        return dg.multiprocess_executor if n is None else dg.multiprocess_executor.configured(
-            {"max_concurrent": n}, name="multiprocess"
+        return (
+            dg.multiprocess_executor
+            if n is None
+            else dg.multiprocess_executor.configured({"max_concurrent": n}, name="multiprocess")
         )
     if name == "k8s":
         return k8s_executor()

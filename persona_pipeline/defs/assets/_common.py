@@ -4,9 +4,9 @@ from collections import Counter
 
 import dagster as dg
 
-from ..executors import gpu_tags
-from ..plots import markdown_image, save_png
-from ..settings import data_root, home
+from persona_pipeline.defs.executors import gpu_tags
+from persona_pipeline.plots import markdown_image, save_png
+from persona_pipeline.settings import data_root, home
 
 
 def _stems(folder: str, skip: tuple[str, ...] = ()) -> list[str]:
@@ -70,7 +70,7 @@ def persona_judge(choice: str, judge, persona_specs: list[dict], surveys: dict |
     if method not in ("embedding", "logprob", "json"):
         raise ValueError(f"config judge_method={choice!r}: use auto, embedding, logprob or json")
     if method == "embedding":
-        from ..simulator import voice_judge
+        from persona_pipeline.simulator import voice_judge
 
         return voice_judge(persona_specs, surveys), method
     return judge.backend(), method

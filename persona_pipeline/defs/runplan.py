@@ -68,16 +68,25 @@ def _fits(stage: Stage, pdef) -> bool:
     return pdef is None or stage.partitions is None or stage.partitions == pdef
 
 
-def command(stage: Stage, module: str = "persona_pipeline.definitions") -> list[str]:
-    cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", module,
-           "--select", ",".join(k.to_user_string() for k in stage.keys)]
+def command(stage: Stage, module: str = "persona_pipeline.defs.definitions") -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "asset",
+        "materialize",
+        "-m",
+        module,
+        "--select",
+        ",".join(k.to_user_string() for k in stage.keys),
+    ]
     rng = stage.partition_range()
     return cmd + (["--partition-range", rng] if rng else [])
 
 
 def run(selection: str = "*", dry_run: bool = False, log=print) -> list[dict]:
     """Run every stage; stop at the first failure. Returns per-stage wall times."""
-    from .definitions import defs
+    from persona_pipeline.defs.definitions import defs
 
     timings = []
     for n, stage in enumerate(plan(defs, selection), 1):
@@ -86,6 +95,11 @@ def run(selection: str = "*", dry_run: bool = False, log=print) -> list[dict]:
             continue
         start = time.perf_counter()
         subprocess.run(command(stage), check=True, env=os.environ.copy())
-        timings.append({"stage": n, "assets": [k.to_user_string() for k in stage.keys],
-                        "seconds": round(time.perf_counter() - start, 1)})
+        timings.append(
+            {
+                "stage": n,
+                "assets": [k.to_user_string() for k in stage.keys],
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
     return timings

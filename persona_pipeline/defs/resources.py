@@ -9,8 +9,8 @@ import os
 
 import dagster as dg
 
-from .backends import Backend, BackendSpec, make_backend
-from .settings import home
+from persona_pipeline.backends import Backend, BackendSpec, make_backend
+from persona_pipeline.settings import home
 
 
 class ModelResource(dg.ConfigurableResource):
@@ -40,9 +40,11 @@ class ModelResource(dg.ConfigurableResource):
 
 def model_resource_from_env(role: str, **defaults) -> ModelResource:
     prefix = f"PERSONA_{role.upper()}_"
-    env = {k[len(prefix):].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
+    env = {k[len(prefix) :].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
     allowed = set(ModelResource.model_fields) - {"role"}
     unknown = set(env) - allowed
     if unknown:
-        raise ValueError(f"unknown settings {sorted(prefix + u.upper() for u in unknown)}; known: {sorted(prefix + a.upper() for a in allowed)}")
+        raise ValueError(
+            f"unknown settings {sorted(prefix + u.upper() for u in unknown)}; known: {sorted(prefix + a.upper() for a in allowed)}"
+        )
     return ModelResource(role=role, **{**defaults, **env})

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from .settings import home
-from .storage import read_records, write_json, write_records
+from persona_pipeline.settings import home
+from persona_pipeline.storage import read_records, write_json, write_records
 
 
 class ArtifactIOManager(dg.ConfigurableIOManager):
@@ -40,7 +40,9 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         js_path = self._path(key, partition, ".json")
         if js_path.exists():
             return json.loads(js_path.read_text())
-        raise FileNotFoundError(f"{pq_path.with_suffix('')}: asset {key.to_user_string()} has no stored value; materialise it first")
+        raise FileNotFoundError(
+            f"{pq_path.with_suffix('')}: asset {key.to_user_string()} has no stored value; materialise it first"
+        )
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         if obj is None:
@@ -51,7 +53,9 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
             return
         keys = context.asset_partition_keys
         if not isinstance(obj, dict) or not set(keys) <= set(obj):
-            raise TypeError(f"partitioned asset {context.asset_key.to_user_string()} must return {{partition_key: value}} for {keys}")
+            raise TypeError(
+                f"partitioned asset {context.asset_key.to_user_string()} must return {{partition_key: value}} for {keys}"
+            )
         for k in keys:
             self._write(context.asset_key, k, obj[k])
 

@@ -7,14 +7,24 @@ cost on small machines; ``k8s`` for per-step pods, see deploy/).
 
 import dagster as dg
 
-from .assets import data, drift, evaluation, human, models, report, representations, specs, steering
-from .assets._common import SINGLE_RUN
-from .assets.automation import automation
-from .assets.checks import data_checks, model_checks
-from .assets.sources import persona_files, persona_files_sensor
-from .executors import executor_from_env
-from .io_manager import ArtifactIOManager
-from .resources import model_resource_from_env
+from persona_pipeline.defs.assets import (
+    data,
+    drift,
+    evaluation,
+    human,
+    models,
+    report,
+    representations,
+    specs,
+    steering,
+)
+from persona_pipeline.defs.assets._common import SINGLE_RUN
+from persona_pipeline.defs.automation import automation
+from persona_pipeline.defs.checks import data_checks, model_checks
+from persona_pipeline.defs.executors import executor_from_env
+from persona_pipeline.defs.io_manager import ArtifactIOManager
+from persona_pipeline.defs.resources import model_resource_from_env
+from persona_pipeline.defs.sources import persona_files, persona_files_sensor
 
 
 def _single_run(assets):
@@ -27,7 +37,14 @@ def _single_run(assets):
 jobs, schedules, sensors = automation()
 
 defs = dg.Definitions(
-    assets=[persona_files, *_single_run(dg.load_assets_from_modules([specs, data, models, representations, steering, evaluation, drift, human, report]))],
+    assets=[
+        persona_files,
+        *_single_run(
+            dg.load_assets_from_modules(
+                [specs, data, models, representations, steering, evaluation, drift, human, report]
+            )
+        ),
+    ],
     asset_checks=data_checks + model_checks + [human.judge_agrees_with_humans],
     jobs=jobs,
     schedules=schedules,

@@ -11,13 +11,16 @@ import hashlib
 
 import dagster as dg
 
-from ..settings import data_root
-from ._common import persona_partitions
+from persona_pipeline.defs.assets._common import persona_partitions
+from persona_pipeline.settings import data_root
 
 persona_files = dg.AssetSpec(
-    "persona_files", partitions_def=persona_partitions, group_name="specs", kinds={"yaml"},
+    "persona_files",
+    partitions_def=persona_partitions,
+    group_name="specs",
+    kinds={"yaml"},
     description="The persona spec files in data_assets/personas/ (one partition per file), observed with a content hash "
-                "as data version so an edit makes only that persona stale.",
+    "as data version so an edit makes only that persona stale.",
 )
 
 
@@ -28,8 +31,12 @@ def file_versions() -> dict[str, str]:
 
 
 def observations(versions: dict[str, str]) -> list[dg.AssetObservation]:
-    return [dg.AssetObservation(asset_key="persona_files", partition=pid, tags={"dagster/data_version": v},
-                                metadata={"sha256_16": v}) for pid, v in versions.items()]
+    return [
+        dg.AssetObservation(
+            asset_key="persona_files", partition=pid, tags={"dagster/data_version": v}, metadata={"sha256_16": v}
+        )
+        for pid, v in versions.items()
+    ]
 
 
 def observe(instance: dg.DagsterInstance) -> dict[str, str]:
@@ -52,10 +59,14 @@ def stale_partitions(instance: dg.DagsterInstance, defs: dg.Definitions, asset: 
     return [k for k in keys if resolver.get_status(key, k) != StaleStatus.FRESH]
 
 
-@dg.sensor(name="persona_files_sensor", minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           asset_selection=dg.AssetSelection.assets("synthetic_conversations"),
-           description="Observes data_assets/personas/*.yaml; an edited or new persona gets its dialogues regenerated "
-                       "(that partition only).")
+@dg.sensor(
+    name="persona_files_sensor",
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    asset_selection=dg.AssetSelection.assets("synthetic_conversations"),
+    description="Observes data_assets/personas/*.yaml; an edited or new persona gets its dialogues regenerated "
+    "(that partition only).",
+)
 def persona_files_sensor(context: dg.SensorEvaluationContext):
     import json
 
@@ -64,9 +75,23 @@ def persona_files_sensor(context: dg.SensorEvaluationContext):
         context.update_cursor(json.dumps(versions))
         return dg.SensorResult(asset_events=observations(versions))
     before = json.loads(context.cursor)
-    changed = sorted(p for p, v in versions.items() if before.get(p) != v and p in persona_partitions.get_partition_keys())
+    changed = sorted(
+        p for p, v in versions.items() if before.get(p) != v and p in persona_partitions.get_partition_keys()
+    )
     context.update_cursor(json.dumps(versions))
     if not changed:
         return dg.SkipReason("no persona file changed")
-    return dg.SensorResult(asset_events=observations({p: versions[p] for p in changed}),
-                           run_requests=[dg.RunRequest(run_key=f"persona:{p}:{versions[p]}", partition_key=p) for p in changed])
+    return dg.SensorResult(
+        asset_events=observations({p: versions[p] for p in changed}),
+        run_requests=[dg.RunRequest(run_key=f"persona:{p}:{versions[p]}", partition_key=p) for p in changed],
+    )
+
+
+def observe_report() -> dict:
+    """What ``persona-pipeline observe`` prints: the recorded versions and the stale dialogue partitions."""
+    from persona_pipeline.defs.definitions import defs
+
+    with dg.DagsterInstance.get() as instance:
+        versions = observe(instance)
+        stale = stale_partitions(instance, defs, "synthetic_conversations")
+    return {"persona_files": versions, "stale_synthetic_conversations": stale}

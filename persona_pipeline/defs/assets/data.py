@@ -1,0 +1,216 @@
+"""Data group: teacher dialogues, HITL gold, survey conversations, curation, SFT pairs."""
+
+import dagster as dg
+
+from persona_pipeline import curate as cur
+from persona_pipeline.contracts import Conversation, Survey, Topic
+from persona_pipeline.defs.assets._common import GPU, SINGLE_RUN, counts, md_table, persona_partitions
+from persona_pipeline.defs.resources import ModelResource
+from persona_pipeline.hitl import expand_paths
+from persona_pipeline.loaders import load_hitl, load_personas
+from persona_pipeline.settings import data_root, home, profile
+from persona_pipeline.simulate import SimConfig, WorkCache, fingerprint, plan_dialogues, simulate
+from persona_pipeline.simulator import definitions
+from persona_pipeline.survey import split_items
+from persona_pipeline.survey import survey_conversations as survey_to_convs
+from persona_pipeline.unroll import export_customjson, unroll
+
+GROUP = "data"
+
+
+class SyntheticConfig(dg.Config):
+    """None means: take the value from the active profile (PERSONA_PIPELINE_PROFILE)."""
+
+    conversations_per_persona: int | None = None
+    min_turns: int | None = None
+    max_turns: int | None = None
+    persona_max_new_tokens: int | None = None
+    assistant_max_new_tokens: int | None = None
+    max_line_retries: int | None = None
+    temperature: float = 0.8
+    seed: int = 0
+
+    def resolved(self) -> tuple[int, SimConfig]:
+        p = profile()
+        pick = lambda name: getattr(self, name) if getattr(self, name) is not None else getattr(p, name)
+        sim = SimConfig(
+            min_turns=pick("min_turns"),
+            max_turns=pick("max_turns"),
+            persona_max_new_tokens=pick("persona_max_new_tokens"),
+            assistant_max_new_tokens=pick("assistant_max_new_tokens"),
+            temperature=self.temperature,
+            max_line_retries=pick("max_line_retries"),
+            seed=self.seed,
+        )
+        if sim.max_turns < sim.min_turns:
+            raise ValueError(f"config max_turns={sim.max_turns} is below min_turns={sim.min_turns}")
+        return pick("conversations_per_persona"), sim
+
+
+def _records(convs: list[Conversation]) -> list[dict]:
+    return [c.model_dump(mode="json") for c in convs]
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "parquet"},
+    partitions_def=persona_partitions,
+    backfill_policy=SINGLE_RUN,
+    **GPU,
+    deps=["persona_files"],
+    description="Teacher-written dialogues (persona as the user, 8+ turns) per persona; all partitions advance in one batch; "
+    "resumable. Reads its own persona's spec file, so editing one spec makes only that partition stale.",
+)
+def synthetic_conversations(
+    context: dg.AssetExecutionContext,
+    config: SyntheticConfig,
+    topics: list[dict],
+    teacher: ModelResource,
+    assistant: ModelResource,
+) -> dict:
+    n, sim = config.resolved()
+    specs = {s.id: s for s in load_personas(data_root() / "personas")}
+    unknown = [k for k in context.partition_keys if k not in specs]
+    if unknown:
+        raise ValueError(f"partitions {unknown} have no persona spec in {data_root() / 'personas'}")
+    all_topics = [Topic(**t) for t in topics]
+    plans = {pid: plan_dialogues(specs[pid], all_topics, n, sim.seed) for pid in context.partition_keys}
+    ids = (teacher.describe(), assistant.describe())
+    cache = WorkCache(
+        home() / "work" / "synthetic_conversations",
+        {pid: fingerprint(specs[pid], [d.topic for d in plans[pid]], sim, ids) for pid in plans},
+    )
+    dialogues = [d for pid in context.partition_keys for d in plans[pid]]
+    log = lambda step, ds: context.log.info(f"step {step}: {sum(d.done for d in ds)}/{len(ds)} dialogues finished")
+    convs = simulate(dialogues, specs, teacher.backend(), assistant.backend(), sim, cache=cache, on_step=log)
+    context.add_output_metadata(
+        {
+            "conversations": len(convs),
+            "mean_turns": round(sum(len(c.turns) for c in convs) / max(1, len(convs)), 2),
+            "ended_by_stop_rule": sum(c.metadata.ended_by_stop_rule for c in convs),
+            "teacher": ids[0],
+            "assistant": ids[1],
+            "sample": md_table(
+                [
+                    {"persona": c.persona_id, "turn": i, "role": t.role, "content": t.content[:120]}
+                    for c in convs[:1]
+                    for i, t in enumerate(c.turns)
+                ]
+            ),
+        }
+    )
+    return {pid: _records([c for c in convs if c.persona_id == pid]) for pid in context.partition_keys}
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"jsonl", "parquet"},
+    description="Human gold dialogues from data_assets/hitl/; each alternative line becomes its own training path.",
+)
+def hitl_conversations(context: dg.AssetExecutionContext, persona_specs: list[dict]) -> list[dict]:
+    records = load_hitl(data_root() / "hitl", {s["id"] for s in persona_specs})
+    convs = [c for r in records for c in expand_paths(r)]
+    context.add_output_metadata(
+        {"sessions": len(records), "paths": len(convs), "per_persona": counts(c.persona_id for c in convs)}
+    )
+    return _records(convs)
+
+
+class SurveyConfig(dg.Config):
+    test_fraction: float = 0.2
+    follow_up_items: int | None = None
+    seed: int = 0
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"parquet"},
+    description="Survey items → conversations in the person's voice (+ follow-ups, identity), stratified 80/20 split.",
+)
+def survey_conversations(context: dg.AssetExecutionContext, config: SurveyConfig, surveys: dict) -> list[dict]:
+    if not 0 < config.test_fraction < 1:
+        raise ValueError(f"config test_fraction={config.test_fraction}: must be between 0 and 1")
+    fu = config.follow_up_items if config.follow_up_items is not None else profile().survey_follow_up_items
+    convs = []
+    for raw in surveys.values():
+        s = Survey(**raw)
+        convs += survey_to_convs(s, split_items(s, config.test_fraction, config.seed), fu, config.seed)
+    context.add_output_metadata(
+        {
+            "conversations": len(convs),
+            "train": sum(c.metadata.split == "train" for c in convs),
+            "test": sum(c.metadata.split == "test" for c in convs),
+            "multi_turn": sum(len(c.turns) > 2 for c in convs),
+        }
+    )
+    return _records(convs)
+
+
+class CurateAssetConfig(dg.Config):
+    quality_threshold: float = 0.4
+    near_duplicate_jaccard: float = 0.8
+    hitl_share: float = 0.2
+    drop_unsafe: bool = True
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"parquet"},
+    description="All sources merged: quality_score, safety_flags, exact/near de-duplication, threshold filter, HITL mix.",
+)
+def conversations(
+    context: dg.AssetExecutionContext,
+    config: CurateAssetConfig,
+    synthetic_conversations: list[dict],
+    hitl_conversations: list[dict],
+    survey_conversations: list[dict],
+) -> list[dict]:
+    load = lambda rows: [Conversation(**r) for r in rows]
+    cfg = cur.CurateConfig(min_turns=profile().min_turns, **config.model_dump())
+    kept, report = cur.curate(load(synthetic_conversations), load(hitl_conversations), load(survey_conversations), cfg)
+    context.add_output_metadata(
+        {
+            "conversations": len(kept),
+            "mean_quality": report["mean_quality"],
+            "achieved_hitl_share": report["mix"]["achieved_hitl_share"],
+            "per_source": md_table(
+                [{"source": k, "input": report["input"].get(k, 0), "kept": v} for k, v in report["kept"].items()]
+            ),
+            "per_persona": md_table(
+                [{"persona": k, "conversations": v} for k, v in sorted(report["per_persona"].items())]
+            ),
+            "dropped": md_table([{"reason": k, "count": v} for k, v in report["dropped"].items()]),
+        }
+    )
+    return _records(kept)
+
+
+class PairsConfig(dg.Config):
+    export_customjson: bool = True
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"parquet"},
+    description="Unrolled prompt/completion pairs: [PERSONA: id] + history → the persona's next line (TRL conversational format).",
+)
+def sft_pairs(
+    context: dg.AssetExecutionContext,
+    config: PairsConfig,
+    conversations: list[dict],
+    persona_specs: list[dict],
+    surveys: dict,
+) -> list[dict]:
+    defs = definitions(persona_specs, surveys)
+    pairs = [pair for row in conversations for pair in unroll(Conversation(**row), defs[row["persona_id"]])]
+    meta = {
+        "pairs": len(pairs),
+        "per_source": counts(p.source for p in pairs),
+        "per_persona": counts(p.persona_id for p in pairs),
+    }
+    if config.export_customjson:
+        path = home() / "exports" / "sft_pairs.customjson.jsonl"
+        export_customjson(pairs, path)
+        meta["customjson"] = dg.MetadataValue.path(str(path))
+    context.add_output_metadata(meta)
+    return [p.model_dump(mode="json") for p in pairs]

@@ -1,0 +1,194 @@
+"""Evaluation group, human half: the blind rating page, the ratings it collects, and how
+well the judge agrees with people (an asset check with a configurable threshold)."""
+
+import json
+import math
+
+import dagster as dg
+
+from persona_pipeline import eval_judges as ej
+from persona_pipeline import human_eval as he
+from persona_pipeline import human_ratings as hr
+from persona_pipeline import stats
+from persona_pipeline.contracts import Conversation
+from persona_pipeline.defs.assets._common import ALL, GPU, md_table
+from persona_pipeline.defs.assets.evaluation import GROUP, METHODS, contestants
+from persona_pipeline.defs.assets.steering import _policy
+from persona_pipeline.defs.resources import ModelResource
+from persona_pipeline.eval_dialogues import next_lines
+from persona_pipeline.settings import home, profile, ratings_dir
+
+
+class HumanEvalConfig(dg.Config):
+    items_per_persona: int | None = None
+    methods: list[str] = list(METHODS)
+    max_new_tokens: int | None = None  # None → profile (eval_persona_tokens)
+    seed: int = 0
+
+
+def _contexts(hitl: list[dict], per_persona: int) -> list[dict]:
+    """Contexts with a human gold line: persona turns (after the opening) of each HITL session's first path."""
+    out, taken = [], {}
+    for raw in hitl:
+        c = Conversation(**raw)
+        if c.metadata.path != 0:
+            continue
+        for i in c.persona_turn_indices():
+            if i >= 2 and taken.get(c.persona_id, 0) < per_persona:
+                taken[c.persona_id] = taken.get(c.persona_id, 0) + 1
+                out.append(
+                    {
+                        "id": f"{c.id}@{i}",
+                        "persona_id": c.persona_id,
+                        "topic": c.topic,
+                        "history": [{"role": t.role, "content": t.content} for t in c.turns[:i]],
+                        "reference": c.turns[i].content,
+                    }
+                )
+    return out
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"html"},
+    **GPU,
+    ins={
+        "steering_sweep": dg.AssetIn(partition_mapping=ALL),
+        "persona_vectors": dg.AssetIn(partition_mapping=ALL),
+        "cmaes_steering": dg.AssetIn(partition_mapping=ALL),
+    },
+    description="A blind rating page: HITL history + the human's own line + every method's line under shuffled "
+    "labels, 1–5 each. `persona-pipeline rate` serves it and saves submissions for `human_ratings`.",
+)
+def human_eval_page(
+    context: dg.AssetExecutionContext,
+    config: HumanEvalConfig,
+    hitl_conversations: list[dict],
+    persona_specs: list[dict],
+    base_model: dict,
+    sft_adapter: dict,
+    rl_adapter: dict,
+    steering_sweep: list[dict],
+    persona_vectors: dict,
+    cmaes_steering: dict,
+    judge: ModelResource,
+) -> dict:
+    ctx = _contexts(hitl_conversations, config.items_per_persona or profile().human_eval_items)
+    racers = contestants(persona_specs, cmaes_steering, steering_sweep, persona_vectors, config.methods)
+    backends = {
+        "base": _policy(base_model),
+        "sft": _policy(base_model, sft_adapter["path"]),
+        "rl": _policy(base_model, rl_adapter["path"]),
+    }
+    lines = next_lines(racers, ctx, backends, config.max_new_tokens or profile().eval_persona_tokens, config.seed)
+    items = [
+        he.EvalItem(
+            id=c["id"],
+            persona_id=c["persona_id"],
+            history=c["history"],
+            reference=c["reference"],
+            candidates=lines[c["id"]],
+        )
+        for c in ctx
+        if lines.get(c["id"])
+    ]
+    page_dir = home() / "human_eval"
+    key = he.write_page(page_dir, items, config.seed)
+    judged = _judge_candidates(items, persona_specs, judge)
+    context.add_output_metadata(
+        {
+            "items": len(items),
+            "page": dg.MetadataValue.path(str(page_dir / "index.html")),
+            "serve": dg.MetadataValue.md(
+                f"`persona-pipeline rate` → http://127.0.0.1:8765/ — ratings land in `{ratings_dir()}`"
+            ),
+            "page_id": key["page_id"],
+            "methods": ", ".join(key["methods"]),
+        }
+    )
+    return {
+        "page_dir": str(page_dir),
+        "page_id": key["page_id"],
+        "judge": judged,
+        "items": [it.model_dump() for it in items],
+    }
+
+
+def _judge_candidates(items: list, persona_specs: list[dict], judge: ModelResource) -> dict:
+    """The judge's adherence for every candidate line, so human ratings can be compared with it."""
+    flat = [
+        ej.EvalItem(
+            id=f"{it.id}|{m}",
+            persona_id=it.persona_id,
+            history=[h.model_dump() for h in it.history],
+            candidate=line,
+            method=m,
+        )
+        for it in items
+        for m, line in it.candidates.items()
+    ]
+    specs = {s["id"]: s for s in persona_specs}  # the same primary judge as judge_scores
+    primary = ej.embedding_judge(specs) if judge.kind == "local" else ej.persona_judge(judge.backend(), specs)
+    scores = primary(flat)
+    return {s.item_id: s.adherence for s in scores}
+
+
+class HumanRatingsConfig(dg.Config):
+    min_agreement: float = 0.3  # Spearman ρ between judge adherence and mean human rating
+    min_ratings: int = 5  # below this the agreement check is not judged (warns "too few ratings")
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"json"},
+    description="Human ratings ingested from the rating files (served page or downloaded JSON), joined to methods; "
+    "a sensor materialises this when new files arrive.",
+)
+def human_ratings(context: dg.AssetExecutionContext, config: HumanRatingsConfig, human_eval_page: dict) -> dict:
+    rows = hr.load_ratings(ratings_dir(), key=human_eval_page["page_dir"])
+    summary = hr.summarise(rows)
+    pairs = [(human_eval_page["judge"].get(f"{r['item_id']}|{r['method']}"), r["rating"]) for r in rows]
+    agree = stats.judge_human_agreement([j for j, _ in pairs], [h for _, h in pairs]) if rows else {"n": 0}
+    context.add_output_metadata(
+        {
+            "ratings": len(rows),
+            "raters": len({r["rater"] for r in rows}),
+            "folder": dg.MetadataValue.path(str(ratings_dir())),
+            "by_method": md_table(summary["by_method"]),
+            "judge_human_agreement": json.dumps(agree, default=str),
+        }
+    )
+    return {
+        "rows": rows,
+        "summary": summary,
+        "agreement": agree,
+        "min_agreement": config.min_agreement,
+        "min_ratings": config.min_ratings,
+    }
+
+
+@dg.asset_check(
+    asset="human_ratings",
+    description="The LLM judge ranks lines like people do: Spearman ρ(judge, human) ≥ "
+    "human_ratings' min_agreement once enough ratings exist.",
+)
+def judge_agrees_with_humans(human_ratings: dict) -> dg.AssetCheckResult:
+    agree, n = human_ratings["agreement"], human_ratings["agreement"].get("n", 0)
+    if n < human_ratings["min_ratings"]:
+        return dg.AssetCheckResult(
+            passed=True,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"n": n, "note": f"too few ratings to judge (< {human_ratings['min_ratings']})"},
+        )
+    rho = agree.get("spearman")
+    ok = rho is not None and not math.isnan(rho) and rho >= human_ratings["min_agreement"]
+    return dg.AssetCheckResult(
+        passed=bool(ok),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "n": n,
+            "spearman": rho,
+            "agreement_rate": agree.get("agreement_rate"),
+            "threshold": human_ratings["min_agreement"],
+        },
+    )

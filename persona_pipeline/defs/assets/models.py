@@ -1,0 +1,342 @@
+"""Models group: the base model, the SFT adapter and the GRPO-refined adapter."""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from persona_pipeline.backends import BackendSpec, SamplingParams, make_backend
+from persona_pipeline.contracts import Conversation
+from persona_pipeline.defs.assets._common import GPU, md_table, persona_judge
+from persona_pipeline.defs.resources import ModelResource
+from persona_pipeline.modelio import EMBEDDED, convert_embedded, cuda_available, default_base_dir
+from persona_pipeline.plots import line_plot, markdown_image, save_png
+from persona_pipeline.settings import home, profile
+from persona_pipeline.simulator import definitions
+from persona_pipeline.train_rl import RlSettings, make_reward, mean_reward, rl_prompts, train_rl
+from persona_pipeline.train_sft import (
+    TARGET_MODULES,
+    LoraSettings,
+    PreventiveSteer,
+    SftSettings,
+    build_mixture,
+    train_sft,
+)
+
+GROUP = "models"
+
+
+class BaseModelConfig(dg.Config):
+    """``embedded`` converts the shipped SmolLM2 GGUF; otherwise an HF model id or a local folder.
+
+    Defaults to ``PERSONA_POLICY_MODEL`` so the base and the policy resource agree.
+    """
+
+    model: str = os.environ.get("PERSONA_POLICY_MODEL", EMBEDDED)
+
+
+def _describe_remote(model: str) -> dict:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model)
+    return {
+        "path": model,
+        "layers": cfg.num_hidden_layers,
+        "hidden_size": cfg.hidden_size,
+        "dtype": str(getattr(cfg, "torch_dtype", None) or getattr(cfg, "dtype", "auto")),
+        "cache_hit": True,
+    }
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "safetensors"},
+    description="The policy base model as a local HF folder (embedded: SmolLM2-135M-Instruct GGUF → fp32 safetensors, once).",
+)
+def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig) -> dict:
+    if config.model == EMBEDDED:
+        dest = default_base_dir(home())
+        manifest = {**convert_embedded(dest), "path": str(dest)}
+    elif Path(config.model).exists():
+        manifest = {**_describe_remote(str(Path(config.model).resolve())), "path": str(Path(config.model).resolve())}
+    else:
+        manifest = _describe_remote(config.model)
+    context.add_output_metadata(
+        {
+            k: v
+            for k, v in manifest.items()
+            if k in ("params", "layers", "hidden_size", "dtype", "cache_hit", "source_sha256")
+        }
+        | {"location": dg.MetadataValue.path(manifest["path"])}
+    )
+    return manifest
+
+
+def _png_meta(png: bytes, path: Path, alt: str) -> dict:
+    save_png(png, path)
+    return {alt: dg.MetadataValue.md(markdown_image(png, alt)), f"{alt}_png": dg.MetadataValue.path(str(path))}
+
+
+def _curve(history: list[dict], key: str) -> tuple[list[float], list[float]]:
+    pts = [(h["step"], h[key]) for h in history if key in h and "step" in h]
+    return [p[0] for p in pts], [float(p[1]) for p in pts]
+
+
+class SftConfig(dg.Config):
+    """LoRA hyperparameters as in the seed (r 32, α 64, dropout 0.1, all projections); None → profile."""
+
+    r: int = 32
+    alpha: int = 64
+    dropout: float = 0.1
+    target_modules: list[str] = list(TARGET_MODULES)
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int | None = None
+    max_length: int | None = None  # None → profile (sft_max_length)
+    eval_fraction: float = 0.1
+    weights: dict[str, float] = {"synthetic": 1.0, "hitl": 2.0, "survey": 2.0, "retention": 1.0}
+    retention_prompts: int | None = None
+    quantize: str = "auto"  # auto: NF4 (QLoRA) on CUDA, full precision on CPU; or "nf4" / "none"
+    seed: int = 0
+    # training-time (preventative) steering: a vector name from a previous run (e.g. "impolite",
+    # "persona:skeptic", "assistant_axis") or a .safetensors path; None = off
+    preventative_vector: str | None = None
+    preventative_layer: int | None = None  # default: the middle layer
+    preventative_coef: float = 4.0
+    preventative_mode: str = "add"  # add | ablate
+    # > 1: data-parallel training, one process per GPU, via `accelerate launch` (deploy/accelerate.yaml)
+    num_processes: int = 1
+
+    def steer(self, n_layers: int):
+        if not self.preventative_vector:
+            return None
+        from persona_pipeline.vectors import resolver
+
+        v = resolver(home())(self.preventative_vector)
+        if v is None:
+            raise ValueError(
+                f"sft_adapter config preventative_vector={self.preventative_vector!r}: no such vector under "
+                f"{home()} (materialise persona_vectors first, or give a .safetensors path)"
+            )
+        layer = self.preventative_layer if self.preventative_layer is not None else n_layers // 2
+        return PreventiveSteer(v[layer] if v.dim() == 2 else v, layer, self.preventative_coef, self.preventative_mode)
+
+    def settings(self) -> SftSettings:
+        quant = {"auto": "nf4" if cuda_available() else None, "nf4": "nf4", "none": None}
+        if self.quantize not in quant:
+            raise ValueError(f"sft_adapter config quantize={self.quantize!r}: use auto, nf4 or none")
+        steps = self.max_steps if self.max_steps is not None else profile().sft_max_steps
+        return SftSettings(
+            lora=LoraSettings(self.r, self.alpha, self.dropout, tuple(self.target_modules)),
+            learning_rate=self.learning_rate,
+            epochs=self.epochs,
+            max_steps=steps,
+            batch_size=self.batch_size or profile().sft_batch_size,
+            max_length=self.max_length or profile().sft_max_length,
+            eval_fraction=self.eval_fraction,
+            max_eval_rows=profile().sft_eval_rows,
+            weights=self.weights,
+            quantize=quant[self.quantize],
+            seed=self.seed,
+        )
+
+
+def retention_rows(base_path: str, questions: list[str], n: int) -> list[dict]:
+    """The base model's own answers to general questions: the "stay a normal assistant" set."""
+    backend = make_backend(BackendSpec(model=base_path), home())
+    chats = [[{"role": "user", "content": q}] for q in questions[:n]]
+    answers = backend.complete(chats, SamplingParams(max_new_tokens=64, temperature=0))
+    return [
+        {"prompt": c, "completion": [{"role": "assistant", "content": a}]} for c, a in zip(chats, answers) if a.strip()
+    ]
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "safetensors"},
+    **GPU,
+    description="One LoRA/QLoRA adapter for all personas (switch by [PERSONA: id]), trained with TRL SFTTrainer on sft_pairs.",
+)
+def sft_adapter(
+    context: dg.AssetExecutionContext, config: SftConfig, sft_pairs: list[dict], base_model: dict, role_specs: dict
+) -> dict:
+    s = config.settings()
+    s.steer = config.steer(base_model.get("layers") or 30)
+    n_ret = config.retention_prompts if config.retention_prompts is not None else profile().retention_prompts
+    retention = retention_rows(base_model["path"], role_specs["questions"], n_ret)
+    train, eval_rows, mixture = build_mixture(sft_pairs, retention, s)
+    out = home() / "models" / "sft_adapter"
+    card = {
+        "name": "persona-pipeline SFT persona simulator",
+        "base_model": base_model.get("model_id", base_model["path"]),
+        "data_version": _data_version(context, "sft_pairs"),
+        "personas": sorted({p["persona_id"] for p in sft_pairs}),
+    }
+    r = _train(config, base_model["path"], train, eval_rows, s, out, card)
+    png = line_plot({"train loss": _curve(r.log_history, "loss")}, "SFT loss", "step", "loss")
+    context.add_output_metadata(
+        {
+            "path": dg.MetadataValue.path(str(out)),
+            "base_eval_loss": round(r.base_eval_loss, 4),
+            "eval_loss": round(r.eval_loss, 4),
+            "tokens_per_second": round(r.tokens_per_second, 1),
+            "train_tokens": r.train_tokens,
+            "seconds": round(r.seconds, 1),
+            "dropped_overlong": r.dropped_overlong,
+            "mixture": md_table([{"source": k, **v} for k, v in mixture["sources"].items()]),
+            **_png_meta(png, out.parent / "sft_loss.png", "loss_curve"),
+        }
+    )
+    return {
+        "path": str(out),
+        "base_model": base_model["path"],
+        "base_eval_loss": r.base_eval_loss,
+        "eval_loss": r.eval_loss,
+        "tokens_per_second": r.tokens_per_second,
+        "mixture": mixture,
+    }
+
+
+def _train(config: SftConfig, base: str, train: list, eval_rows: list, s: SftSettings, out: Path, card: dict):
+    """In this process, or — with ``num_processes`` > 1 — data-parallel under ``accelerate launch``."""
+    if config.num_processes <= 1:
+        return train_sft(base, train, eval_rows, s, out, card)
+    import json
+    import subprocess
+    import sys
+
+    from persona_pipeline.train_sft import TrainResult, write_job
+
+    job = out.parent / f"{out.name}.job.json"
+    write_job(job, base, train, eval_rows, s, out, card)
+    accelerate = Path(sys.executable).parent / "accelerate"
+    config_file = os.environ.get(
+        "PERSONA_PIPELINE_ACCELERATE_CONFIG", Path(__file__).resolve().parents[2] / "deploy" / "accelerate.yaml"
+    )
+    subprocess.run(
+        [
+            str(accelerate),
+            "launch",
+            "--config_file",
+            str(config_file),
+            "--num_processes",
+            str(config.num_processes),
+            "-m",
+            "persona_pipeline.cli",
+            "train-sft",
+            "--job",
+            str(job),
+        ],
+        check=True,
+    )
+    return TrainResult(**json.loads((out.parent / f"{out.name}.result.json").read_text()))
+
+
+def _data_version(context: dg.AssetExecutionContext, asset: str) -> str:
+    record = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
+    return str(record.run_id)[:8] if record else "unknown"
+
+
+class RlConfig(dg.Config):
+    beta: float = 0.1
+    learning_rate: float = 2e-5
+    max_steps: int | None = None
+    num_generations: int | None = None
+    prompts: int | None = None
+    max_completion_length: int | None = None  # None → profile (rl_completion_tokens)
+    r: int = 16
+    alpha: int = 32
+    judge_method: str = "auto"  # auto: MiniLM voice judge with the local judge model, logprob with an endpoint
+    boring_share: float = 0.3
+    seed: int = 0
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "safetensors"},
+    **GPU,
+    description="GRPO-refined adapter (TRL, LLM-judge persona reward, KL β to the SFT model), saved as one standalone LoRA.",
+)
+def rl_adapter(
+    context: dg.AssetExecutionContext,
+    config: RlConfig,
+    sft_adapter: dict,
+    base_model: dict,
+    conversations: list[dict],
+    persona_specs: list[dict],
+    surveys: dict,
+    judge: ModelResource,
+) -> dict:
+    p = profile()
+    judge_backend, method = persona_judge(config.judge_method, judge, persona_specs, surveys)
+    s = RlSettings(
+        lora=LoraSettings(config.r, config.alpha, 0.05),
+        beta=config.beta,
+        learning_rate=config.learning_rate,
+        max_steps=config.max_steps or p.rl_max_steps,
+        num_generations=config.num_generations or p.rl_num_generations,
+        max_completion_length=config.max_completion_length or p.rl_completion_tokens,
+        judge_method=method,
+        boring_share=config.boring_share,
+        seed=config.seed,
+    )
+    convs = [Conversation(**c) for c in conversations]
+    defs, full = definitions(persona_specs, surveys), definitions(persona_specs, surveys, compact=False)
+    train = rl_prompts(
+        convs,
+        defs,
+        config.prompts or p.rl_prompts,
+        False,
+        s.seed,
+        s.boring_share,
+        judge_specs=full,
+        max_depth=p.rl_max_depth,
+    )
+    heldout = rl_prompts(
+        convs, defs, p.check_prompts, True, s.seed, s.boring_share, judge_specs=full, max_depth=p.rl_max_depth
+    )
+    out = home() / "models" / "rl_adapter"
+    r = train_rl(
+        base_model["path"],
+        Path(sft_adapter["path"]),
+        train,
+        make_reward(judge_backend, s.judge_method),
+        s,
+        out,
+        {"base_model": base_model["path"], "sft_adapter": sft_adapter["path"], "judge": judge.describe()},
+    )
+    before = mean_reward(
+        _policy(base_model, sft_adapter["path"]), heldout, judge_backend, s.judge_method, s.max_completion_length
+    )
+    after = mean_reward(_policy(base_model, str(out)), heldout, judge_backend, s.judge_method, s.max_completion_length)
+    curves = line_plot({"reward": _curve(r.log_history, "reward")}, "GRPO reward", "step", "mean reward")
+    kl = line_plot({"KL": _curve(r.log_history, "kl")}, "KL to the SFT policy", "step", "KL")
+    context.add_output_metadata(
+        {
+            "path": dg.MetadataValue.path(str(out)),
+            "mean_reward_sft": round(before, 4),
+            "mean_reward_rl": round(after, 4),
+            "seconds_per_step": round(r.seconds_per_step, 1),
+            "beta": s.beta,
+            "judge": judge.describe(),
+            "judge_method": method,
+            "train_prompts": len(train),
+            "boring_prompts": sum(x["boring"] for x in train),
+            "max_depth": max(x["depth"] for x in train),
+            **_png_meta(curves, out.parent / "rl_reward.png", "reward_curve"),
+            **_png_meta(kl, out.parent / "rl_kl.png", "kl_curve"),
+        }
+    )
+    return {
+        "path": str(out),
+        "base_model": base_model["path"],
+        "sft_adapter": sft_adapter["path"],
+        "mean_reward_sft": before,
+        "mean_reward_rl": after,
+        "seconds_per_step": r.seconds_per_step,
+    }
+
+
+def _policy(base_model: dict, adapter: str):
+    return make_backend(BackendSpec(model=base_model["path"], adapter=adapter), home())
