@@ -17,6 +17,7 @@ from pathlib import Path
 from .storage import atomic_path, write_json
 
 EMBEDDED = "embedded"
+EMBEDDED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what adapters record as their base (portable)
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "persona_pipeline_model.json"
 
@@ -71,7 +72,7 @@ def convert_embedded(dest: Path) -> dict:
     manifest = {
         "source": str(gguf),
         "source_sha256": sha,
-        "model_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "model_id": EMBEDDED_ID,
         **describe(model),
     }
     with atomic_path(dest) as tmp:
@@ -116,6 +117,75 @@ def resolve_base(model: str, home: Path) -> Path | str:
         convert_embedded(dest)
         return dest
     return model
+
+
+def canonical_name(base: Path | str) -> str:
+    """The name an adapter records for its base, valid on any machine.
+
+    A folder we converted carries its source's model id in the manifest (the
+    embedded SmolLM2 → its Hugging Face id); anything else is recorded as the
+    user gave it (an HF id, or their own path).
+    """
+    folder = Path(str(base))
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    return (manifest or {}).get("model_id") or str(base)
+
+
+def make_portable(adapter: Path, base: Path | str) -> str:
+    """Point a saved adapter's ``base_model_name_or_path`` at the canonical name (PEFT writes the local path).
+
+    ``PeftModel.from_pretrained`` and ``vllm serve --lora-modules`` then resolve it
+    elsewhere; the local path stays in the training summary / model card.
+    """
+    path = Path(adapter) / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["base_model_name_or_path"] = canonical_name(base)
+    write_json(path, cfg)
+    return cfg["base_model_name_or_path"]
+
+
+def local_folder_for(name: str, home: Path) -> Path | None:
+    """The converted local folder holding model ``name`` (an adapter's canonical base), if any."""
+    for manifest in sorted((home / "models").glob(f"*/{MANIFEST}")):
+        if json.loads(manifest.read_text()).get("model_id") == name:
+            return manifest.parent
+    return resolve_base(EMBEDDED, home) if name == EMBEDDED_ID else None
+
+
+def base_for_adapter(adapter: Path | str, home: Path) -> Path | str:
+    """Where to load an adapter's base from: its recorded name, mapped to our local copy when we have one."""
+    path = Path(adapter) / "adapter_config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{adapter}: no adapter_config.json — not a trained PEFT adapter")
+    name = json.loads(path.read_text()).get("base_model_name_or_path")
+    if not name:
+        raise ValueError(f"{path}: field base_model_name_or_path is empty; cannot tell which base it adapts")
+    return local_folder_for(name, home) or name
+
+
+PIPELINE_ADAPTERS = ("sft", "rl")  # names for the adapters the pipeline trains (models/<name>_adapter)
+
+
+def resolve_adapter(adapter: str | None, home: Path) -> Path | None:
+    """A role's adapter: ``sft`` / ``rl`` name the pipeline's trained adapters; anything else is a folder."""
+    if not adapter:
+        return None
+    path = home / "models" / f"{adapter}_adapter" if adapter in PIPELINE_ADAPTERS else Path(adapter)
+    if not (path / "adapter_config.json").exists():
+        raise FileNotFoundError(
+            f"adapter {adapter!r}: {path} has no adapter_config.json (train it first, or give a PEFT adapter folder)"
+        )
+    return path
+
+
+def resolve_quantize(value: str | None, cuda: bool | None = None) -> str | None:
+    """``auto`` → NF4 on CUDA (QLoRA), full precision on CPU; ``nf4`` → NF4; ``none``/None → full precision."""
+    choices = {"auto": "nf4" if (cuda_available() if cuda is None else cuda) else None, "nf4": "nf4", "none": None}
+    if value is None:
+        return None
+    if value not in choices:
+        raise ValueError(f"quantize={value!r}: use auto, nf4 or none")
+    return choices[value]
 
 
 @dataclass(frozen=True)
@@ -196,3 +266,8 @@ def load_model(
     if not trainable:
         model.eval()
     return model, tok
+
+
+def load_adapter(adapter: Path | str, home: Path, opts: LoadOptions = LoadOptions()):
+    """(model, tokenizer) for an adapter alone: its base comes from its own config (see ``base_for_adapter``)."""
+    return load_model(base_for_adapter(adapter, home), adapter, opts)

@@ -45,3 +45,29 @@ def apply_stops(text: str, stops: list[str]) -> str:
         if i != -1:
             cut = min(cut, i)
     return text[:cut]
+
+
+SECRET_QUERY_KEYS = ("key", "token", "secret", "password", "sig", "auth")
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` fit for metadata and logs: user:password and secret-looking query values become ``***``."""
+    if not url:
+        return url
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable url>"
+    netloc = f"***@{host}{port}" if parts.username or parts.password else parts.netloc
+    query = urlencode(
+        [
+            (k, "***" if any(s in k.lower() for s in SECRET_QUERY_KEYS) else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ],
+        safe="*",
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
