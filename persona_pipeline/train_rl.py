@@ -21,8 +21,9 @@ from pathlib import Path
 from .contracts import Conversation
 from .judges import JudgeItem, degeneracy_penalty, persona_scores
 from .prompts import simulator_prompt
+from .splits import heldout_conversations
 from .storage import atomic_path, write_json
-from .train_sft import LoraSettings, _is_eval
+from .train_sft import LoraSettings
 
 BORING_REPLIES = [
     "Okay.",
@@ -66,7 +67,8 @@ def rl_prompts(
     ``max_depth`` > 0 caps the history length in turns (small machines: RL cost grows with it).
     """
     rng = random.Random(f"{seed}:{heldout}")
-    pool = [c for c in convs if c.persona_role == "user" and _is_eval(c.id.split("#")[0], eval_fraction) == heldout]
+    held = heldout_conversations(convs, eval_fraction)  # the same whole sessions SFT held out
+    pool = [c for c in convs if c.persona_role == "user" and (c.id in held) == heldout]
     if not pool:
         pool = [c for c in convs if c.persona_role == "user"]
     if not pool:

@@ -3,21 +3,21 @@
 The data mixture follows the survey guide: persona data may be repeated
 (``weights``), and a small retention set of the base model's own answers to
 general prompts keeps the adapter a normal assistant when no persona is asked
-for. Held-out pairs are split by *conversation*, so no eval prompt shares a
-history with a training prompt. TRL trains on conversational prompt/completion
-rows with completion-only loss.
+for. Held-out pairs are whole HITL sessions and conversations (``splits``), so no
+eval prompt shares a session or a history with a training prompt. TRL trains on
+conversational prompt/completion rows with completion-only loss.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .splits import dedupe_rows, split_pairs
 from .storage import atomic_path, write_json
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -83,12 +83,10 @@ class PreventiveSteer:
         return [Steer(unit, self.layer, self.coef, self.mode)]
 
 
-def _is_eval(conversation_id: str, fraction: float) -> bool:
-    return int(hashlib.sha256(conversation_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
-
-
 def _row(pair: dict) -> dict:
     return {
+        "id": pair["id"],
+        "conversation_id": pair["conversation_id"],
         "prompt": pair["prompt"],
         "completion": pair["completion"],
         "source": pair["source"],
@@ -97,16 +95,18 @@ def _row(pair: dict) -> dict:
 
 
 def build_mixture(pairs: list[dict], retention: list[dict], s: SftSettings) -> tuple[list[dict], list[dict], dict]:
-    """Weighted training rows, held-out eval rows, and the achieved mixture."""
+    """Weighted training rows, held-out eval rows, and the achieved mixture (with the split's manifest).
+
+    Held-out rows are whole HITL sessions / conversations (``splits.split_pairs``), so no eval
+    prompt shares a session or a history with a training prompt.
+    """
     if not pairs:
         raise ValueError("sft_pairs is empty: nothing to train on (check the conversations filter)")
-    train_src, eval_rows = [], []
-    for p in pairs:
-        (eval_rows if _is_eval(p["conversation_id"], s.eval_fraction) else train_src).append(_row(p))
-    if not eval_rows:  # tiny datasets: hold out the last conversation instead of none
-        last = pairs[-1]["conversation_id"]
-        eval_rows = [_row(p) for p in pairs if p["conversation_id"] == last]
-        train_src = [_row(p) for p in pairs if p["conversation_id"] != last]
+    split = split_pairs(pairs, s.eval_fraction)
+    if not split.heldout:
+        raise ValueError("sft_pairs come from one conversation/session: nothing can be held out for eval loss")
+    train_src = [_row(p) for p in split.train]
+    eval_rows = dedupe_rows([_row(p) for p in split.heldout])
     rows = train_src + [{**r, "source": "retention", "persona_id": "none"} for r in retention]
     rng = random.Random(s.seed)
     train: list[dict] = []
@@ -124,7 +124,16 @@ def build_mixture(pairs: list[dict], retention: list[dict], s: SftSettings) -> t
         k: {"rows": v, "share": round(v / len(train), 3), "weight": s.weights.get(k, 1.0)}
         for k, v in sorted(counts.items())
     }
-    return train, eval_rows, {"train_rows": len(train), "eval_rows": len(eval_rows), "sources": mixture}
+    return (
+        train,
+        eval_rows,
+        {
+            "train_rows": len(train),
+            "eval_rows": len(eval_rows),
+            "sources": mixture,
+            "split": split.manifest(),
+        },
+    )
 
 
 def _dataset(rows: list[dict]):
@@ -198,7 +207,7 @@ def train_sft(
     import torch
     from trl import SFTConfig, SFTTrainer
 
-    from .modelio import LoadOptions, cuda_available, load_model
+    from .modelio import LoadOptions, cuda_available, load_model, make_portable
 
     model, tok = load_model(base, opts=LoadOptions(quantize=s.quantize), trainable=True)
     train, n_drop = drop_overlong(train, tok, s.max_length)
@@ -244,6 +253,7 @@ def train_sft(
         eval_loss = trainer.evaluate()["eval_loss"]
         tokens = int(trainer.state.num_input_tokens_seen or 0)
         trainer.model.save_pretrained(tmp, safe_serialization=True)
+        make_portable(tmp, base)  # adapter_config names the canonical base; the local path goes in the summary
         tok.save_pretrained(tmp)
         result = TrainResult(
             trainer.state.log_history,
@@ -258,6 +268,7 @@ def train_sft(
             tmp / "training_summary.json",
             {
                 **card,
+                "base_path": str(base),
                 "result": {k: v for k, v in asdict(result).items() if k != "log_history"},
                 "settings": _settings_doc(s),
             },

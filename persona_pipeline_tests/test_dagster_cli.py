@@ -63,6 +63,7 @@ ERROR_CHECKS = {
     "no_survey_test_items",
     "adapter_changes_outputs",
     "eval_loss_below_base",
+    "sft_split_leak_free",
 }
 WARN_CHECKS = {"adherence_vs_prompt_only", "rl_reward_not_below_sft"}  # the 135M judge is too weak to insist
 

@@ -173,6 +173,41 @@ def eval_loss_below_base(sft_adapter: dict):
 
 @dg.asset_check(
     asset="sft_adapter",
+    additional_ins={"sft_pairs": dg.AssetIn()},
+    blocking=True,
+    description="No held-out SFT pair shares an id, a HITL session or an identical history with a training pair.",
+)
+def sft_split_leak_free(sft_adapter: dict, sft_pairs: list[dict]) -> dg.AssetCheckResult:
+    """Audits the split the trainer recorded against today's pairs; a stale or missing record fails too."""
+    from persona_pipeline.splits import audit
+
+    split = sft_adapter.get("split") or {"train_ids": [], "heldout_ids": []}
+    by_id = {p["id"]: p for p in sft_pairs}
+    named = split["train_ids"] + split["heldout_ids"]
+    failures = [f"{i}: in the recorded split, not in sft_pairs (stale adapter)" for i in named if i not in by_id]
+    if not split["heldout_ids"]:
+        failures.append("sft_adapter records no held-out pairs (materialise it again)")
+    known = lambda ids: [by_id[i] for i in ids if i in by_id]
+    leaks = audit(known(split["train_ids"]), known(split["heldout_ids"]))
+    failures += [str(leak) for leak in leaks]
+    return dg.AssetCheckResult(
+        passed=not failures,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "failures": len(failures),
+            "leaks_by_kind": dg.MetadataValue.json(
+                {k: sum(x.kind == k for x in leaks) for k in ("id", "session", "history")}
+            ),
+            "train_pairs": len(split["train_ids"]),
+            "heldout_pairs": len(split["heldout_ids"]),
+            "heldout_sessions": len(split.get("heldout_sessions", [])),
+            "examples": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures[:10]) or "no leak"),
+        },
+    )
+
+
+@dg.asset_check(
+    asset="sft_adapter",
     additional_ins=_MODEL_INS,
     description="Judge-scored persona adherence with the adapter ≥ the prompt-only base (warn on the embedded model).",
 )
@@ -209,3 +244,4 @@ def rl_reward_not_below_sft(rl_adapter: dict):
 
 
 model_checks = [adapter_changes_outputs, eval_loss_below_base, adherence_vs_prompt_only, rl_reward_not_below_sft]
+model_checks.append(sft_split_leak_free)

@@ -17,6 +17,7 @@ from persona_pipeline.defs.assets.steering import _policy
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.eval_dialogues import next_lines
 from persona_pipeline.settings import home, profile, ratings_dir
+from persona_pipeline.splits import base_key
 
 
 class HumanEvalConfig(dg.Config):
@@ -26,12 +27,13 @@ class HumanEvalConfig(dg.Config):
     seed: int = 0
 
 
-def _contexts(hitl: list[dict], per_persona: int) -> list[dict]:
-    """Contexts with a human gold line: persona turns (after the opening) of each HITL session's first path."""
+def _contexts(hitl: list[dict], per_persona: int, trained_sessions: set[str]) -> list[dict]:
+    """Contexts with a human gold line: persona turns (after the opening) of the first path of each HITL
+    session the adapters never trained on (``trained_sessions`` comes from the split sft_adapter recorded)."""
     out, taken = [], {}
     for raw in hitl:
         c = Conversation(**raw)
-        if c.metadata.path != 0:
+        if c.metadata.path != 0 or base_key(c.id) in trained_sessions:
             continue
         for i in c.persona_turn_indices():
             if i >= 2 and taken.get(c.persona_id, 0) < per_persona:
@@ -73,7 +75,8 @@ def human_eval_page(
     cmaes_steering: dict,
     judge: ModelResource,
 ) -> dict:
-    ctx = _contexts(hitl_conversations, config.items_per_persona or profile().human_eval_items)
+    trained = set(sft_adapter["split"]["train_sessions"])
+    ctx = _contexts(hitl_conversations, config.items_per_persona or profile().human_eval_items, trained)
     racers = contestants(persona_specs, cmaes_steering, steering_sweep, persona_vectors, config.methods)
     backends = {
         "base": _policy(base_model),
@@ -98,6 +101,7 @@ def human_eval_page(
     context.add_output_metadata(
         {
             "items": len(items),
+            "heldout_hitl_sessions": len({base_key(c["id"]) for c in ctx}),
             "page": dg.MetadataValue.path(str(page_dir / "index.html")),
             "serve": dg.MetadataValue.md(
                 f"`persona-pipeline rate` → http://127.0.0.1:8765/ — ratings land in `{ratings_dir()}`"

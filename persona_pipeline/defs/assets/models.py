@@ -166,6 +166,7 @@ def sft_adapter(
     n_ret = config.retention_prompts if config.retention_prompts is not None else profile().retention_prompts
     retention = retention_rows(base_model["path"], role_specs["questions"], n_ret)
     train, eval_rows, mixture = build_mixture(sft_pairs, retention, s)
+    split = mixture.pop("split")  # re-read by the sft_split_leak_free check and the human-eval page
     out = home() / "models" / "sft_adapter"
     card = {
         "name": "persona-pipeline SFT persona simulator",
@@ -184,6 +185,8 @@ def sft_adapter(
             "train_tokens": r.train_tokens,
             "seconds": round(r.seconds, 1),
             "dropped_overlong": r.dropped_overlong,
+            "heldout_sessions": len(split["heldout_sessions"]),
+            "heldout_pairs": len(split["heldout_ids"]),
             "mixture": md_table([{"source": k, **v} for k, v in mixture["sources"].items()]),
             **_png_meta(png, out.parent / "sft_loss.png", "loss_curve"),
         }
@@ -195,6 +198,7 @@ def sft_adapter(
         "eval_loss": r.eval_loss,
         "tokens_per_second": r.tokens_per_second,
         "mixture": mixture,
+        "split": split,
     }
 
 
