@@ -139,17 +139,19 @@ def serve_backends(adapters: list[str]) -> dict:
 
 
 def _serve(args) -> int:
-    from .serve import create_app, run_server
-
-    backends = serve_backends(args.adapters)
-    print(
-        f"serving {len(backends)} models on http://{args.host}:{args.port}/v1 (e.g. persona-simulator:{next(iter(_definitions()))})",
-        file=sys.stderr,
-    )
+    from .serve import create_app, guard_for, run_server
     from .vectors import resolver
 
-    # requests may steer with the pipeline's vectors: {"steering": [{"vector": "humorous", "layer": 15, "coef": 4}]}
-    run_server(create_app(backends, vectors=resolver(home())), host=args.host, port=args.port)
+    guard = guard_for(args.host, args.api_key, args.allowed_host)
+    backends = serve_backends(args.adapters)
+    print(
+        f"serving {len(backends)} models on http://{args.host}:{args.port}/v1 (e.g. persona-simulator:{next(iter(_definitions()))})"
+        + (" — API key required" if guard.api_key else ""),
+        file=sys.stderr,
+    )
+    # requests may steer with the pipeline's vectors, by name: {"steering": [{"vector": "humorous", "layer": 15, "coef": 4}]}
+    app = create_app(backends, vectors=resolver(home()), guard=guard, docs=args.docs, max_queue=args.max_queue)
+    run_server(app, host=args.host, port=args.port)
     return 0
 
 
@@ -198,7 +200,7 @@ def _rate(args) -> int:
     if not (page / "index.html").exists():
         raise CliError(f"{page}/index.html: materialise human_eval_page first (make demo)")
     print(f"rating page on http://{args.host}:{args.port}/ — ratings are saved to {ratings_dir()}", file=sys.stderr)
-    serve_ratings(page, ratings_dir(), host=args.host, port=args.port)
+    serve_ratings(page, ratings_dir(), host=args.host, port=args.port, key=args.api_key)
     return 0
 
 
@@ -224,6 +226,13 @@ def _info(_args) -> int:
     return 0
 
 
+def _server_security_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' (default: $PERSONA_PIPELINE_API_KEY, which keeps it out of `ps`)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="persona-pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -245,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--adapters", nargs="+", choices=ADAPTERS, default=["sft", "rl", "none"])
+    _server_security_options(srv)
+    srv.add_argument("--allowed-host", action="append", help="a Host name to answer besides loopback ones (repeatable)")
+    srv.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json (off by default)")
+    srv.add_argument("--max-queue", type=int, default=64, help="requests queued per model before 503 + Retry-After")
     srv.set_defaults(fn=_serve)
     pr = sub.add_parser("partition-range", help="print first...last partition key")
     pr.add_argument("kind", choices=["persona", "role", "trait", "checkpoint"])
@@ -252,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     rate = sub.add_parser("rate", help="serve the human-evaluation page and save ratings")
     rate.add_argument("--host", default="127.0.0.1")
     rate.add_argument("--port", type=int, default=8765)
+    _server_security_options(rate)
     rate.set_defaults(fn=_rate)
     mat = sub.add_parser("materialize", help="materialise assets via the dagster CLI, one run per partition set")
     mat.add_argument("--select", default="*", help="asset selection, e.g. '*' or 'persona_vectors*' (comma-separated)")

@@ -33,6 +33,7 @@ KEY_FORMAT = "persona-pipeline/human-eval-key@1"
 PAGE_FILE = "index.html"
 KEY_FILE = "key.json"
 LABELS = string.ascii_uppercase
+MAX_RATINGS = 10_000  # lines in one submission: far more than one rater rates in a sitting
 SCALE = {
     1: "not this person at all",
     2: "unlikely from this person",
@@ -79,8 +80,8 @@ class LineRating(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    item_id: str = Field(min_length=1)
-    persona_id: str | None = None
+    item_id: str = Field(min_length=1, max_length=200)
+    persona_id: str | None = Field(default=None, max_length=200)
     label: str = Field(min_length=1, max_length=2)
     rating: int = Field(strict=True, ge=1, le=5)
     comment: str = Field(default="", max_length=4000)
@@ -92,23 +93,23 @@ class Submission(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     format: Literal["persona-pipeline/human-ratings@1"] = RATINGS_FORMAT
-    page_id: str = Field(min_length=1)
+    page_id: str = Field(min_length=1, max_length=64)
     rater: str = Field(min_length=1, max_length=100)
-    submitted_at: str | None = None
-    source: str | None = None
-    ratings: list[LineRating] = Field(min_length=1)
+    submitted_at: str | None = Field(default=None, max_length=64)
+    source: str | None = Field(default=None, max_length=64)
+    ratings: list[LineRating] = Field(min_length=1, max_length=MAX_RATINGS)
 
 
 class RatedLine(LineRating):
-    method: str | None = None
+    method: str | None = Field(default=None, max_length=200)
 
 
 class RatingFile(Submission):
     """A rating file on disk: a server-written one (methods joined) or a downloaded one."""
 
-    page_sha256: str | None = None
-    client_submitted_at: str | None = None
-    ratings: list[RatedLine] = Field(min_length=1)
+    page_sha256: str | None = Field(default=None, max_length=64)
+    client_submitted_at: str | None = Field(default=None, max_length=64)
+    ratings: list[RatedLine] = Field(min_length=1, max_length=MAX_RATINGS)
 
 
 # --------------------------------------------------------------------------- page

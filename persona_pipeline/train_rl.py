@@ -45,6 +45,7 @@ class RlSettings:
     max_completion_length: int = 40
     temperature: float = 0.9
     judge_method: str = "logprob"
+    quantize: str | None = None  # "nf4": QLoRA, the base (with SFT merged in) loads as NF4 on CUDA
     boring_share: float = 0.3
     seed: int = 0
 
@@ -132,12 +133,12 @@ def train_rl(
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from .modelio import cuda_available, load_model
+    from .modelio import LoadOptions, cuda_available, load_model
 
     if not prompts:
         raise ValueError("no RL prompts: conversations has no simulated-user dialogues")
     cuda = cuda_available()
-    model, tok = load_model(base, adapter=sft_adapter)
+    model, tok = load_model(base, adapter=sft_adapter, opts=LoadOptions(quantize=s.quantize))
     model = model.merge_and_unload()  # the SFT policy becomes the reference for the KL term
     with atomic_path(out) as tmp:
         args = GRPOConfig(
@@ -186,7 +187,7 @@ def combine_adapters(base: str | Path, sft: Path, rl_delta: Path, out: Path) -> 
     """Save one adapter equal to SFT + RL delta (``cat`` keeps the sum exact)."""
     from peft import PeftModel
 
-    from .modelio import load_model
+    from .modelio import load_model, make_portable
 
     model, _ = load_model(base)
     peft = PeftModel.from_pretrained(model, str(sft), adapter_name="sft")
@@ -201,3 +202,4 @@ def combine_adapters(base: str | Path, sft: Path, rl_delta: Path, out: Path) -> 
         if f.is_file():
             shutil.copy(f, out / f.name)
     shutil.rmtree(staging)
+    make_portable(out, base)

@@ -9,7 +9,7 @@ from persona_pipeline.backends import BackendSpec, SamplingParams, make_backend
 from persona_pipeline.contracts import Conversation
 from persona_pipeline.defs.assets._common import GPU, md_table, persona_judge
 from persona_pipeline.defs.resources import ModelResource
-from persona_pipeline.modelio import EMBEDDED, convert_embedded, cuda_available, default_base_dir
+from persona_pipeline.modelio import EMBEDDED, convert_embedded, cuda_available, default_base_dir, resolve_quantize
 from persona_pipeline.plots import line_plot, markdown_image, save_png
 from persona_pipeline.settings import home, profile
 from persona_pipeline.simulator import definitions
@@ -254,6 +254,7 @@ class RlConfig(dg.Config):
     judge_method: str = "auto"  # auto: MiniLM voice judge with the local judge model, logprob with an endpoint
     boring_share: float = 0.3
     seed: int = 0
+    quantize: str = "auto"  # like sft_adapter: auto = NF4 (QLoRA) on CUDA, full precision on CPU; nf4 / none
 
 
 @dg.asset(
@@ -284,6 +285,7 @@ def rl_adapter(
         judge_method=method,
         boring_share=config.boring_share,
         seed=config.seed,
+        quantize=resolve_quantize(config.quantize),
     )
     convs = [Conversation(**c) for c in conversations]
     defs, full = definitions(persona_specs, surveys), definitions(persona_specs, surveys, compact=False)
