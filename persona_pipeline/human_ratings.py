@@ -5,15 +5,20 @@ the page's ``key.json`` before it means anything. This module holds that join (s
 by the ratings server, which applies it on arrival) and the ingestion of rating files
 from disk: every record is validated with an error that names file, record and field,
 and a submission seen twice (re-ingested, or both posted and downloaded) is counted once.
+A rater who submits again (after editing answers) replaces their earlier ratings of the
+same items: counts are per rater and page, latest submission wins. Files for another
+page than the key's are skipped with a warning, so one stale file never blocks ingestion.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -118,7 +123,27 @@ def _join(sub: Submission, key: _Key | None) -> list[dict]:
                 "comment": r.comment,
             }
         )
+    if use_key:
+        _require_whole_items(sub, key)
     return rows
+
+
+def _require_whole_items(sub: Submission, key: _Key) -> None:
+    """Every item rated is rated on all its lines: a half-rated item cannot be compared across methods."""
+    rated: dict[str, set[str]] = defaultdict(set)
+    first: dict[str, int] = {}
+    for i, r in enumerate(sub.ratings):
+        rated[r.item_id].add(r.label)
+        first.setdefault(r.item_id, i)
+    for item, labels in rated.items():
+        missing = sorted(set(key.labels[item]) - labels)
+        if missing:
+            raise _Problem(
+                first[item],
+                "label",
+                f"item {item!r} is only partly rated: no rating for line(s) {', '.join(missing)} "
+                "(rate every line of an item, or none of them)",
+            )
 
 
 def _submission_hash(sub: Submission) -> str:
@@ -151,41 +176,81 @@ def _explain(e: ValidationError) -> tuple[str | None, str]:
     return record, f"field '{name}': {err['msg']}{shown}"
 
 
+class SkippedRatingsWarning(UserWarning):
+    """A rating file left out of ingestion (written for another page than the key's)."""
+
+
+def _submitted(sub: Submission) -> datetime:
+    """When a submission was made (server time for posted files, the browser's for downloads); unknown = oldest."""
+    try:
+        when = datetime.fromisoformat(sub.submitted_at or "")
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _rater_id(sub: Submission) -> str:
+    """ "Ana  María" and "ana maría" are one rater."""
+    return " ".join(sub.rater.split()).casefold()
+
+
+def _read_submission(path: Path, k: _Key | None) -> tuple[RatingFile, list[dict]] | None:
+    """One validated, joined file; None for a page key kept alongside, or (with a warning) another page's file."""
+    raw = _read_json(path)
+    if isinstance(raw, dict) and raw.get("format") == KEY_FORMAT:
+        return None  # a page key kept next to its ratings is not a submission
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    if k is not None and k.page_id is not None and raw.get("page_id") != k.page_id:
+        warnings.warn(
+            f"{path}: skipped: ratings for page {raw.get('page_id')!r}, not the current page {k.page_id!r}",
+            SkippedRatingsWarning,
+            stacklevel=3,
+        )
+        return None
+    try:
+        sub = RatingFile.model_validate(raw)
+    except ValidationError as e:
+        record, what = _explain(e)
+        raise InputError(f"{path}" + (f", {record}" if record else "") + f": {what}") from None
+    try:
+        return sub, _join(sub, k)
+    except _Problem as p:
+        record = f", ratings[{p.index}]" if p.index is not None else ""
+        raise InputError(f"{path}{record}: field '{p.field}': {p.msg}") from None
+
+
 def load_ratings(ratings_dir: str | Path, key: Mapping | str | Path | None = None) -> list[dict]:
     """Read every rating file in ``ratings_dir`` into rows, in file-name order, each submission once.
 
     ``key`` (a page folder, a ``key.json`` path, its loaded dict, or a bare
     ``{item_id: {label: method}}``) joins downloaded, labels-only files to methods and
-    cross-checks server-written ones. A missing folder means no ratings yet.
-    Raises ``InputError`` naming the file, the record and the field on bad input.
+    cross-checks server-written ones; files for another page are then skipped with a
+    ``SkippedRatingsWarning``. Per rater (name, case and spacing ignored) and page, each
+    item counts once, from that rater's latest submission rating it. A missing folder
+    means no ratings yet. Raises ``InputError`` naming the file, the record and the field on bad input.
     """
     ratings_dir = Path(ratings_dir)
     if not ratings_dir.exists():
         return []
     k = _as_key(key)
-    rows, seen = [], {}
+    subs, seen = [], set()
     for path in sorted(p for p in ratings_dir.glob("*.json") if p.is_file() and not p.name.startswith(".")):
-        raw = _read_json(path)
-        if isinstance(raw, dict) and raw.get("format") == KEY_FORMAT:
-            continue  # a page key kept next to its ratings is not a submission
-        if not isinstance(raw, dict):
-            raise InputError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-        try:
-            sub = RatingFile.model_validate(raw)
-        except ValidationError as e:
-            record, what = _explain(e)
-            raise InputError(f"{path}" + (f", {record}" if record else "") + f": {what}") from None
-        try:
-            joined = _join(sub, k)
-        except _Problem as p:
-            record = f", ratings[{p.index}]" if p.index is not None else ""
-            raise InputError(f"{path}{record}: field '{p.field}': {p.msg}") from None
-        digest = _submission_hash(sub)
-        if digest in seen:
-            continue  # same submission already counted from seen[digest]
-        seen[digest] = path.name
+        read = _read_submission(path, k)
+        if read is None:
+            continue
+        digest = _submission_hash(read[0])
+        if digest not in seen:  # the same submission again (a copy, a download twin) counts once
+            seen.add(digest)
+            subs.append((path, *read))
+    latest: dict[tuple, Path] = {}  # (page, rater, item) → the file whose rating of it counts
+    for path, sub, joined in sorted(subs, key=lambda s: (_submitted(s[1]), s[0].name)):
+        for r in joined:
+            latest[(sub.page_id, _rater_id(sub), r["item_id"])] = path
+    rows = []
+    for path, sub, joined in subs:
         meta = {"file": path.name, "rater": sub.rater, "page_id": sub.page_id, "submitted_at": sub.submitted_at}
-        rows += [{**meta, **r} for r in joined]
+        rows += [{**meta, **r} for r in joined if latest[(sub.page_id, _rater_id(sub), r["item_id"])] == path]
     return rows
 
 

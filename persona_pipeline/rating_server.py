@@ -12,15 +12,21 @@ Run it directly with ``python -m persona_pipeline.rating_server PAGE_DIR RATINGS
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .http_guard import Guard, api_key, guard_app, warn_if_exposed
 from .human_eval import KEY_FILE, PAGE_FILE, RATINGS_FORMAT, Submission
 from .human_ratings import _as_key, _join, _Problem, load_key
 from .storage import write_json
+
+MAX_BODY_BYTES = 4 << 20  # a page of 26 labels × many items with 4,000-character comments fits
+# The page must not be framed by another site (clickjacking a rater's Submit); a <meta> CSP cannot say this.
+NO_FRAMING = {"Content-Security-Policy": "frame-ancestors 'none'", "X-Frame-Options": "DENY"}
 
 # --------------------------------------------------------------------------- server
 
@@ -29,11 +35,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "anon"
 
 
-def ratings_app(page_dir: str | Path, ratings_dir: str | Path):
+def ratings_app(page_dir: str | Path, ratings_dir: str | Path, guard: Guard | None = None):
     """FastAPI app: ``GET /`` serves the page, ``POST /ratings`` validates, joins and saves one file.
 
     Page and key are read once at start and checked against each other, so ratings
-    can never be joined with the key of a different build of the page.
+    can never be joined with the key of a different build of the page. ``guard``
+    (default: loopback Host names only, no key, 4 MiB bodies) is ``serve``'s request
+    guard; with a key, the browser asks the rater for it (HTTP Basic, key as password).
     """
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import HTMLResponse
@@ -50,7 +58,10 @@ def ratings_app(page_dir: str | Path, ratings_dir: str | Path):
         loc = ["body", "ratings", index, field_name] if index is not None else ["body", field_name]
         return HTTPException(status_code=422, detail=[{"loc": loc, "msg": msg, "type": "value_error"}])
 
-    app = FastAPI(title="persona-pipeline human evaluation", docs_url=None, redoc_url=None)
+    app = FastAPI(title="persona-pipeline human evaluation", docs_url=None, redoc_url=None, openapi_url=None)
+    guard = guard or Guard(max_body_bytes=MAX_BODY_BYTES)
+    guard = dataclasses.replace(guard, browser_login=True, headers={**NO_FRAMING, **guard.headers})
+    guard_app(app, guard, lambda _status, message, _code: {"detail": message})  # the page shows ``detail``
 
     @app.get("/", response_class=HTMLResponse)
     def index():
@@ -81,7 +92,7 @@ def ratings_app(page_dir: str | Path, ratings_dir: str | Path):
                 "page_id": key.page_id,
                 "page_sha256": page_sha,
                 "rater": sub.rater,
-                "submitted_at": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+                "submitted_at": now.isoformat(timespec="microseconds").replace("+00:00", "Z"),  # orders re-submissions
                 "client_submitted_at": sub.submitted_at,
                 "source": "server",
                 "ratings": rows,
@@ -92,11 +103,18 @@ def ratings_app(page_dir: str | Path, ratings_dir: str | Path):
     return app
 
 
-def serve_ratings(page_dir: str | Path, ratings_dir: str | Path, host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Serve the rating page until interrupted (loopback by default: raters on this machine)."""
+def serve_ratings(
+    page_dir: str | Path, ratings_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, key: str | None = None
+) -> None:
+    """Serve the rating page until interrupted (loopback by default: raters on this machine).
+
+    ``key`` (or ``$PERSONA_PIPELINE_API_KEY``) makes the browser ask each rater for it.
+    """
     import uvicorn
 
-    app = ratings_app(page_dir, ratings_dir)
+    key = api_key(key)
+    warn_if_exposed(host, key, "the rating server")
+    app = ratings_app(page_dir, ratings_dir, Guard(bind_host=host, api_key=key, max_body_bytes=MAX_BODY_BYTES))
     print(f"rating page: http://{host}:{port}/  (ratings are written to {Path(ratings_dir).resolve()})")
     uvicorn.run(app, host=host, port=port, log_level="info")
 
@@ -107,8 +125,9 @@ def _main(argv: list[str] | None = None) -> None:
     ap.add_argument("ratings_dir")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--api-key", help="ask raters for this key (default: $PERSONA_PIPELINE_API_KEY)")
     args = ap.parse_args(argv)
-    serve_ratings(args.page_dir, args.ratings_dir, args.host, args.port)
+    serve_ratings(args.page_dir, args.ratings_dir, args.host, args.port, args.api_key)
 
 
 if __name__ == "__main__":

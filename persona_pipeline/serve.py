@@ -1,13 +1,20 @@
 """An OpenAI-compatible HTTP server over our ``Backend`` interface.
 
 Anything that speaks the OpenAI chat API (the ``openai`` client, our own
-``OpenAIBackend``, eval harnesses) can then use a local or adapted model. One
-request is one chat: requests to the same backend are serialised by a lock,
-because a transformers model must not run two ``generate`` calls at once.
+``OpenAIBackend``, eval harnesses) can then use a local or adapted model.
+
+Safe to expose: every request is bounded (body size, list lengths,
+``max_tokens ≤ context − prompt``) and validated — steering vectors by *name*
+only, resolved inside the artifacts folder — before it queues, and every error is
+OpenAI's ``{"error": {...}}`` JSON. Host allowlist, optional API key and the body
+limit live in ``http_guard``, shared with the rating server. Fast under load:
+requests for one model that arrive together are generated in one batched call
+(``serve_batching``), behind a bounded queue that answers 503 when full.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -16,27 +23,45 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Literal
+from typing import Annotated, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .backends.base import Backend, Chat, SamplingParams
+from .http_guard import Guard, api_key, guard_app, warn_if_exposed
+from .serve_batching import Batcher, Job, Overloaded
+
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any chat this model's context can hold
+MAX_MESSAGES = 256
+MAX_STEERING = 8
+MAX_STOP = 4  # OpenAI's own limit
+
+
+def openai_error(status: int, message: str, code: str | None = None, param: str | None = None) -> dict:
+    """OpenAI's error body; the type follows the status as OpenAI's does."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 class APIError(Exception):
     """An error the client should see as an OpenAI-style ``{"error": {...}}`` body."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, type_: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None, headers=None):
         super().__init__(message)
-        self.status, self.message, self.code, self.type = status, message, code, type_
+        self.status, self.message, self.code, self.param, self.headers = status, message, code, param, headers
 
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": None, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
+        body = openai_error(self.status, self.message, self.code, self.param)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+StopString = Annotated[str, Field(max_length=200)]
 
 
 class TextPart(BaseModel):
@@ -57,30 +82,30 @@ class Message(BaseModel):
 class SteeringSpec(BaseModel):
     """One steering intervention in a request (an extension field, sent via ``extra_body``)."""
 
-    vector: str
+    vector: str = Field(max_length=200, description="a vector name: <trait>, <trait>:svd, persona:<id>, assistant_axis")
     layer: int = Field(ge=0)
-    coef: float = 0.0
+    coef: float = Field(default=0.0, allow_inf_nan=False)
     mode: Literal["add", "ablate", "cap"] = "add"
     positions: Literal["all", "prompt", "response"] = "all"
-    threshold: float | None = None
+    threshold: float | None = Field(default=None, allow_inf_nan=False)
 
 
 class ChatRequest(BaseModel):
     """The subset of the chat completions request we honour; unknown fields are ignored."""
 
-    model: str
-    messages: list[Message] = Field(min_length=1)
+    model: str = Field(max_length=256)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)] | None = None
     n: int = 1
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     stream: bool = False
-    steering: list[SteeringSpec] = Field(default_factory=list)
+    steering: list[SteeringSpec] = Field(default_factory=list, max_length=MAX_STEERING)
 
     def sampling(self, default: SamplingParams) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
@@ -98,9 +123,8 @@ def _lp_entry(token: str, logprob: float) -> dict:
     return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
 
-def _token_logprobs(backend: Backend, chat: Chat, top: int) -> tuple[str, dict]:
-    """The greedy next token and its OpenAI ``logprobs`` block, from ``next_token_logprobs``."""
-    dist = backend.next_token_logprobs([chat], top_k=max(top, 1))[0]
+def _logprobs_block(dist: dict[str, float], top: int) -> tuple[str, dict]:
+    """The greedy next token and its OpenAI ``logprobs`` block, from a ``next_token_logprobs`` row."""
     ranked = sorted(dist.items(), key=lambda kv: kv[1], reverse=True)
     first = {**_lp_entry(*ranked[0]), "top_logprobs": [_lp_entry(t, lp) for t, lp in ranked[:top]]}
     return ranked[0][0], {"content": [first]}
@@ -117,42 +141,86 @@ def _local_model(backend):
         backend = nxt
 
 
-def _steers(backend: Backend, specs: list[SteeringSpec], vectors) -> tuple[object | None, list]:
-    if not specs:
-        return None, []
-    from .hooks import Steer
-
-    local = _local_model(backend)
-    if local is None:
-        raise APIError(400, f"{backend.name} cannot be steered (only local models can)", "unsupported_value")
-    steers = []
-    for spec in specs:
-        vec = vectors(spec.vector) if vectors else None
-        if vec is None:
-            raise APIError(400, f"unknown steering vector {spec.vector!r}", "vector_not_found")
-        if vec.dim() == 2:  # [layers × hidden] persona vectors: take the requested layer
-            vec = vec[spec.layer]
-        steers.append(Steer(vec, spec.layer, spec.coef, spec.mode, spec.positions, spec.threshold))
-    return local, steers
+def _model_chat(backend, chat: Chat) -> Chat:
+    """The chat the model itself sees: persona wrappers rewrite it into their simulator prompt."""
+    while hasattr(backend, "inner"):
+        if hasattr(backend, "model_chat"):
+            chat = backend.model_chat(chat)
+        backend = backend.inner
+    return chat
 
 
-def _run(
-    backend: Backend, lock: threading.Lock, req: ChatRequest, params: SamplingParams, vectors=None
-) -> tuple[str, dict | None]:
-    """Generate one completion: text and the logprobs block (or None)."""
-    if req.n != 1:
-        raise APIError(400, f"n={req.n}: only n=1 is supported", "unsupported_value")
-    chat = [m.as_chat_turn() for m in req.messages]
-    if req.logprobs and params.max_new_tokens != 1:
-        raise APIError(400, "logprobs are only supported with max_tokens=1 (next-token scoring)", "unsupported_value")
-    local, steers = _steers(backend, req.steering, vectors)
+def _budget(local, backend, chat: Chat, params: SamplingParams, given: bool) -> SamplingParams:
+    """``max_tokens ≤ context − prompt``, as vLLM checks it; an unset max_tokens shrinks to fit."""
+    context = getattr(local.model.config, "max_position_embeddings", None)
+    if not context:
+        return params
+    text = local.tok.apply_chat_template(_model_chat(backend, chat), tokenize=False, add_generation_prompt=True)
+    prompt = len(local.tok(text, add_special_tokens=False)["input_ids"])
+    room = context - prompt
+    if given and params.max_new_tokens > room or room < 1:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt + params.max_new_tokens} tokens ({prompt} in the messages, {params.max_new_tokens} in the "
+            "completion). Please reduce the length of the messages or completion.",
+            "context_length_exceeded",
+            "max_tokens" if room >= 1 else "messages",
+        )
+    return params if params.max_new_tokens <= room else params.model_copy(update={"max_new_tokens": room})
+
+
+def _steer(local, i: int, spec: SteeringSpec, vectors):
+    """One validated ``hooks.Steer``; every problem a 400 naming ``steering[i]``."""
+    from .hooks import Steer, decoder_layers
+    from .vectors import VectorError
+
+    where = f"steering[{i}]"
     try:
-        with lock, local.steered(steers) if local else contextlib.nullcontext():
-            if req.logprobs:
-                return _token_logprobs(backend, chat, req.top_logprobs or 0)
-            return backend.complete([chat], params)[0], None
-    except Exception as e:  # a model failure is the server's fault, not the request's
-        raise APIError(500, f"{backend.name} failed: {type(e).__name__}: {e}", None, "server_error") from e
+        vec = vectors(spec.vector) if vectors else None
+    except VectorError as e:
+        raise APIError(400, str(e), "invalid_vector", f"{where}.vector") from None
+    if vec is None:
+        raise APIError(400, f"unknown steering vector {spec.vector!r}", "vector_not_found", f"{where}.vector")
+    n_layers = len(decoder_layers(local.model))
+    if spec.layer >= n_layers:
+        raise APIError(
+            400, f"layer {spec.layer} out of range: the model has layers 0–{n_layers - 1}", None, f"{where}.layer"
+        )
+    if vec.dim() == 2:  # [layers × hidden] persona vectors: take the requested layer
+        if spec.layer >= vec.shape[0]:
+            raise APIError(400, f"vector {spec.vector!r} has no layer {spec.layer}", None, f"{where}.layer")
+        vec = vec[spec.layer]
+    hidden = local.model.config.hidden_size
+    if vec.dim() != 1 or vec.shape[0] != hidden or not bool(vec.isfinite().all()):
+        msg = f"vector {spec.vector!r} is not a finite [{hidden}] direction for this model (shape {list(vec.shape)})"
+        raise APIError(400, msg, "invalid_vector", f"{where}.vector")
+    if spec.mode == "cap" and spec.threshold is None:
+        raise APIError(400, "cap steering needs a threshold", None, f"{where}.threshold")
+    return Steer(vec, spec.layer, spec.coef, spec.mode, spec.positions, spec.threshold)
+
+
+def _job(backend: Backend, req: ChatRequest, defaults: SamplingParams, vectors) -> Job:
+    """Validate a request completely (before it queues) and turn it into a ``Job``."""
+    if req.n != 1:
+        raise APIError(400, f"n={req.n}: only n=1 is supported", "unsupported_value", "n")
+    params = req.sampling(defaults)
+    if req.logprobs and params.max_new_tokens != 1:
+        raise APIError(
+            400, "logprobs are only supported with max_tokens=1 (next-token scoring)", "unsupported_value", "logprobs"
+        )
+    chat = [m.as_chat_turn() for m in req.messages]
+    local = _local_model(backend)
+    if req.steering and local is None:
+        raise APIError(
+            400, f"{backend.name} cannot be steered (only local models can)", "unsupported_value", "steering"
+        )
+    if local is not None:
+        given = (req.max_completion_tokens or req.max_tokens) is not None
+        params = _budget(local, backend, chat, params, given)
+    steers = [_steer(local, i, s, vectors) for i, s in enumerate(req.steering)]
+    top = (req.top_logprobs or 0) if req.logprobs else None
+    return Job(backend, local, chat, params, steers, top)
 
 
 def _chunks(head: dict, text: str, logprobs: dict | None) -> Iterator[str]:
@@ -169,23 +237,46 @@ def _chunks(head: dict, text: str, logprobs: dict | None) -> Iterator[str]:
     yield "data: [DONE]\n\n"
 
 
-def create_app(backends: dict[str, Backend], default_params: SamplingParams | None = None, vectors=None) -> FastAPI:
+def create_app(
+    backends: dict[str, Backend],
+    default_params: SamplingParams | None = None,
+    vectors=None,
+    guard: Guard | None = None,
+    docs: bool = False,
+    max_queue: int = 64,
+    max_batch: int = 32,
+) -> FastAPI:
     """Serve each backend under its model name at ``/v1/models`` and ``/v1/chat/completions``.
 
     ``vectors`` resolves a steering-vector name to a tensor ([hidden] or
-    [layers × hidden]) for requests that carry a ``steering`` list.
+    [layers × hidden]) for requests that carry a ``steering`` list (``vectors.resolver``).
+    ``guard`` (default: loopback names only, no key, 1 MiB bodies) is checked before
+    any handler; ``docs`` turns on ``/docs`` and ``/openapi.json``. Each loaded model
+    gets one batching worker with a queue of ``max_queue`` requests.
     """
-    app = FastAPI(title="persona-pipeline")
+    app = FastAPI(
+        title="persona-pipeline",
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    guard_app(app, guard or Guard(max_body_bytes=MAX_BODY_BYTES), lambda st, msg, code: openai_error(st, msg, code))
+    defaults = default_params or SamplingParams()
+    created = int(time.time())
+    app.state.batchers = {}  # id(model) → Batcher; the tests and the bench read the batch sizes
+    made = threading.Lock()
 
-    # One lock per backend object: two names may share one loaded model (make_backend caches them).
-    # Persona wrappers share their ``inner`` model, so lock on the innermost backend.
+    # One worker per model object: two names may share one loaded model (make_backend caches them),
+    # and persona wrappers share their ``inner`` model, so key on the innermost wrapper.
     def model_of(b):
         return model_of(b.inner) if hasattr(b, "inner") else b
 
-    by_object = {id(model_of(b)): threading.Lock() for b in backends.values()}
-    locks = {name: by_object[id(model_of(b))] for name, b in backends.items()}
-    defaults = default_params or SamplingParams()
-    created = int(time.time())
+    def batcher(name: str) -> Batcher:
+        model = model_of(backends[name])
+        with made:
+            if id(model) not in app.state.batchers:
+                app.state.batchers[id(model)] = Batcher(model.name, max_queue=max_queue, max_batch=max_batch)
+            return app.state.batchers[id(model)]
 
     @app.exception_handler(APIError)
     def _api_error(_req: Request, exc: APIError) -> JSONResponse:
@@ -194,7 +285,17 @@ def create_app(backends: dict[str, Backend], default_params: SamplingParams | No
     @app.exception_handler(RequestValidationError)
     def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
         msg = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in exc.errors())
-        return APIError(400, f"invalid request: {msg}", "invalid_request").response()
+        first = ".".join(map(str, exc.errors()[0]["loc"][1:])) or None if exc.errors() else None
+        return APIError(400, f"invalid request: {msg}", "invalid_request", first).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return APIError(exc.status_code, str(exc.detail), codes.get(exc.status_code), headers=exc.headers).response()
+
+    @app.exception_handler(Exception)
+    def _crash(_req: Request, exc: Exception) -> JSONResponse:  # never a plain-text 500
+        return APIError(500, f"internal error: {type(exc).__name__}", "internal_error").response()
 
     @app.get("/v1/models")
     def list_models() -> dict:
@@ -202,11 +303,20 @@ def create_app(backends: dict[str, Backend], default_params: SamplingParams | No
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
-    def chat_completions(req: ChatRequest):  # sync: FastAPI runs it in a worker thread
+    async def chat_completions(req: ChatRequest):
         if req.model not in backends:
             known = ", ".join(backends) or "none"
-            raise APIError(404, f"model {req.model!r} not found; this server has: {known}", "model_not_found")
-        text, logprobs = _run(backends[req.model], locks[req.model], req, req.sampling(defaults), vectors)
+            raise APIError(404, f"model {req.model!r} not found; this server has: {known}", "model_not_found", "model")
+        backend = backends[req.model]
+        # validation may load the model (lazily) and read vector files: in a thread, never on the event loop
+        job = await run_in_threadpool(_job, backend, req, defaults, vectors)
+        try:
+            result = await asyncio.wrap_future(batcher(req.model).submit(job))
+        except Overloaded as e:
+            raise APIError(503, str(e), "server_overloaded", headers={"Retry-After": str(e.retry_after_s)}) from None
+        except Exception as e:  # a model failure is the server's fault, not the request's
+            raise APIError(500, f"{backend.name} failed: {type(e).__name__}: {e}", "model_error") from e
+        text, logprobs = (result, None) if job.top_logprobs is None else _logprobs_block(result, job.top_logprobs)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
         if req.stream:
             return StreamingResponse(_chunks(head, text, logprobs), media_type="text/event-stream")
@@ -218,8 +328,20 @@ def create_app(backends: dict[str, Backend], default_params: SamplingParams | No
 
 
 def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve in the foreground until Ctrl-C (the future ``persona-pipeline serve``)."""
+    """Serve in the foreground until Ctrl-C (``persona-pipeline serve``)."""
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def guard_for(host: str, key: str | None = None, allowed_hosts: list[str] | None = None) -> Guard:
+    """The guard ``serve`` runs with: the key from ``--api-key`` or the environment; warns on a public bind."""
+    key = api_key(key)
+    warn_if_exposed(host, key, "serve")
+    return Guard(
+        bind_host=host,
+        api_key=key,
+        max_body_bytes=MAX_BODY_BYTES,
+        allowed_hosts=tuple(allowed_hosts) if allowed_hosts else None,
+    )
 
 
 @contextlib.contextmanager

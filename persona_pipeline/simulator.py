@@ -7,6 +7,8 @@ same prompt everywhere: the unrolled SFT prompt.
 
 from __future__ import annotations
 
+import threading
+
 from .backends import Backend, SamplingParams
 from .contracts import PersonaSpec, Survey
 from .judges import JudgeItem, VoiceJudge, persona_scores
@@ -65,17 +67,18 @@ class PersonaBackend:
         self.inner, self.persona_id, self.definition = inner, persona_id, definition
         self.name = name or f"persona-simulator:{persona_id}"
 
-    def _prompt(self, chat: list[dict]) -> list[dict]:
+    def model_chat(self, chat: list[dict]) -> list[dict]:
+        """The simulator prompt the inner model sees for ``chat`` (``serve`` counts its tokens)."""
         from .prompts import simulator_prompt
 
         history = [m for m in chat if m["role"] in ("user", "assistant")]
         return simulator_prompt(self.persona_id, self.definition, history)
 
     def complete(self, chats: list[list[dict]], params: SamplingParams) -> list[str]:
-        return self.inner.complete([self._prompt(c) for c in chats], params)
+        return self.inner.complete([self.model_chat(c) for c in chats], params)
 
     def next_token_logprobs(self, chats: list[list[dict]], top_k: int = 20) -> list[dict[str, float]]:
-        return self.inner.next_token_logprobs([self._prompt(c) for c in chats], top_k)
+        return self.inner.next_token_logprobs([self.model_chat(c) for c in chats], top_k)
 
 
 class LazyBackend:
@@ -83,11 +86,14 @@ class LazyBackend:
 
     def __init__(self, factory, name: str):
         self._factory, self._backend, self.name = factory, None, name
+        self._loading = threading.Lock()
 
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = self._factory()
+            with self._loading:  # server threads may ask at once: load one copy, not one per thread
+                if self._backend is None:
+                    self._backend = self._factory()
         return self._backend
 
     def complete(self, chats, params):

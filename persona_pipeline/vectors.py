@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 
@@ -214,34 +216,73 @@ def load_tensors(path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def resolver(root):
+class VectorError(ValueError):
+    """A steering-vector name that is malformed, leaves the artifacts folder, or names an unreadable file."""
+
+
+_NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+
+
+def _vector_location(root, name: str):
+    """(file, tensor key) for a vector *name*; ``VectorError`` for anything that is not a plain name."""
+    trait, _, kind = name.partition(":")
+    if trait == "assistant_axis" and not kind:
+        return root / "persona_space" / "assistant_axis.safetensors", "axis"
+    if trait == "persona" and _NAME_PART.fullmatch(kind):
+        return root / "cmaes_steering" / f"{kind}.safetensors", "vector"
+    if _NAME_PART.fullmatch(trait) and kind in ("", "svd"):
+        key = "svd_response_avg" if kind == "svd" else "mean_diff_response_avg"
+        return root / "persona_vectors" / f"{trait}.safetensors", key
+    raise VectorError(f"{name!r} is not a vector name (<trait>, <trait>:svd, persona:<id> or assistant_axis)")
+
+
+def resolver(root, paths: bool = False):
     """Name → steering tensor from the pipeline's artifacts, for ``serve`` and training-time steering.
 
     ``<trait>`` / ``<trait>:svd`` → persona_vectors ([layers × hidden], mean-diff or SVD);
     ``persona:<id>`` → that persona's CMA-ES direction ([hidden]);
-    ``assistant_axis`` → the Assistant Axis ([layers × hidden]); a path → its first tensor.
-    Unknown names resolve to None.
+    ``assistant_axis`` → the Assistant Axis ([layers × hidden]).
+    Unknown names resolve to None. Only names are accepted, and a file whose real
+    path (symlinks followed) leaves ``root`` is refused, because ``serve`` resolves
+    names sent by clients. ``paths=True`` (trusted run config only) also accepts a
+    ``.safetensors`` path, giving its first tensor. Tensors are loaded once and
+    cached per file version (path, mtime, size), so a re-materialised vector is re-read.
     """
+    import threading
     from pathlib import Path
 
+    from safetensors import SafetensorError
+
     root = Path(root)
+    cache: dict[tuple, torch.Tensor] = {}
+    lock = threading.Lock()
+
+    def load(path: Path, key: str | None, name: str) -> torch.Tensor:
+        st = path.stat()
+        stamp = (str(path), key, st.st_mtime_ns, st.st_size)
+        with lock:  # not the model lock: loading a vector never holds up generation
+            if stamp not in cache:
+                try:
+                    tensors = load_tensors(path)
+                except (OSError, SafetensorError) as e:  # truncated, garbled or unreadable
+                    raise VectorError(f"vector {name!r}: cannot read {path.name}: {e}") from None
+                if key is not None and key not in tensors:
+                    raise VectorError(f"vector {name!r}: {path.name} has no tensor {key!r}")
+                tensor = tensors[key] if key is not None else next(iter(tensors.values()))
+                if len(cache) >= 64:  # a bound, not an LRU: a server sees a handful of vectors
+                    cache.clear()
+                cache[stamp] = tensor
+            return cache[stamp]
 
     def resolve(name: str):
-        trait, _, kind = name.partition(":")
-        candidates = {
-            "persona": (root / "cmaes_steering" / f"{kind}.safetensors", "vector"),
-            "assistant_axis": (root / "persona_space" / "assistant_axis.safetensors", "axis"),
-        }
-        path, key = candidates.get(
-            trait,
-            (
-                root / "persona_vectors" / f"{trait}.safetensors",
-                "svd_response_avg" if kind == "svd" else "mean_diff_response_avg",
-            ),
-        )
-        if not path.exists() and Path(name).suffix == ".safetensors" and Path(name).exists():
-            tensors = load_tensors(name)
-            return next(iter(tensors.values()))
-        return load_tensors(path)[key] if path.exists() else None
+        if paths and name.endswith(".safetensors") and Path(name).is_file():
+            return load(Path(name), None, name)
+        path, key = _vector_location(root, name)
+        if not path.exists():
+            return None
+        real, inside = path.resolve(), root.resolve()
+        if not real.is_relative_to(inside):
+            raise VectorError(f"vector {name!r}: refused, its file resolves outside the artifacts folder")
+        return load(real, key, name)
 
     return resolve

@@ -11,9 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from persona_pipeline.human_eval import RATINGS_FORMAT, build_page, write_page
-from persona_pipeline.human_ratings import load_ratings, summarise
+from persona_pipeline.human_ratings import SkippedRatingsWarning, load_ratings, summarise
 from persona_pipeline.loaders import InputError
 from persona_pipeline.rating_server import ratings_app
+
+LOOPBACK = "http://127.0.0.1"  # the rating server answers loopback Host names only
 
 METHODS = ["prompt", "sft", "rl", "steering", "cmaes"]
 
@@ -138,7 +140,7 @@ def test_write_page_files_and_mismatch_refused(page, tmp_path):
 def test_post_writes_one_file_with_methods_joined(page, tmp_path):
     page_dir, doc, items = page
     ratings_dir = tmp_path / "ratings"
-    client = TestClient(ratings_app(page_dir, ratings_dir))
+    client = TestClient(ratings_app(page_dir, ratings_dir), base_url=LOOPBACK)
     got = client.get("/")
     assert got.status_code == 200 and doc["page_id"] in got.text
     body = payload(doc, items, rater="Ana María")
@@ -174,7 +176,7 @@ def test_post_writes_one_file_with_methods_joined(page, tmp_path):
 )
 def test_bad_payloads_are_422_with_a_clear_message(page, tmp_path, mutate, needle):
     page_dir, doc, items = page
-    client = TestClient(ratings_app(page_dir, tmp_path / "ratings"))
+    client = TestClient(ratings_app(page_dir, tmp_path / "ratings"), base_url=LOOPBACK)
     body = payload(doc, items)
     mutate(body)
     res = client.post("/ratings", json=body)
@@ -185,7 +187,7 @@ def test_bad_payloads_are_422_with_a_clear_message(page, tmp_path, mutate, needl
 
 def test_not_json_body_is_422(page, tmp_path):
     page_dir, _, _ = page
-    client = TestClient(ratings_app(page_dir, tmp_path / "ratings"))
+    client = TestClient(ratings_app(page_dir, tmp_path / "ratings"), base_url=LOOPBACK)
     res = client.post("/ratings", content=b"{not json", headers={"Content-Type": "application/json"})
     assert res.status_code == 422
 
@@ -194,7 +196,7 @@ def test_not_json_body_is_422(page, tmp_path):
 
 
 def post(page_dir: Path, ratings_dir: Path, body: dict) -> str:
-    res = TestClient(ratings_app(page_dir, ratings_dir)).post("/ratings", json=body)
+    res = TestClient(ratings_app(page_dir, ratings_dir), base_url=LOOPBACK).post("/ratings", json=body)
     assert res.status_code == 200, res.text
     return res.json()["file"]
 
@@ -228,8 +230,8 @@ def test_downloaded_json_joined_via_key(page, tmp_path):
     with pytest.raises(InputError, match=r"ratings-download\.json, ratings\[0\]: field 'method': labels only"):
         load_ratings(ratings_dir)
     other = write_page(tmp_path / "other", items, seed=99)
-    with pytest.raises(InputError, match=f"key given is for page {other['page_id']}"):
-        load_ratings(ratings_dir, key=other)
+    with pytest.warns(SkippedRatingsWarning, match=f"not the current page '{other['page_id']}'"):
+        assert load_ratings(ratings_dir, key=other) == []  # another page's file is skipped, not an error
 
 
 def test_duplicates_are_counted_once(page, tmp_path):
@@ -245,7 +247,10 @@ def test_duplicates_are_counted_once(page, tmp_path):
     assert len(rows) == n and len({r["file"] for r in rows}) == 1
     assert load_ratings(ratings_dir, key=page_dir) == rows  # ingesting again changes nothing
     changed = payload(doc, items, rating=lambda i, k: 3)
-    post(page_dir, ratings_dir, changed)  # a different submission does count
+    post(page_dir, ratings_dir, changed)  # the same rater edits and submits again: it replaces, not adds
+    rows = load_ratings(ratings_dir, key=page_dir)
+    assert len(rows) == n and {r["rating"] for r in rows} == {3}
+    post(page_dir, ratings_dir, payload(doc, items, "Ben"))  # another rater does count
     assert len(load_ratings(ratings_dir, key=page_dir)) == 2 * n
 
 
