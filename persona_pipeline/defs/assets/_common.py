@@ -10,8 +10,9 @@ from persona_pipeline.settings import data_root, home
 
 
 def _stems(folder: str, skip: tuple[str, ...] = ()) -> list[str]:
-    path = data_root() / folder
-    return sorted(p.stem for p in path.glob("*.yaml") if p.stem not in skip) if path.exists() else []
+    from persona_pipeline.loaders import partition_ids  # every layout; editor lock files never become partitions
+
+    return partition_ids(data_root() / folder, skip)
 
 
 # Partition keys come from the file names in data_assets/, so adding a persona
@@ -25,11 +26,9 @@ def extra_checkpoints() -> dict[str, str]:
     """``PERSONA_PIPELINE_CHECKPOINTS="sft7b=allenai/OLMo-2-7B-SFT,dpo=org/model@rev"``: more models to capture."""
     import os
 
-    pairs = [p.split("=", 1) for p in os.environ.get("PERSONA_PIPELINE_CHECKPOINTS", "").split(",") if p.strip()]
-    bad = [p for p in pairs if len(p) != 2 or not p[0].strip() or not p[1].strip()]
-    if bad:
-        raise ValueError(f"PERSONA_PIPELINE_CHECKPOINTS: entries must be name=model[@revision], got {bad}")
-    return {k.strip(): v.strip() for k, v in pairs}
+    from persona_pipeline.loaders import checkpoint_names
+
+    return checkpoint_names(os.environ.get("PERSONA_PIPELINE_CHECKPOINTS", ""))
 
 
 checkpoint_partitions = dg.StaticPartitionsDefinition(["base", "sft", "rl", *extra_checkpoints()])
