@@ -5,6 +5,7 @@
 - ``serve``     an OpenAI-compatible endpoint; model ``persona-simulator[-sft|-rl]:<persona>``
 - ``rate``      serve the human-evaluation page; submissions land where ``human_ratings`` reads them
 - ``materialize`` every asset (or a selection) through ``dagster asset materialize``, one run per partition set
+- ``import``    rewrite a peer-layout file (persona-vectors, Assistant-Axis, survey guide, pipeline doc) as our YAML
 - ``observe``   record the persona files' versions and print the stale persona partitions
 - ``info``, ``partition-range``  helpers for scripts and the Makefile
 """
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from .importers import KINDS
 from .settings import NAMED_JOBS, PROFILES, data_root, home, profile
 
 ADAPTERS = ("sft", "rl", "none")
@@ -33,7 +35,8 @@ def _definitions() -> dict[str, str]:
     from .simulator import definitions
 
     specs = [s.model_dump() for s in loaders.load_personas(data_root() / "personas")]
-    surveys = {s.profile.id: s.model_dump() for s in loaders.load_surveys(data_root() / "surveys")}
+    found = loaders.load_surveys(data_root() / "surveys", {s["id"] for s in specs})
+    surveys = {s.profile.id: s.model_dump() for s in found}
     return definitions(specs, surveys)
 
 
@@ -172,6 +175,17 @@ def _partition_range(args) -> int:
     return 0
 
 
+def _check_inputs() -> None:
+    """Every file under data_assets/ validated before any stage (or model) starts: one line naming file/record/field."""
+    from .loaders import InputError, load_all
+
+    try:
+        found = load_all(data_root(), warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    except InputError as e:
+        raise CliError(str(e)) from None
+    print("inputs ok: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in found.items()), file=sys.stderr)
+
+
 def _materialize(args) -> int:
     """``make demo``: the whole DAG (or ``--select``) in dependency order, one CLI run per stage."""
     from .defs.runplan import run
@@ -179,6 +193,7 @@ def _materialize(args) -> int:
 
     if args.profile:
         os.environ["PERSONA_PIPELINE_PROFILE"] = args.profile  # the stage runs inherit it
+    _check_inputs()
     selection = NAMED_JOBS[args.job] if args.job else args.select
     timings = run(selection, dry_run=args.dry_run, log=lambda m: print(m, file=sys.stderr, flush=True))
     if timings:
@@ -209,6 +224,23 @@ def _observe(_args) -> int:
     from .defs.sources import observe_report
 
     print(json.dumps(observe_report(), indent=2))
+    return 0
+
+
+def _import(args) -> int:
+    """Rewrite peer-layout files (persona-vectors, Assistant-Axis, survey guide, pipeline doc) as our YAML."""
+    from .importers import import_file
+    from .loaders import InputError
+
+    out = Path(args.out) if args.out else data_root()
+    for src in args.files:
+        try:
+            dest = import_file(Path(src), out, args.kind, args.force)
+        except InputError as e:
+            raise CliError(str(e)) from None
+        print(f"{src} -> {dest}")
+        if Path(src).resolve().is_relative_to(out.resolve()):
+            print(f"  now remove {src}: both files would define the same id", file=sys.stderr)
     return 0
 
 
@@ -280,6 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ts.add_argument("--job", required=True, help="JSON written by train_sft.write_job")
     ts.set_defaults(fn=_train_sft)
+    imp = sub.add_parser(
+        "import",
+        help="write our canonical YAML from a peer-layout file (persona-vectors, Assistant-Axis, survey guide…)",
+    )
+    imp.add_argument("files", nargs="+", help="peer-layout files (layout detected from folder name and keys)")
+    imp.add_argument("--kind", choices=KINDS, help="the layout, when it cannot be detected")
+    imp.add_argument("--out", help="data root to write into (default: $PERSONA_PIPELINE_DATA or data_assets/)")
+    imp.add_argument("--force", action="store_true", help="replace an existing file")
+    imp.set_defaults(fn=_import)
     sub.add_parser(
         "observe", help="observe data_assets/personas and print which persona partitions are stale"
     ).set_defaults(fn=_observe)

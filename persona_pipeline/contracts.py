@@ -8,7 +8,8 @@ in every stage. Field names follow the seed pipeline's JSONL layout.
 from __future__ import annotations
 
 import re
-from typing import Literal
+import string
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -21,6 +22,28 @@ class Strict(BaseModel):
     """Base for input contracts: unknown keys are typos, not extensions."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def check_template(text: str, fields: tuple[str, ...], what: str) -> str:
+    """``text`` is filled with ``str.format``: it must name exactly ``fields`` and nothing else.
+
+    Checked with ``string.Formatter`` at load time, so a stray brace fails here, not after
+    every answer has been generated.
+    """
+    try:
+        found = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError as e:
+        raise ValueError(f"{what} is not a valid template ({e}); write literal braces as {{{{ and }}}}") from None
+    missing = [f"{{{f}}}" for f in fields if f not in found]
+    if missing:
+        raise ValueError(f"{what} must contain the placeholders {missing}")
+    other = sorted(found - set(fields))
+    if other:
+        raise ValueError(
+            f"{what} has the template field(s) {['{' + o + '}' for o in other]}; only {['{' + f + '}' for f in fields]} "
+            "are filled: write literal braces as {{ and }}"
+        )
+    return text
 
 
 def _non_empty(values: list[str], what: str) -> list[str]:
@@ -96,6 +119,7 @@ class ConversationMetadata(BaseModel):
     split: Literal["train", "test"] = "train"
     path: int = 0
     filter_reason: str | None = None
+    extra: str | None = None  # the source file's own metadata block, as JSON text (kept whole, Parquet-safe)
 
 
 class Conversation(BaseModel):
@@ -154,10 +178,7 @@ class Trait(Strict):
     @field_validator("eval_prompt")
     @classmethod
     def _placeholders(cls, v: str) -> str:
-        missing = [p for p in ("{question}", "{answer}") if p not in v]
-        if missing:
-            raise ValueError(f"eval_prompt must contain the placeholders {missing}")
-        return v
+        return check_template(v, ("question", "answer"), "eval_prompt")
 
     @model_validator(mode="after")
     def _disjoint(self) -> Trait:
@@ -253,6 +274,7 @@ class HitlRecord(Strict):
     scenario_type: str = Field(pattern=ID_PATTERN)
     annotator: str = "anonymous"
     turns: list[Turn] = Field(min_length=2)
+    metadata: dict[str, Any] | None = None  # the pipeline doc's layout carries one; kept with every path
 
     @model_validator(mode="after")
     def _alternatives(self) -> HitlRecord:

@@ -7,6 +7,8 @@ alternatives), so one session yields up to three complete, coherent dialogues.
 
 from __future__ import annotations
 
+import json
+
 from .contracts import Conversation, ConversationMetadata, HitlRecord, Turn
 
 
@@ -26,7 +28,11 @@ def expand_paths(rec: HitlRecord) -> list[Conversation]:
                 persona_role="user",
                 turns=turns,
                 metadata=ConversationMetadata(
-                    scenario_type=rec.scenario_type, source="hitl", generation_model=f"human:{rec.annotator}", path=j
+                    scenario_type=rec.scenario_type,
+                    source="hitl",
+                    generation_model=f"human:{rec.annotator}",
+                    path=j,
+                    extra=json.dumps(rec.metadata, ensure_ascii=False, sort_keys=True) if rec.metadata else None,
                 ),
             )
         )

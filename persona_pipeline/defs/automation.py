@@ -10,13 +10,19 @@ from persona_pipeline.settings import data_root, ratings_dir
 
 
 def folder_state(folder: Path) -> str:
-    """A fingerprint of every file (name, size, mtime) under ``folder``: changes when a file is added or edited."""
+    """A fingerprint of every file (name, size, mtime) under ``folder``: changes when a file is added or edited.
+
+    Hidden and editor lock/backup files (``.#x.jsonl``, ``x~``) are left out: saving in an editor
+    must not trigger a run on a half-edited file, and a dangling lock symlink must not break the tick.
+    """
+    from persona_pipeline.loaders import is_ignorable
+
     if not folder.exists():
         return "absent"
     parts = sorted(
         f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
         for p in folder.rglob("*")
-        if p.is_file() and not p.name.startswith(".")
+        if not any(is_ignorable(q) for q in (p, *p.relative_to(folder).parents) if q.name) and p.is_file()
     )
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
@@ -79,6 +85,14 @@ survey_files_sensor = folder_sensor(
     lambda: data_root() / "surveys",
     dg.AssetSelection.assets("surveys").downstream(),
     "New or edited surveys → surveys and the unpartitioned assets downstream (survey conversations, training, replication…).",
+)
+
+source_conversations_sensor = folder_sensor(
+    "source_conversations_sensor",
+    lambda: data_root() / "conversations",
+    dg.AssetSelection.assets("conversations").downstream(),
+    "New or edited dialogues of your own (data_assets/conversations/*.jsonl, the pipeline doc's layout) → "
+    "conversations and the unpartitioned assets downstream.",
 )
 
 human_ratings_sensor = folder_sensor(
@@ -218,4 +232,8 @@ def automation() -> tuple[list, list, list]:
     def weekly(_context):
         return _partition_run("data", _partitions_of("data"))
 
-    return JOBS, [nightly, weekly], [human_ratings_sensor, hitl_files_sensor, survey_files_sensor, *chain]
+    return (
+        JOBS,
+        [nightly, weekly],
+        [human_ratings_sensor, hitl_files_sensor, survey_files_sensor, source_conversations_sensor, *chain],
+    )

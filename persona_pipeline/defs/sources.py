@@ -25,9 +25,10 @@ persona_files = dg.AssetSpec(
 
 
 def file_versions() -> dict[str, str]:
-    """Persona id → sha256 of its YAML file (the data version Dagster compares)."""
-    folder = data_root() / "personas"
-    return {p.stem: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in sorted(folder.glob("*.yaml"))}
+    """Persona id → sha256 of its spec file (the data version Dagster compares); editor lock files are no personas."""
+    from persona_pipeline.loaders import persona_files
+
+    return {p.stem: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in persona_files(data_root() / "personas")}
 
 
 def observations(versions: dict[str, str]) -> list[dg.AssetObservation]:
@@ -64,7 +65,7 @@ def stale_partitions(instance: dg.DagsterInstance, defs: dg.Definitions, asset: 
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     asset_selection=dg.AssetSelection.assets("synthetic_conversations"),
-    description="Observes data_assets/personas/*.yaml; an edited or new persona gets its dialogues regenerated "
+    description="Observes data_assets/personas/ (*.yaml, *.json); an edited or new persona gets its dialogues regenerated "
     "(that partition only).",
 )
 def persona_files_sensor(context: dg.SensorEvaluationContext):

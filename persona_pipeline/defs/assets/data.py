@@ -7,7 +7,7 @@ from persona_pipeline.contracts import Conversation, Survey, Topic
 from persona_pipeline.defs.assets._common import GPU, SINGLE_RUN, counts, md_table, persona_partitions
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.hitl import expand_paths
-from persona_pipeline.loaders import load_hitl, load_personas
+from persona_pipeline.loaders import load_conversations, load_hitl, load_personas
 from persona_pipeline.settings import data_root, home, profile
 from persona_pipeline.simulate import SimConfig, WorkCache, fingerprint, plan_dialogues, simulate
 from persona_pipeline.simulator import definitions
@@ -108,7 +108,7 @@ def synthetic_conversations(
     description="Human gold dialogues from data_assets/hitl/; each alternative line becomes its own training path.",
 )
 def hitl_conversations(context: dg.AssetExecutionContext, persona_specs: list[dict]) -> list[dict]:
-    records = load_hitl(data_root() / "hitl", {s["id"] for s in persona_specs})
+    records = load_hitl(data_root() / "hitl", {s["id"] for s in persona_specs}, context.log.warning)
     convs = [c for r in records for c in expand_paths(r)]
     context.add_output_metadata(
         {"sessions": len(records), "paths": len(convs), "per_persona": counts(c.persona_id for c in convs)}
@@ -156,7 +156,8 @@ class CurateAssetConfig(dg.Config):
 @dg.asset(
     group_name=GROUP,
     kinds={"parquet"},
-    description="All sources merged: quality_score, safety_flags, exact/near de-duplication, threshold filter, HITL mix.",
+    description="All sources merged (plus your own dialogues from data_assets/conversations/*.jsonl): quality_score, "
+    "safety_flags, exact/near de-duplication, threshold filter, HITL mix.",
 )
 def conversations(
     context: dg.AssetExecutionContext,
@@ -164,10 +165,14 @@ def conversations(
     synthetic_conversations: list[dict],
     hitl_conversations: list[dict],
     survey_conversations: list[dict],
+    persona_specs: list[dict],
 ) -> list[dict]:
     load = lambda rows: [Conversation(**r) for r in rows]
     cfg = cur.CurateConfig(min_turns=profile().min_turns, **config.model_dump())
-    kept, report = cur.curate(load(synthetic_conversations), load(hitl_conversations), load(survey_conversations), cfg)
+    extra = load_conversations(data_root() / "conversations", {s["id"] for s in persona_specs}, context.log.warning)
+    synthetic = load(synthetic_conversations) + [c for c in extra if c.metadata.source != "hitl"]
+    gold = load(hitl_conversations) + [c for c in extra if c.metadata.source == "hitl"]
+    kept, report = cur.curate(synthetic, gold, load(survey_conversations), cfg)
     context.add_output_metadata(
         {
             "conversations": len(kept),

@@ -11,10 +11,14 @@ GROUP = "specs"
 
 
 @dg.asset(
-    group_name=GROUP, kinds={"yaml", "parquet"}, description="Validated persona specs from data_assets/personas/*.yaml."
+    group_name=GROUP,
+    kinds={"yaml", "parquet"},
+    description="Validated persona specs from data_assets/personas/ (*.yaml or *.json; `id` or `persona_id`). "
+    "Also checks that every entry of data_assets/ is one the pipeline reads.",
 )
 def persona_specs(context: dg.AssetExecutionContext) -> list[dict]:
-    specs = loaders.load_personas(data_root() / "personas")
+    loaders.check_root(data_root(), context.log.warning)
+    specs = loaders.load_personas(data_root() / "personas", context.log.warning)
     context.add_output_metadata(
         {
             "personas": len(specs),
@@ -61,10 +65,12 @@ def topics(context: dg.AssetExecutionContext) -> list[dict]:
 @dg.asset(
     group_name=GROUP,
     kinds={"yaml", "parquet"},
-    description="Trait artifacts: 5 pos/neg instruction pairs, extraction and evaluation questions, 0–100 judge prompt.",
+    description="Trait artifacts: 5 pos/neg instruction pairs, extraction and evaluation questions, 0–100 judge prompt "
+    "(our YAML or persona-vectors JSON, one file or trait_data_extract/ + trait_data_eval/).",
 )
 def trait_specs(context: dg.AssetExecutionContext) -> list[dict]:
-    traits = loaders.load_traits(data_root() / "traits")
+    traits = loaders.load_traits(data_root() / "traits", context.log.warning)
+    loaders.load_coherence_prompt(data_root() / "traits")  # its template is checked now, not after generation
     context.add_output_metadata(
         {
             "traits": len(traits),
@@ -87,10 +93,11 @@ def trait_specs(context: dg.AssetExecutionContext) -> list[dict]:
 @dg.asset(
     group_name=GROUP,
     kinds={"yaml", "json"},
-    description="Role system prompts and shared questions, including the default assistant.",
+    description="Role system prompts and shared questions, including the default assistant (our YAML or "
+    "Assistant-Axis role JSON + questions.jsonl).",
 )
 def role_specs(context: dg.AssetExecutionContext) -> dict:
-    roles = loaders.load_roles(data_root() / "roles")
+    roles = loaders.load_roles(data_root() / "roles", context.log.warning)
     context.add_output_metadata(
         {
             "roles": len(roles.roles),
@@ -104,10 +111,12 @@ def role_specs(context: dg.AssetExecutionContext) -> dict:
 @dg.asset(
     group_name=GROUP,
     kinds={"yaml", "json"},
-    description="Surveys of real people: profile plus Likert / choice / open items with reasoning.",
+    description="Surveys of real people: profile plus Likert / choice / open items with reasoning (our YAML or the "
+    "survey guide's JSON); a person id may not equal a persona id.",
 )
 def surveys(context: dg.AssetExecutionContext) -> dict:
-    found = loaders.load_surveys(data_root() / "surveys")
+    persona_ids = {p.stem for p in loaders.persona_files(data_root() / "personas")}
+    found = loaders.load_surveys(data_root() / "surveys", persona_ids, context.log.warning)
     context.add_output_metadata(
         {
             "people": len(found),
