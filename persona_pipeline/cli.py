@@ -6,6 +6,7 @@
 - ``rate``      serve the human-evaluation page; submissions land where ``human_ratings`` reads them
 - ``materialize`` every asset (or a selection) through ``dagster asset materialize``, one run per partition set
 - ``import``    rewrite a peer-layout file (persona-vectors, Assistant-Axis, survey guide, pipeline doc) as our YAML
+- ``export-vectors``, ``export-datasets``  GGUF control vectors; JSONL/Parquet datasets
 - ``observe``   record the persona files' versions and print the stale persona partitions
 - ``info``, ``partition-range``  helpers for scripts and the Makefile
 """
@@ -244,6 +245,25 @@ def _import(args) -> int:
     return 0
 
 
+def _export_vectors(_args) -> int:
+    """Persona vectors, CMA-ES directions and the Assistant Axis as GGUF control vectors (llama.cpp, repeng)."""
+    from .gguf_export import export_all
+
+    print(json.dumps([e.summary() for e in export_all(home())], indent=2))
+    return 0
+
+
+def _export_datasets(_args) -> int:
+    """conversations and sft_pairs as JSONL + Parquet for ``datasets.load_dataset`` and TRL's SFTTrainer."""
+    from .dataset_export import export_from_assets
+
+    out = export_from_assets(home())
+    if not out:
+        raise CliError(f"{home() / 'assets'}: no conversations or sft_pairs yet; materialise the data stage first")
+    print(json.dumps({k: {f: str(p) for f, p in v.items()} for k, v in out.items()}, indent=2))
+    return 0
+
+
 def _train_sft(args) -> int:
     """One SFT process; run it under ``accelerate launch`` for data-parallel training on several GPUs."""
     from .train_sft import run_job
@@ -321,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", help="data root to write into (default: $PERSONA_PIPELINE_DATA or data_assets/)")
     imp.add_argument("--force", action="store_true", help="replace an existing file")
     imp.set_defaults(fn=_import)
+    sub.add_parser(
+        "export-vectors", help="write every steering vector as a GGUF control vector next to its .safetensors"
+    ).set_defaults(fn=_export_vectors)
+    sub.add_parser(
+        "export-datasets", help="write conversations and SFT pairs as JSONL + Parquet (datasets / TRL ready)"
+    ).set_defaults(fn=_export_datasets)
     sub.add_parser(
         "observe", help="observe data_assets/personas and print which persona partitions are stale"
     ).set_defaults(fn=_observe)
