@@ -16,6 +16,11 @@ from .base import BackendError, Chat, SamplingParams, apply_stops
 OPENAI_URL = "https://api.openai.com/v1"
 
 
+class NoLogprobs(BackendError):
+    """The endpoint answers chats but sends no next-token logprobs (``transformers serve`` does this):
+    a feature it lacks, not a transient error, so logprob judges report it instead of re-asking."""
+
+
 class OpenAIBackend:
     def __init__(
         self,
@@ -87,7 +92,10 @@ class OpenAIBackend:
             )
             content = resp.choices[0].logprobs and resp.choices[0].logprobs.content
             if not content:
-                raise BackendError(f"{self.base_url} returned no logprobs for {self.model}")
+                raise NoLogprobs(
+                    f"{self.base_url} returned no next-token logprobs for {self.model} "
+                    f"(asked logprobs=True, top_logprobs={top_k}; got logprobs: None)"
+                )
             return _merge_stripped((t.token, t.logprob) for t in content[0].top_logprobs)
 
         return self._call(one, chats)
