@@ -14,7 +14,7 @@ export PERSONA_PIPELINE_PROFILE ?= demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint dev rate clean
+.PHONY: setup demo test lint dev rate clean gpu-check
 
 setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml /usr/bin/chromium
 
@@ -54,6 +54,10 @@ lint: setup
 
 test: setup lint
 	$(PY) -m pytest -q
+
+# Every CUDA path on a tiny in-process Llama: PASS/FAIL/SKIP lines (CPU mode without a GPU).
+gpu-check: setup
+	$(PY) bench/gpu_check.py
 
 dev: setup
 	$(DAGSTER) dev -w workspace.yaml -h 127.0.0.1 -p 3000

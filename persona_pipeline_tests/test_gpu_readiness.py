@@ -273,3 +273,28 @@ def test_rl_stage_loads_its_base_quantised(monkeypatch, tiny_model_dir, tmp_path
         train_rl(tiny_model_dir, tmp_path / "sft", prompts, None, RlSettings(quantize="nf4"), tmp_path / "rl", {})
     assert seen == [(tiny_model_dir, tmp_path / "sft", modelio.LoadOptions(quantize="nf4"))]
     assert RlConfig().quantize == "auto"  # like sft_adapter: NF4 on CUDA by default
+
+
+# -- the prepared device check, in CPU mode ----------------------------------------------
+
+
+def test_gpu_check_runs_green_in_cpu_mode(tmp_path, capsys, monkeypatch):
+    """bench/gpu_check.py at its tiny size: every check that can run on a CPU passes, the rest skip."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # dataclasses look their module up there
+    spec.loader.exec_module(gpu_check)
+    if torch.cuda.is_available():
+        pytest.skip("CPU-mode expectations")
+    assert gpu_check.main(["--size", "tiny", "--json", str(tmp_path / "out.json")]) == 0
+    report = json.loads((tmp_path / "out.json").read_text())
+    status = {line["name"]: line["status"] for line in report["lines"]}
+    must_pass = ["load_fp32", "generate_batched", "steering_per_row", "activations_all_layers", "sft_lora", "grpo_lora"]
+    assert {n: status[n] for n in must_pass} == dict.fromkeys(must_pass, "PASS")
+    assert status["vllm"] == "PASS"  # CPU mode: the no-CUDA error is clear and raised before any load
+    assert status["qlora_sft"] == status["qlora_grpo"] == "SKIP"
+    assert status["nf4_load"] == ("PASS" if importlib.util.find_spec("bitsandbytes") else "SKIP")
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in status) and "OK: " in out
