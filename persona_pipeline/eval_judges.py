@@ -32,7 +32,9 @@ from pydantic import BaseModel, Field
 from . import stats
 from .backends import Backend, BackendError, Chat, SamplingParams
 from .contracts import Conversation, PersonaSpec
-from .judges import JudgeItem, persona_scores, voice_scores
+from .judging.base import Judge, JudgeItem, Score
+from .judging.embedding import VoiceJudge
+from .judging.llm import JsonRewardJudge, LogprobPersonaJudge
 from .prompts import render_history
 from .verdicts import METRICS, Verdict, VerdictError, parse_verdict  # noqa: F401  (re-exported)
 
@@ -71,6 +73,7 @@ class JudgeScore(BaseModel):
     raw: str | None = None
     method: str | None = None
     turn_index: int | None = None
+    predicted_persona: str | None = None  # persona-id classifiers: their top-1 guess
 
 
 class PersonaProfile(BaseModel):
@@ -238,6 +241,23 @@ class LLMJudge:
             raise ValueError("max_retries must be >= 0")
         self.name, self.backend, self.build_chat = name, backend, build_chat
         self.params, self.max_retries = params, max_retries
+        self.signal = f"llm_json:{getattr(backend, 'name', type(backend).__name__)}"
+
+    def score(self, items: Sequence[JudgeItem]) -> list[Score]:
+        """The :class:`~persona_pipeline.judging.Judge` protocol: adherence as the value, the other
+        verdict fields in ``details`` (items must carry ``persona_id``)."""
+        evals = [
+            EvalItem(id=str(k), persona_id=it.persona_id or "", history=it.history, candidate=it.response)
+            for k, it in enumerate(items)
+        ]
+        return [
+            Score(
+                s.adherence, s.reasoning, details={m: getattr(s, m) for m in ("consistency", "quality", "safety_pass")}
+            )
+            if s.ok
+            else Score(None, error=s.error or "unreadable verdict")
+            for s in self(evals)
+        ]
 
     def __call__(self, items: Sequence[EvalItem]) -> list[JudgeScore]:
         items = list(items)
@@ -334,20 +354,21 @@ def persona_aware_judge(
     )
 
 
-def reward_judge(
-    backend: Backend, specs: Mapping[str, str | PersonaSpec | Mapping], method: str = "logprob", name: str | None = None
-) -> JudgeFn:
-    """The RL reward judge (``judges.persona_scores``) as an adherence-only judge, rescaled [-1, 1] → [0, 1].
+def protocol_judge(judge: Judge, name: str | None = None, specs: Mapping[str, str] | None = None) -> JudgeFn:
+    """Any :class:`~persona_pipeline.judging.Judge` as an adherence-only evaluation judge (0–1).
 
-    Handy as a second opinion in :func:`run_judges` when the JSON judge is a small local model.
+    ``specs`` (persona id → spec text) is what a spec-reading judge (the LLM reward judges) sees;
+    judges that know personas by id (voice score, persona-id classifiers) need none. A failed
+    score is an ``ok=False`` row with the judge's error, never a default; a classifier's
+    predicted persona is kept in ``predicted_persona``.
     """
-    texts = {pid: _spec_text(s) for pid, s in specs.items()}
-    label = name or f"reward_{method}"
+    label = name or judge.name
 
     def run(items: Sequence[EvalItem]) -> list[JudgeScore]:
         items = list(items)
-        judge_items = [JudgeItem(_lookup(texts, it, "spec"), it.history, it.candidate) for it in items]
-        scores = persona_scores(backend, judge_items, method) if items else []
+        texts = {it.persona_id: _lookup(specs, it, "spec") for it in items} if specs is not None else {}
+        judged = [JudgeItem(texts.get(it.persona_id, ""), it.history, it.candidate, it.persona_id) for it in items]
+        scores = judge.score(judged) if items else []
         return [
             JudgeScore(
                 persona_id=it.persona_id,
@@ -356,49 +377,41 @@ def reward_judge(
                 method=it.method,
                 turn_index=it.turn_index,
                 attempts=1,
-                ok=s is not None,
-                adherence=None if s is None else round((s + 1) / 2, 6),
-                error=None if s is not None else f"{method} reward judge gave no usable score",
+                ok=not s.failed,
+                adherence=s.value,
+                reasoning=s.reasoning,
+                error=s.error,
+                predicted_persona=s.details.get("predicted"),
             )
             for it, s in zip(items, scores)
         ]
 
+    run.signal, run.judge = judge.signal, judge  # type: ignore[attr-defined]
     return run
+
+
+def reward_judge(
+    backend: Backend, specs: Mapping[str, str | PersonaSpec | Mapping], method: str = "logprob", name: str | None = None
+) -> JudgeFn:
+    """The RL reward judge (logprob or JSON) as an adherence-only evaluation judge on 0–1."""
+    texts = {pid: _spec_text(s) for pid, s in specs.items()}
+    judge = LogprobPersonaJudge(backend) if method == "logprob" else JsonRewardJudge(backend)
+    return protocol_judge(judge, name or f"reward_{method}", texts)
 
 
 def embedding_judge(specs: Mapping[str, PersonaSpec | Mapping], name: str = "persona_embedding") -> JudgeFn:
-    """Adherence as MiniLM similarity to this persona's own voice vs every other persona's.
-
-    Positives: the persona's example lines and traits; negatives: the other
-    personas' example lines. Deterministic and cheap — the persona-aware idea
-    (profile + representative real lines) without an LLM, for when the judge is
-    a small local model that cannot grade adherence itself.
-    """
+    """Adherence as MiniLM similarity to this persona's own voice (example lines and traits) vs every
+    other persona's — the persona-aware idea without an LLM (see ``judging.embedding.VoiceJudge``)."""
     voice = {pid: (s if isinstance(s, PersonaSpec) else PersonaSpec(**s)).voice() for pid, s in specs.items()}
+    run = protocol_judge(VoiceJudge(voice), name)
 
-    def run(items: Sequence[EvalItem]) -> list[JudgeScore]:
-        items = list(items)
-        out: dict[int, float] = {}
-        for pid in dict.fromkeys(it.persona_id for it in items):
-            idx = [i for i, it in enumerate(items) if it.persona_id == pid]
-            _lookup(voice, items[idx[0]], "spec")  # an unknown persona is a clear error, not a KeyError
-            scores = voice_scores(voice, pid, [items[i].candidate for i in idx])
-            out.update({i: round(sc / 100, 6) for i, sc in zip(idx, scores)})
-        return [
-            JudgeScore(
-                persona_id=it.persona_id,
-                item_id=it.id,
-                judge=name,
-                method=it.method,
-                turn_index=it.turn_index,
-                attempts=1,
-                ok=True,
-                adherence=out[i],
-            )
-            for i, it in enumerate(items)
-        ]
+    def checked(items: Sequence[EvalItem]) -> list[JudgeScore]:
+        for it in items:
+            _lookup(voice, it, "spec")  # an unknown persona is a clear error, not a failed row
+        return run(items)
 
-    return run
+    checked.signal = run.signal  # type: ignore[attr-defined]
+    return checked
 
 
 def items_from_conversation(conv: Conversation | Mapping, method: str | None = None) -> list[EvalItem]:

@@ -11,7 +11,9 @@ import threading
 
 from .backends import Backend, SamplingParams
 from .contracts import PersonaSpec, Survey
-from .judges import JudgeItem, VoiceJudge, persona_scores
+from .judging.base import JudgeItem
+from .judging.embedding import VoiceJudge
+from .judging.reward import persona_scores
 
 
 def definitions(persona_specs: list[dict], surveys: dict | None = None, compact: bool = True) -> dict[str, str]:

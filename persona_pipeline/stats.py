@@ -18,6 +18,13 @@ Confidence intervals are percentile bootstraps: resample items (paired) or
 each group on its own (unpaired). Multiple comparisons are Holm-corrected
 (step-down, controls the family-wise error rate without independence
 assumptions).
+
+Turns of one dialogue are not independent (the same history, the same
+topic), so the leaderboard resamples *dialogues*: with a ``cluster_key``,
+method and baseline are matched on (dialogue, turn), each dialogue contributes
+one mean within-dialogue difference, and the bootstrap and the sign-flip
+permutation run over those. Below ``min_n`` dialogues no comparison is called
+significant: the row says how many there were instead.
 """
 
 from __future__ import annotations
@@ -182,6 +189,34 @@ def compare(
     return Comparison(diff, float(lo), float(hi), min(1.0, p), int(a.size), int(b.size), paired, test)
 
 
+def cluster_means(values: Mapping[tuple, float]) -> dict[Any, float]:
+    """Mean per cluster of values keyed (cluster, item)."""
+    groups: dict[Any, list[float]] = {}
+    for (cluster, _), v in values.items():
+        groups.setdefault(cluster, []).append(v)
+    return {c: float(np.mean(v)) for c, v in groups.items()}
+
+
+def paired_by_cluster(
+    method: Mapping[tuple, float],
+    baseline: Mapping[tuple, float],
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    n_perm: int = 10000,
+    seed: int = 0,
+) -> Comparison:
+    """``method − baseline`` matched on (cluster, item) keys, with the *cluster* as the unit of resampling.
+
+    Only keys present on both sides count; each cluster (a dialogue) gives the mean of its
+    matched within-item differences; CI and p come from the bootstrap and the paired sign-flip
+    permutation over clusters (``n_method`` = ``n_baseline`` = clusters used).
+    """
+    shared = {k: method[k] - baseline[k] for k in method if k in baseline}
+    d = cluster_means(shared)
+    c = compare(list(d.values()), [0.0] * len(d), True, confidence, n_boot, n_perm, seed)
+    return dataclasses.replace(c, test="paired sign-flip permutation over dialogues")
+
+
 def holm(pvalues: Sequence[float | None]) -> list[float]:
     """Holm step-down adjusted p-values, in input order; missing/NaN stay NaN and do not count."""
     p = np.asarray([math.nan if v is None else float(v) for v in pvalues], dtype=float)
@@ -235,6 +270,8 @@ def leaderboard_rows(
     n_boot: int = 2000,
     n_perm: int = 10000,
     seed: int = 0,
+    cluster_key: str | None = None,
+    min_n: int = 2,
 ) -> list[dict]:
     """One flat row per group: ``<metric>_{mean,std,ci_low,ci_high,n}`` and, against the baseline
     group (same keys, ``method_key`` = ``baseline_method``), ``<metric>_{diff,diff_ci_low,
@@ -249,7 +286,16 @@ def leaderboard_rows(
     comparison is ``significant`` when its Holm-adjusted p < ``alpha``. Every
     row has the same columns (None where a value does not apply), so the rows
     go straight into one table.
+
+    With ``cluster_key`` (e.g. the dialogue: persona × topic, the same for every
+    method) and ``pair_key`` (e.g. the turn), values are matched on (cluster, pair),
+    the mean's CI bootstraps cluster means and the comparison is
+    :func:`paired_by_cluster`; ``<metric>_n_units`` counts clusters (else values).
+    A comparison on fewer than ``min_n`` units is never ``significant`` (None) and
+    ``<metric>_verdict`` says why; otherwise it reads "significant" / "not significant".
     """
+    if cluster_key and not pair_key:
+        raise ValueError("cluster_key needs pair_key: the item matched within a cluster")
     group_keys = tuple(group_keys)
     groups: dict[tuple, list[dict]] = {}
     for i, raw in enumerate(records):
@@ -267,6 +313,8 @@ def leaderboard_rows(
             if v is None:
                 continue
             key = rec.get(pair_key) if pair_key else j
+            if cluster_key:
+                key = (rec.get(cluster_key), key)
             if pair_key and key in out:
                 raise ValueError(f"{rec['_where']}: {pair_key}={key!r} occurs twice in one group; it cannot pair items")
             out[key] = v
@@ -284,34 +332,49 @@ def leaderboard_rows(
         for metric in metrics:
             vals = values(recs, metric)
             x = list(vals.values())
+            units = list(cluster_means(vals).values()) if cluster_key else x
             s = _seed_for(seed, key, metric)
-            lo, hi = bootstrap_ci(x, confidence, n_boot, s)
+            lo, hi = bootstrap_ci(units, confidence, n_boot, s)
             row.update(
                 {
-                    f"{metric}_mean": mean(x),
+                    f"{metric}_mean": mean(units),
                     f"{metric}_std": std(x),
                     f"{metric}_ci_low": lo,
                     f"{metric}_ci_high": hi,
                     f"{metric}_n": len(x),
+                    f"{metric}_n_units": len(units),
                 }
             )
-            cmp_cols = dict.fromkeys(("diff", "diff_ci_low", "diff_ci_high", "p", "p_holm", "significant"))
+            cmp_cols = dict.fromkeys(
+                ("diff", "diff_ci_low", "diff_ci_high", "p", "p_holm", "significant", "n_compared", "verdict")
+            )
             if has_base:
                 bvals = values(groups[base_key], metric)
-                if pair_key:
+                if cluster_key:
+                    c = paired_by_cluster(vals, bvals, confidence, n_boot, n_perm, s)
+                elif pair_key:
                     shared = [k for k in vals if k in bvals]
                     c = compare(
                         [vals[k] for k in shared], [bvals[k] for k in shared], True, confidence, n_boot, n_perm, s
                     )
                 else:
                     c = compare(x, list(bvals.values()), False, confidence, n_boot, n_perm, s)
-                cmp_cols.update(diff=c.diff, diff_ci_low=c.ci_low, diff_ci_high=c.ci_high, p=c.p_value)
+                cmp_cols.update(
+                    diff=c.diff, diff_ci_low=c.ci_low, diff_ci_high=c.ci_high, p=c.p_value, n_compared=c.n_method
+                )
                 pending.append((row, metric, c.p_value))
             row.update({f"{metric}_{k}": v for k, v in cmp_cols.items()})
         rows.append(row)
+    unit = "dialogues" if cluster_key else "items"
     for (row, metric, _), p_adj in zip(pending, holm([p for *_, p in pending])):
         row[f"{metric}_p_holm"] = p_adj
-        row[f"{metric}_significant"] = bool(p_adj < alpha) if not math.isnan(p_adj) else False
+        n = row[f"{metric}_n_compared"]
+        if n < min_n:
+            row[f"{metric}_significant"] = None
+            row[f"{metric}_verdict"] = f"n={n} {unit} < {min_n}: too few to test"
+        else:
+            row[f"{metric}_significant"] = bool(p_adj < alpha) if not math.isnan(p_adj) else False
+            row[f"{metric}_verdict"] = "significant" if row[f"{metric}_significant"] else "not significant"
     return rows
 
 

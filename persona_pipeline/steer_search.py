@@ -10,7 +10,11 @@ coherence; the chosen point is the highest trait score whose coherence stays
 
 CMA-ES protocol (persona steering): weights over unit trait vectors at one
 layer, v(w) = α · ‖h_L‖ · Σ wᵢ ûᵢ with wᵢ bounded, fitness = the persona judge
-on the steered model's lines; baselines get the same evaluation budget.
+on the steered model's lines; random search gets the same evaluation budget.
+Fixed baselines push as hard as one unit weight: the equal-weight trait mix, the
+PCA direction of the trait vectors, and two *persona-specific* directions — the
+mean difference of activations with the persona's prompt minus without on the
+same texts, and the top principal direction of those activations.
 """
 
 from __future__ import annotations
@@ -200,10 +204,20 @@ def _vector(weights, units, s: SearchSettings) -> torch.Tensor:
 
 
 def cmaes_search(
-    backend, judge_fn, targets: list[Target], units: torch.Tensor, s: SearchSettings, on_generation=None
+    backend,
+    judge_fn,
+    targets: list[Target],
+    units: torch.Tensor,
+    s: SearchSettings,
+    on_generation=None,
+    evaluate_fn=None,
 ) -> dict[str, dict]:
     """CMA-ES over trait weights for every target in lockstep (one batch per generation),
-    plus random search with the same number of evaluations. Returns per-target history and bests."""
+    plus random search with the same number of evaluations. Returns per-target history and bests.
+
+    ``evaluate_fn`` (default :func:`evaluate`: generate and judge) scores a batch of candidates;
+    a test passes an analytic objective to check the optimiser itself."""
+    evaluate_fn = evaluate_fn or evaluate
     import cma
 
     k = units.shape[0]
@@ -230,7 +244,7 @@ def cmaes_search(
         randoms = {t.persona_id: rng.uniform(-s.bound, s.bound, size=(s.popsize, k)) for t in targets}
         cands = [(t, _vector(w, units, s), t.search_chats) for t in targets for w in asks[t.persona_id]]
         cands += [(t, _vector(w, units, s), t.search_chats) for t in targets for w in randoms[t.persona_id]]
-        scores, _ = evaluate(backend, judge_fn, cands, s)
+        scores, _ = evaluate_fn(backend, judge_fn, cands, s)
         fit = [sum(x) / len(x) for x in scores]
         i = 0
         for t in targets:
@@ -268,6 +282,31 @@ def baseline_vectors(units: torch.Tensor, s: SearchSettings) -> dict[str, torch.
         "mean_diff_equal": s.alpha * s.layer_norm * eq / eq.norm(),
         "pca": s.alpha * s.layer_norm * pca_direction(units),
     }
+
+
+def persona_directions(
+    backend, with_persona: list[list[dict]], without: list[list[dict]], texts: list[str], layer: int
+) -> dict[str, torch.Tensor]:
+    """The target persona's own directions at ``layer`` (unit norm), from ONE forward pass, no generation.
+
+    The same ``texts`` (the persona's example lines) are read after each chat with the
+    persona's prompt and after the same topic without it; activations are averaged over
+    the text's tokens. ``persona_mean_diff``: mean of (with − without) over topics × texts.
+    ``persona_pca``: the top principal direction of all those activations (centred), signed
+    so the persona side projects higher — the unsupervised version of the same contrast.
+    """
+    from .activations import Item, extract
+
+    pairs = [(w, o, t) for w, o in zip(with_persona, without) for t in texts]
+    if not pairs:
+        raise ValueError("persona directions need at least one topic and one example line")
+    items = [Item(w, t) for w, _, t in pairs] + [Item(o, t) for _, o, t in pairs]
+    acts = extract(backend.model, backend.tok, items, [layer])["response_avg"][:, 0]
+    on, off = acts[: len(pairs)], acts[len(pairs) :]
+    diff = (on - off).mean(0)
+    _, _, vh = torch.linalg.svd(acts - acts.mean(0), full_matrices=False)
+    pc = vh[0] if torch.dot(vh[0], diff) >= 0 else -vh[0]
+    return {"persona_mean_diff": diff / diff.norm(), "persona_pca": pc / pc.norm()}
 
 
 def seeded_sample(items: list, n: int, key: str) -> list:

@@ -410,13 +410,9 @@ def score(
 
 
 def minilm_encoder(model_dir: str | None = None) -> Encoder:
-    """The offline MiniLM sentence encoder as an ``Encoder`` callable (normalised embeddings)."""
-    import os
+    """The offline MiniLM sentence encoder as an ``Encoder`` callable (normalised embeddings); by default
+    the process-wide instance the judges share (``judging.embedding.minilm``)."""
+    from .judging.embedding import EmbeddingJudge
 
-    from sentence_transformers import SentenceTransformer
-
-    from .trait_judge import minilm_dir
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model = SentenceTransformer(model_dir or str(minilm_dir()), device="cpu")
+    model = EmbeddingJudge(model_dir).model
     return lambda texts: model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)

@@ -62,11 +62,28 @@ def test_steering_sweep_and_cmaes_compare_against_baselines(materialized):
     _, assets = materialized
     sweep = _rows(assets / "steering_sweep")
     assert {r["condition"] for r in sweep} == {"steer", "prompt"}  # prompting is always the baseline
+    vectors = {t: json.loads((assets / "persona_vectors" / f"{t}.json").read_text()) for t in SMALL["traits"]}
+    for r in sweep:  # a vector the judge cannot separate is marked on every sweep row, never hidden
+        assert r["vector_reliable"] == vectors[r["trait"]]["reliable"]
+    for v in vectors.values():
+        assert v["reliable"] == (not v["issues"]) and v["reliable"] == (
+            v["pos_trait"] > v["neg_trait"] and not v["fallback"]
+        )
     assert {r["rel_coef"] for r in sweep if r["condition"] == "steer"} == {0.0, 0.5}
     for persona in SMALL["personas"]:
         c = json.loads((assets / "cmaes_steering" / f"{persona}.json").read_text())
         assert set(c["weights"]) == set(SMALL["traits"]) and all(abs(w) <= 1 for w in c["weights"].values())
-        assert set(c["heldout"]) == {"cmaes", "random_search", "mean_diff_equal", "pca", "unsteered", "prompt"}
+        assert set(c["heldout"]) == {
+            "cmaes",
+            "random_search",
+            "mean_diff_equal",
+            "pca",
+            "persona_mean_diff",  # the persona's own (with − without its prompt) direction
+            "persona_pca",
+            "unsteered",
+            "prompt",
+        }
+        assert c["judge_signal"] == "minilm_voice"  # what the search was optimised against, recorded
         assert len(c["history"]) == len(c["random_history"]) == 2  # ci: 2 generations, same budget for random search
     drift = pq.read_table(assets / "drift_monitor.parquet").to_pylist()
     assert {(r["persona_id"], r["method"]) for r in drift} == {(p, m) for p in SMALL["personas"] for m in ("sft", "rl")}
@@ -79,6 +96,14 @@ def test_judge_scores_leaderboard_and_report(materialized):
     scores = pq.read_table(assets / "judge_scores.parquet").to_pylist()
     methods = {"prompt", "sft", "rl", "steering", "cmaes"}
     assert {(r["persona_id"], r["method"]) for r in scores} == {(p, m) for p in SMALL["personas"] for m in methods}
+    # every turn under the voice score AND two persona-id classifiers that never saw a generated line
+    assert all(0 <= r["eval_voice"] <= 1 and 0 <= r["eval_persona_id_ngram"] <= 1 for r in scores)
+    assert all(r["eval_persona_id_minilm"] is not None and r["top1_persona_id_ngram"] in (0.0, 1.0) for r in scores)
+    by_method = {r["method"]: r for r in scores}
+    assert by_method["rl"]["optimised_on"] == "minilm_voice" and by_method["rl"]["circular_evaluators"] == "voice"
+    assert by_method["cmaes"]["circular_evaluators"] == "voice" and by_method["sft"]["circular_evaluators"] == ""
+    dialogues = {(r["method"], r["dialogue"]) for r in scores}  # the same persona × topic for every method
+    assert {d for _, d in dialogues} == {d for m, d in dialogues if m == "prompt"}
     per_conv = {}
     for r in scores:
         per_conv.setdefault(r["conversation_id"], []).append(r["turn"])
@@ -88,9 +113,14 @@ def test_judge_scores_leaderboard_and_report(materialized):
     overall = {r["method"]: r for r in board if r["persona_id"] == "ALL"}
     assert set(overall) == methods and overall["prompt"]["adherence_diff"] is None
     assert overall["sft"]["adherence_ci_low"] <= overall["sft"]["adherence_mean"] <= overall["sft"]["adherence_ci_high"]
+    for ev in ("eval_voice", "eval_persona_id_ngram", "eval_persona_id_minilm"):
+        rl = overall["rl"]
+        assert rl[f"{ev}_n_compared"] == len(SMALL["personas"])  # paired dialogues, not turns
+        assert rl[f"{ev}_significant"] is None and "too few" in rl[f"{ev}_verdict"]  # 2 dialogues < min_dialogues
     survey = json.loads((assets / "survey_replication.json").read_text())
     assert {v["method"] for v in survey.values()} == {"sft", "rl", "prompt"}
     assert all(v["band"] and 0 <= v["fidelity"] <= 1 for v in survey.values())
     html = Path(json.loads((assets / "eval_report.json").read_text())["path"]).read_text()
     assert "Leaderboard" in html and "Survey replication" in html and "data:image/png;base64," in html
+    assert "persona_id_ngram" in html and "YES (circular)" in html  # per-evaluator table, circularity marked
     assert "http://" not in html and "https://" not in html  # one self-contained file

@@ -111,7 +111,7 @@ def test_leaderboard_rows_summarise_and_compare_with_the_baseline():
     assert by[("a", "prompt")]["adherence_diff"] is None and by[("a", "prompt")]["adherence_significant"] is None
     rl = by[("a", "rl")]  # one record: a mean, but no test
     assert rl["adherence_n"] == 1 and math.isnan(rl["adherence_std"]) and math.isnan(rl["adherence_p"])
-    assert rl["adherence_significant"] is False
+    assert rl["adherence_significant"] is None and rl["adherence_verdict"] == "n=1 items < 2: too few to test"
 
     again = stats.leaderboard_rows(_records(), metrics=["adherence", "safety_pass"], n_perm=2000, n_boot=500)
     assert all(r1.keys() == r2.keys() and all(_same(r1[k], r2[k]) for k in r1) for r1, r2 in zip(rows, again))
@@ -134,6 +134,53 @@ def test_leaderboard_paired_on_item_ids():
     assert rl["adherence_p"] == pytest.approx(2 / 2**10) and rl["adherence_significant"]
     with pytest.raises(ValueError, match="item_id='i0' occurs twice"):
         stats.leaderboard_rows(recs + [recs[0]], metrics=["adherence"], pair_key="item_id")
+
+
+def _dialogue_records(n_dialogues: int, effect: float, turns: int = 5) -> list[dict]:
+    """Turns share their dialogue's random level (strongly correlated within a dialogue)."""
+    rng = np.random.default_rng(3)
+    level = rng.normal(0.5, 0.2, n_dialogues)
+    return [
+        {
+            "persona_id": "a",
+            "method": m,
+            "dialogue": f"d{d}",
+            "turn": t,
+            "adherence": level[d] + rng.normal(0, 0.01) + (effect if m == "rl" else 0.0) * (1 if d % 2 else -1),
+        }
+        for m in ("prompt", "rl")
+        for d in range(n_dialogues)
+        for t in range(turns)
+    ]
+
+
+def test_leaderboard_resamples_dialogues_not_turns_and_refuses_below_min_n():
+    """An effect that flips sign between dialogues is noise at the dialogue level, however many turns agree."""
+    recs = _dialogue_records(12, 0.1)
+    with pytest.raises(ValueError, match="occurs twice"):  # turn numbers repeat across dialogues: not an item id
+        stats.leaderboard_rows(recs, metrics=["adherence"], pair_key="turn")
+    by_dialogue = stats.leaderboard_rows(
+        recs, metrics=["adherence"], pair_key="turn", cluster_key="dialogue", n_boot=200, n_perm=2000, min_n=5
+    )
+    turn_rl = next(r for r in by_dialogue if r["method"] == "rl")
+    assert turn_rl["adherence_n"] == 60 and turn_rl["adherence_n_units"] == 12 and turn_rl["adherence_n_compared"] == 12
+    diffs = stats.cluster_means(
+        {(r["dialogue"], r["turn"]): r["adherence"] for r in recs if r["method"] == "rl"}
+    ).values()
+    assert turn_rl["adherence_mean"] == pytest.approx(np.mean(list(diffs)))
+    c = stats.paired_by_cluster(
+        {(r["dialogue"], r["turn"]): r["adherence"] for r in recs if r["method"] == "rl"},
+        {(r["dialogue"], r["turn"]): r["adherence"] for r in recs if r["method"] == "prompt"},
+        n_perm=4096,
+    )
+    assert c.n_method == 12 and "dialogues" in c.test and c.p_value > 0.5  # ±0.1 per dialogue averages out
+    few = stats.leaderboard_rows(
+        _dialogue_records(3, 0.3), metrics=["adherence"], pair_key="turn", cluster_key="dialogue", min_n=5
+    )
+    rl = next(r for r in few if r["method"] == "rl")
+    assert rl["adherence_significant"] is None and rl["adherence_verdict"] == "n=3 dialogues < 5: too few to test"
+    with pytest.raises(ValueError, match="cluster_key needs pair_key"):
+        stats.leaderboard_rows(recs, metrics=["adherence"], cluster_key="dialogue")
 
 
 def test_leaderboard_rejects_bad_records():

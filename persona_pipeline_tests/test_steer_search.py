@@ -72,9 +72,9 @@ def test_zero_push_sweep_rows_match_the_unsteered_model(tiny_backend):
     assert texts[0] == plain
 
 
-def test_cmaes_search_improves_on_a_known_objective(tiny_backend):
-    """With a judge that rewards lines the steered model writes near a hidden target weight, CMA-ES
-    finds weights whose fitness beats the starting point; bests and histories are tracked per target."""
+def test_cmaes_search_batches_population_and_random_search(tiny_backend):
+    """The real loop on the tiny model: CMA population + random search in ONE batch per generation,
+    bests and histories tracked per target, weights within bounds."""
     hidden = tiny_backend.model.config.hidden_size
     units = ss.unit_rows(torch.randn(3, hidden))
     target = ss.Target("p", "spec", _chats(2), _chats(1), _chats(1))
@@ -90,6 +90,51 @@ def test_cmaes_search_improves_on_a_known_objective(tiny_backend):
     assert calls == [2 * 4 * 2] * 3  # CMA population + random search, both prompts, in ONE batch per generation
     assert found["best"][0] == max(h["best"] for h in found["history"])
     assert np.all(np.abs(found["best"][1]) <= 1.0)
+
+
+def test_cmaes_search_improves_on_a_known_objective():
+    """Fitness = −‖w − w*‖² read back from the steering vector (orthonormal trait units): CMA-ES must end
+    well above its starting point w = 0 and close to w*, and beat random search with the same budget."""
+    k, hidden, w_star = 4, 16, np.array([0.6, -0.4, 0.2, 0.5])
+    units = torch.eye(hidden)[:k]
+    s = ss.SearchSettings(layer=0, layer_norm=2.0, alpha=0.5, generations=25, popsize=8, sigma0=0.3)
+    start = -float(np.sum(w_star**2))
+
+    def known(_backend, _judge, cands, settings):
+        scores = []
+        for _target, vector, chats in cands:
+            w = (vector @ units.T).numpy() / (settings.alpha * settings.layer_norm)
+            scores.append([-float(np.sum((w - w_star) ** 2))] * len(chats))
+        return scores, [[""] * len(chats) for *_, chats in cands]
+
+    target = ss.Target("p", "spec", _chats(1), _chats(1))
+    found = ss.cmaes_search(None, None, [target], units, s, evaluate_fn=known)["p"]
+    best, weights = found["best"]
+    assert best > start + 0.5 * abs(start)  # far better than where it started
+    assert best > -0.01 and np.allclose(weights, w_star, atol=0.1)
+    assert best >= found["random_best"][0]
+    assert found["history"][-1]["best_so_far"] > found["history"][0]["best_so_far"]
+
+
+def test_persona_directions_point_from_plain_to_persona_prompt(tiny_backend):
+    """The persona's own mean-difference and PCA directions: unit norm, and reading the same texts after
+    the persona prompt projects higher on them than after the plain prompt."""
+    from persona_pipeline.activations import Item, extract
+
+    persona = [[{"role": "system", "content": "You are a grumpy old sailor."}, *c] for c in _chats(2)]
+    plain = _chats(2)
+    texts = ["The tide waits for no one.", "Storms again, I tell you."]
+    d = ss.persona_directions(tiny_backend, persona, plain, texts, layer=1)
+    assert set(d) == {"persona_mean_diff", "persona_pca"}
+    acts = extract(
+        tiny_backend.model,
+        tiny_backend.tok,
+        [Item(c, t) for c in persona for t in texts] + [Item(c, t) for c in plain for t in texts],
+        [1],
+    )["response_avg"][:, 0]
+    for v in d.values():
+        assert torch.isclose(v.norm(), torch.tensor(1.0), atol=1e-4)
+        assert float((acts[:4] @ v).mean()) > float((acts[4:] @ v).mean())
 
 
 def test_baselines_and_failed_judgements_count_as_worst(tiny_backend):

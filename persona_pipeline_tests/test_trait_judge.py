@@ -1,9 +1,9 @@
-"""Trait judges: the 0–100 logprob protocol and the offline embedding judge."""
+"""Trait judges: the 0–100 logprob protocol and the offline embedding judge (``persona_pipeline.judging``)."""
 
 import pytest
 
-from persona_pipeline.judges import logprob_score, parse_score
-from persona_pipeline.trait_judge import EmbeddingJudge, number_tokens, score_prompts
+from persona_pipeline.judging.embedding import EmbeddingJudge
+from persona_pipeline.judging.llm import logprob_score, number_tokens, parse_score, score_prompts
 
 
 def test_logprob_score_is_the_probability_weighted_mean_and_discards_non_numbers():
@@ -40,7 +40,7 @@ def test_embedding_judge_separates_trait_from_its_absence():
 
 @pytest.mark.integration
 def test_likelihood_coherence_prefers_fluent_text_and_penalises_loops(embedded_backend):
-    from persona_pipeline.trait_judge import likelihood_coherence
+    from persona_pipeline.judging.likelihood import likelihood_coherence
 
     q = "How was your weekend?"
     fluent, garbled, loop = likelihood_coherence(
@@ -57,7 +57,8 @@ def test_likelihood_coherence_prefers_fluent_text_and_penalises_loops(embedded_b
 
 def test_voice_judge_scores_a_line_higher_for_the_persona_who_talks_like_that():
     """The local persona judge: MiniLM similarity to a persona's own voice vs the others', keyed by spec text."""
-    from persona_pipeline.judges import JudgeItem, persona_scores
+    from persona_pipeline.judging import JudgeItem
+    from persona_pipeline.judging.reward import persona_scores
     from persona_pipeline.simulator import definitions, voice_judge
 
     specs = [

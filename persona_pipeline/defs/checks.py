@@ -217,7 +217,7 @@ def adherence_vs_prompt_only(
     from persona_pipeline.simulator import adherence
 
     rows = _heldout(conversations, persona_specs, surveys, profile().check_prompts)
-    scorer, method = persona_judge("auto", judge, persona_specs, surveys)
+    scorer, method = persona_judge("auto", judge, persona_specs, surveys, purpose="evaluation")
     base, _ = adherence(scorer, rows, _lines(sft_adapter["base_model"], None, rows), method)
     tuned, _ = adherence(scorer, rows, _lines(sft_adapter["base_model"], sft_adapter["path"], rows), method)
     return dg.AssetCheckResult(
@@ -245,3 +245,48 @@ def rl_reward_not_below_sft(rl_adapter: dict):
 
 model_checks = [adapter_changes_outputs, eval_loss_below_base, adherence_vs_prompt_only, rl_reward_not_below_sft]
 model_checks.append(sft_split_leak_free)
+
+
+@dg.asset_check(
+    asset="persona_space",
+    description="The role filter kept fully-in-role rollouts for every role (warns, with counts, for each role that "
+    "fell back to all its rollouts).",
+)
+def role_filter_kept_rollouts(persona_space: dict) -> dg.AssetCheckResult:
+    fell_back = persona_space.get("roles_unfiltered", [])
+    counts = persona_space.get("role_rollouts", {})
+    return dg.AssetCheckResult(
+        passed=not fell_back,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "roles": len(persona_space["roles"]),
+            "roles_fell_back": len(fell_back),
+            "examples": dg.MetadataValue.md(
+                "\n".join(f"- {r}: no rollout judged in role; all {counts.get(r, '?')} used" for r in fell_back)
+                or "every role filtered"
+            ),
+        },
+    )
+
+
+@dg.asset_check(
+    asset="trait_interference",
+    description="Every persona vector is reliable: its positive answers score above its negative ones and the judge "
+    "filter kept enough pairs (warns, naming each unreliable trait and why; its steering_sweep rows are marked).",
+)
+def trait_vectors_reliable(trait_interference: dict) -> dg.AssetCheckResult:
+    issues = {t: v for t, v in trait_interference.get("vector_issues", {}).items() if v}
+    return dg.AssetCheckResult(
+        passed=not issues,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "traits": len(trait_interference["traits"]),
+            "unreliable": len(issues),
+            "examples": dg.MetadataValue.md(
+                "\n".join(f"- {t}: {'; '.join(v)}" for t, v in issues.items()) or "every vector reliable"
+            ),
+        },
+    )
+
+
+representation_checks = [role_filter_kept_rollouts, trait_vectors_reliable]

@@ -20,7 +20,7 @@ from persona_pipeline.defs.assets import (
 )
 from persona_pipeline.defs.assets._common import SINGLE_RUN
 from persona_pipeline.defs.automation import automation
-from persona_pipeline.defs.checks import data_checks, model_checks
+from persona_pipeline.defs.checks import data_checks, model_checks, representation_checks
 from persona_pipeline.defs.executors import executor_from_env
 from persona_pipeline.defs.io_manager import ArtifactIOManager
 from persona_pipeline.defs.resources import model_resource_from_env
@@ -45,7 +45,7 @@ defs = dg.Definitions(
             )
         ),
     ],
-    asset_checks=data_checks + model_checks + [human.judge_agrees_with_humans],
+    asset_checks=data_checks + model_checks + representation_checks + [human.judge_agrees_with_humans],
     jobs=jobs,
     schedules=schedules,
     sensors=[*sensors, persona_files_sensor],

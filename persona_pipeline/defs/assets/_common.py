@@ -62,14 +62,11 @@ def png_meta(png: bytes, name: str, alt: str) -> dict:
     return {alt: dg.MetadataValue.md(markdown_image(png, alt)), f"{alt}_png": dg.MetadataValue.path(str(path))}
 
 
-def persona_judge(choice: str, judge, persona_specs: list[dict], surveys: dict | None = None):
-    """(judge, method) for persona scores. ``auto``: the MiniLM voice judge when the judge is the
-    small local model (it cannot grade adherence), the logprob judge with an endpoint."""
-    method = ("embedding" if judge.kind == "local" else "logprob") if choice == "auto" else choice
-    if method not in ("embedding", "logprob", "json"):
-        raise ValueError(f"config judge_method={choice!r}: use auto, embedding, logprob or json")
-    if method == "embedding":
-        from persona_pipeline.simulator import voice_judge
+def persona_judge(choice: str, judge, persona_specs: list[dict], surveys: dict | None = None, purpose: str = "reward"):
+    """(judge, method) for persona scores, as ``judging.choose`` picks them for ``purpose``."""
+    from persona_pipeline.judging import choose
 
-        return voice_judge(persona_specs, surveys), method
-    return judge.backend(), method
+    return (
+        choose.persona_judge(purpose, judge, persona_specs, surveys, choice),
+        choose.method(purpose, judge, choice),
+    )

@@ -18,6 +18,8 @@ from persona_pipeline.defs.assets.steering import _policy
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.dialogue_drift import consistency_drift
 from persona_pipeline.eval_dialogues import Contestant, persona_turns, run_dialogues
+from persona_pipeline.judging import choose
+from persona_pipeline.leaderboard import CLASSIFIERS, EVALUATORS
 from persona_pipeline.prompts import neutral_user_chat, simulator_prompt, teacher_chat
 from persona_pipeline.quality import PERSONA_BREAK, text_safety_flags
 from persona_pipeline.settings import profile
@@ -98,30 +100,34 @@ class JudgeScoresConfig(dg.Config):
     seed: int = 0
 
 
-def judge_specs(judge: ModelResource, persona_specs: list[dict]) -> dict[str, str]:
-    """The spec text a judge reads: the full spec for endpoint judges; the compact one (who + traits)
-    for the small local judge, which attends to it better and reads it hundreds of times."""
-    return definitions(persona_specs, compact=judge.kind == "local")
+def gold_lines(persona_specs: list[dict], conversations: list[dict], sft_adapter: dict) -> dict[str, list[str]]:
+    """What the persona-id classifiers learn from: each persona's spec example lines plus its own lines in
+    the conversations SFT held out (whole sessions, as the adapter's recorded split says) — never a line
+    any evaluated method generated, never a line an adapter trained on."""
+    from persona_pipeline.contracts import Conversation
+    from persona_pipeline.splits import base_key, heldout_conversations
 
-
-def _on(mode: str, judge: ModelResource, name: str) -> bool:
-    if mode not in ("auto", "on", "off"):
-        raise ValueError(f"config {name}={mode!r}: use auto, on or off")
-    return mode == "on" or (mode == "auto" and judge.kind != "local")
-
-
-def _judges(
-    judge: ModelResource, config: JudgeScoresConfig, persona_specs: list[dict], conversations: list[dict]
-) -> dict:
-    backend, specs = judge.backend(), {s["id"]: s for s in persona_specs}
-    out = {"persona_embedding": ej.embedding_judge(specs)}
-    if _on(config.logprob_judge, judge, "logprob_judge"):
-        out["reward_logprob"] = ej.reward_judge(backend, judge_specs(judge, persona_specs), "logprob")
-    if _on(config.json_judge, judge, "json_judge"):
-        profiles = {pid: ej.persona_profile(s, ej.persona_lines(conversations, pid)) for pid, s in specs.items()}
-        out["persona_judge"] = ej.persona_judge(backend, specs)
-        out["persona_aware"] = ej.persona_aware_judge(backend, profiles)
+    convs = [Conversation(**c) for c in conversations]
+    held_sessions = set((sft_adapter.get("split") or {}).get("heldout_sessions") or [])
+    held = (
+        {c.id for c in convs if base_key(c.id) in held_sessions} if held_sessions else heldout_conversations(convs, 0.1)
+    )
+    out = {s["id"]: list(PersonaSpec(**s).example_lines) for s in persona_specs}
+    for pid in out:
+        out[pid] += ej.persona_lines([c for c in convs if c.id in held], pid)
     return out
+
+
+def optimised_on(judge: ModelResource, persona_specs: list[dict], rl_adapter: dict, cmaes: dict) -> dict:
+    """method → the judge signal it was optimised against (None: not optimised against any judge)."""
+    cma = {v.get("judge_signal") for v in cmaes.values()} - {None}
+    return {
+        "prompt": None,
+        "sft": None,  # next-token loss on gold lines, no judge
+        "rl": rl_adapter.get("judge_signal") or choose.optimised_signal("reward", judge, persona_specs),
+        "steering": choose.optimised_signal("filter", judge, persona_specs),  # sweep point picked by the trait judge
+        "cmaes": cma.pop() if len(cma) == 1 else choose.optimised_signal("search_fitness", judge, persona_specs),
+    }
 
 
 @dg.asset(
@@ -189,39 +195,84 @@ def judge_scores(
         )
         for t in turns
     ]
-    verdicts = ej.run_judges(_judges(judge, config, persona_specs, conversations), items)
+    gold = gold_lines(persona_specs, conversations, sft_adapter)
+    profiles = {pid: ej.persona_profile(s, ej.persona_lines(conversations, pid)) for pid, s in specs.items()}
+    evals = choose.evaluators(judge, persona_specs, gold, profiles, config.json_judge, config.logprob_judge)
+    verdicts = ej.run_judges(evals, items)
+    signals = {name: choose.signal_of(fn) for name, fn in evals.items()}
+    optimised = optimised_on(judge, persona_specs, rl_adapter, cmaes_steering)
+    circular = choose.circular(optimised, signals)
     versions = {
         "base": base_model.get("source_sha256", base_model["path"])[:12],
         "sft": file_version(sft_adapter["path"]),
         "rl": file_version(rl_adapter["path"]),
         "judge": judge.describe(),
     }
-    rows = [_row(t, {name: v[i] for name, v in verdicts.items()}, versions) for i, t in enumerate(turns)]
+    topic = {c.id: c.topic for c in convs}
+    provenance = {"optimised_on": optimised, "circular": circular, "signals": signals, "personas": len(gold)}
+    rows = [
+        _row(t, {name: v[i] for name, v in verdicts.items()}, versions, topic[t["conversation_id"]], provenance)
+        for i, t in enumerate(turns)
+    ]
+    classifiers = [
+        {
+            "evaluator": name,
+            "personas": len(gold),
+            "chance_top1": _r(1 / len(gold), 3),
+            "cv_accuracy_on_training_lines": _r(evals[name].judge.cv_accuracy, 3),
+            "training_lines": sum(len(v) for v in gold.values()),
+        }
+        for name in CLASSIFIERS
+    ]
     context.add_output_metadata(
         _judge_meta(rows, verdicts, config.agreement_tolerance)
-        | {"versions": json.dumps(versions), "personas_evaluated": ", ".join(evaluated_personas(specs))}
+        | {
+            "versions": json.dumps(versions),
+            "personas_evaluated": ", ".join(evaluated_personas(specs)),
+            "evaluator_signals": md_table([{"evaluator": k, "signal": v} for k, v in signals.items()]),
+            "optimised_on": md_table(
+                [
+                    {"method": m, "optimised_on": o or "none", "circular_evaluators": ", ".join(circular[m]) or "none"}
+                    for m, o in optimised.items()
+                ]
+            ),
+            "persona_id_classifiers": md_table(classifiers),
+        }
     )
     return rows
 
 
-def _row(turn: dict, verdicts: dict, versions: dict) -> dict:
-    """One judged persona turn. ``adherence`` is the primary judge's: the seed's JSON judge when it
-    runs (endpoint judges), else the embedding judge; every judge's own column is kept too."""
+def _row(turn: dict, verdicts: dict, versions: dict, topic: str, provenance: dict) -> dict:
+    """One judged persona turn. Every evaluator has its own ``eval_<name>`` column (0–1; None where it
+    did not run or failed) and the classifiers a ``top1_<name>`` (predicted persona == true persona).
+    ``dialogue`` (persona × topic) is the same for every method: the unit the leaderboard pairs and
+    resamples. ``adherence`` is the primary judge's (the seed's JSON judge with an endpoint, else the
+    voice score) for the drift curves; ``circular_evaluators`` names the evaluators that share the
+    signal this method was optimised against."""
     main = verdicts.get("persona_judge")
-    primary = main if main is not None else verdicts["persona_embedding"]
+    primary = main if main is not None else verdicts["voice"]
     version = versions["base"] if turn["method"] in ("prompt", "steering", "cmaes") else versions[turn["method"]]
+    top1 = lambda name: (
+        None
+        if verdicts[name].predicted_persona is None
+        else float(verdicts[name].predicted_persona == turn["persona_id"])
+    )
     return {
         "persona_id": turn["persona_id"],
         "method": turn["method"],
         "conversation_id": turn["conversation_id"],
+        "topic": topic,
+        "dialogue": f"{turn['persona_id']}|{topic}",
         "turn": turn["turn"],
         "line": turn["line"],
         "history": json.dumps(turn["history"]),
         "adherence": primary.adherence,
         "primary_judge": primary.judge,
-        "adherence_embedding": verdicts["persona_embedding"].adherence,
-        "adherence_logprob": verdicts["reward_logprob"].adherence if "reward_logprob" in verdicts else None,
-        "adherence_json": main.adherence if main else None,
+        **{f"eval_{n}": verdicts[n].adherence if n in verdicts else None for n in EVALUATORS},
+        **{f"top1_{n}": top1(n) for n in CLASSIFIERS},
+        "persona_id_classes": provenance["personas"],
+        "optimised_on": provenance["optimised_on"][turn["method"]],
+        "circular_evaluators": ", ".join(provenance["circular"][turn["method"]]),
         "consistency": main.consistency if main else None,
         "quality": main.quality if main else None,
         "safety_pass": (main.safety_pass if main and main.ok else not text_safety_flags(turn["line"])),
@@ -252,7 +303,11 @@ def _judge_meta(rows: list[dict], verdicts: dict, tolerance: float) -> dict:
             [
                 {
                     "method": m,
-                    "adherence": _r(stats.mean([r["adherence"] for r in rows if r["method"] == m])),
+                    **{n: _r(stats.mean([r[f"eval_{n}"] for r in rows if r["method"] == m])) for n in verdicts},
+                    **{
+                        f"top1_{n}": _r(stats.mean([r[f"top1_{n}"] for r in rows if r["method"] == m]))
+                        for n in CLASSIFIERS
+                    },
                     "persona_breaks": sum(r["persona_break"] for r in rows if r["method"] == m),
                     "safety_pass": _r(stats.mean([r["safety_pass"] for r in rows if r["method"] == m])),
                 }
@@ -260,9 +315,9 @@ def _judge_meta(rows: list[dict], verdicts: dict, tolerance: float) -> dict:
             ]
         ),
         "drift": md_table(drift),
-        "judge_agreement": md_table(ej.judge_agreement(verdicts, tolerance=tolerance))
-        if len(verdicts) > 1
-        else "single judge",
+        "evaluator_agreement_per_turn": md_table(
+            ej.judge_agreement(verdicts, metrics=("adherence",), tolerance=tolerance)
+        ),
         **png_meta(_plot_curve(curve), "consistency_by_turn", "consistency_by_turn"),
     }
 
@@ -358,33 +413,37 @@ def _adapter(method: str, sft_adapter: dict, rl_adapter: dict) -> str:
     return {"sft": sft_adapter["path"], "rl": rl_adapter["path"]}.get(method, "")
 
 
+class LeaderboardConfig(dg.Config):
+    min_dialogues: int = 10  # fewer paired dialogues → no comparison is called significant
+    seed: int = 0
+
+
 @dg.asset(
     group_name=GROUP,
     kinds={"parquet"},
-    description="Persona × method: mean ± std and bootstrap 95 % CI of each judge metric, survey fidelity, and which "
-    "differences from prompt-only are significant (permutation test, Holm-corrected).",
+    description="Persona × method under EVERY evaluator (voice score, persona-id classifiers, LLM judges with an "
+    "endpoint): mean and 95 % CI over dialogues, paired Δ vs prompt-only on the same persona × topic × turn "
+    "(dialogue bootstrap, sign-flip permutation, Holm), n, and which method was optimised against which evaluator.",
 )
-def leaderboard(context: dg.AssetExecutionContext, judge_scores: list[dict], survey_replication: dict) -> list[dict]:
-    metrics = (
-        "adherence",
-        "adherence_embedding",
-        "adherence_logprob",
-        "adherence_json",
-        "consistency",
-        "quality",
-        "safety_pass",
-        "persona_break",
-    )
-    records = [{**r, "persona_break": float(r["persona_break"])} for r in judge_scores]
-    per_persona = stats.leaderboard_rows(records, ("persona_id", "method"), metrics, baseline_method="prompt")
-    overall = stats.leaderboard_rows(
-        [{**r, "persona_id": "ALL"} for r in records], ("persona_id", "method"), metrics, baseline_method="prompt"
-    )
+def leaderboard(
+    context: dg.AssetExecutionContext, config: LeaderboardConfig, judge_scores: list[dict], survey_replication: dict
+) -> list[dict]:
+    from persona_pipeline import leaderboard as lb
+
+    overall, per_persona = lb.board(judge_scores, config.min_dialogues, config.seed)
     fidelity = {(v["persona_id"], v["method"]): v["fidelity"] for v in survey_replication.values()}
     rows = [{**r, "survey_fidelity": fidelity.get((r["persona_id"], r["method"]))} for r in overall + per_persona]
     rows += [{"persona_id": pid, "method": m, "survey_fidelity": f} for (pid, m), f in fidelity.items()]
+    classes = judge_scores[0].get("persona_id_classes") if judge_scores else None
+    optimised = {r["method"]: (r["optimised_on"] or "none", r["circular_evaluators"] or "none") for r in overall}
     context.add_output_metadata(
         {
+            "by_evaluator": md_table(lb.by_evaluator(overall, classes), limit=80),
+            "optimised_on": md_table(
+                [{"method": m, "optimised_on": o, "circular_evaluators": c} for m, (o, c) in optimised.items()]
+            ),
+            "evaluator_rank_agreement": md_table(lb.method_rank_agreement(overall)),
+            "min_dialogues_for_significance": config.min_dialogues,
             "overall": md_table([_brief(r) for r in overall]),
             "per_persona": md_table([_brief(r) for r in per_persona], limit=60),
         }
@@ -400,7 +459,9 @@ def _brief(r: dict) -> dict:
         "adherence (95% CI)": ci("adherence"),
         "Δ vs prompt": _r(r.get("adherence_diff"), 3),
         "p (Holm)": _r(r.get("adherence_p_holm"), 3),
-        "significant": r.get("adherence_significant"),
+        "verdict": r.get("adherence_verdict"),
         "breaks": _r(r.get("persona_break_mean"), 3),
-        "n": r.get("adherence_n"),
+        "n turns": r.get("adherence_n"),
+        "n dialogues": r.get("adherence_n_units"),
+        "circular evaluators": r.get("circular_evaluators") or None,
     }

@@ -16,6 +16,7 @@ from persona_pipeline.defs.assets.evaluation import GROUP, METHODS, contestants
 from persona_pipeline.defs.assets.steering import _policy
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.eval_dialogues import next_lines
+from persona_pipeline.judging import choose
 from persona_pipeline.settings import home, profile, ratings_dir
 from persona_pipeline.splits import base_key
 
@@ -131,8 +132,7 @@ def _judge_candidates(items: list, persona_specs: list[dict], judge: ModelResour
         for it in items
         for m, line in it.candidates.items()
     ]
-    specs = {s["id"]: s for s in persona_specs}  # the same primary judge as judge_scores
-    primary = ej.embedding_judge(specs) if judge.kind == "local" else ej.persona_judge(judge.backend(), specs)
+    primary = choose.primary_evaluator(judge, persona_specs)
     scores = primary(flat)
     return {s.item_id: s.adherence for s in scores}
 
@@ -178,11 +178,15 @@ def human_ratings(context: dg.AssetExecutionContext, config: HumanRatingsConfig,
 )
 def judge_agrees_with_humans(human_ratings: dict) -> dg.AssetCheckResult:
     agree, n = human_ratings["agreement"], human_ratings["agreement"].get("n", 0)
-    if n < human_ratings["min_ratings"]:
+    if n < human_ratings["min_ratings"]:  # too little data is never a pass
         return dg.AssetCheckResult(
-            passed=True,
+            passed=False,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"n": n, "note": f"too few ratings to judge (< {human_ratings['min_ratings']})"},
+            metadata={
+                "status": "skipped: too few ratings",
+                "n": n,
+                "note": f"{n} rated line(s) joined to judge scores; agreement needs ≥ {human_ratings['min_ratings']}",
+            },
         )
     rho = agree.get("spearman")
     ok = rho is not None and not math.isnan(rho) and rho >= human_ratings["min_agreement"]

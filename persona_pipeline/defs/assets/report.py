@@ -42,9 +42,25 @@ def eval_report(
 ) -> dict:
     root = home()
     r = Report("persona-pipeline evaluation", subtitle=f"judge: {judge_scores[0]['judge'] if judge_scores else 'n/a'}")
-    overall = [_brief(x) for x in leaderboard if x["persona_id"] == "ALL"]
+    from persona_pipeline import leaderboard as lb
+
+    board = [x for x in leaderboard if x["persona_id"] == "ALL"]
+    overall = [_brief(x) for x in board]
+    classes = judge_scores[0].get("persona_id_classes") if judge_scores else None
     r.section(
-        "Leaderboard", "Mean adherence with its bootstrap 95 % CI; Δ and p are against prompt-only (Holm-corrected)."
+        "Leaderboard by evaluator",
+        "Every method under every evaluator: mean with its 95 % CI over dialogues; Δ vs prompt-only paired on the "
+        "same persona × topic × turn, resampling dialogues (Holm-corrected). A row marked 'YES (circular)' scores "
+        "a method with the signal it was optimised against (RL: the reward; CMA-ES: the search fitness) — not "
+        "independent evidence. The persona-id classifiers never saw a generated line; chance = 1 / personas.",
+    )
+    r.table(lb.by_evaluator(board, classes))
+    r.section("Evaluator agreement", "Spearman ρ between evaluators' per-method means (do they rank methods alike?).")
+    r.table(lb.method_rank_agreement(board))
+    r.section(
+        "Primary judge",
+        "Mean adherence of the primary judge (the seed JSON judge with an endpoint, else the voice score) with its "
+        "bootstrap 95 % CI over dialogues; Δ and p are against prompt-only (Holm-corrected).",
     )
     r.table(overall, highlight_best={"breaks": "min"})
     r.section("Per persona").table(

@@ -21,10 +21,11 @@ from persona_pipeline.defs.assets._common import (
     trait_partitions,
 )
 from persona_pipeline.defs.resources import ModelResource
+from persona_pipeline.judging import JudgeItem, choose
+from persona_pipeline.judging.base import values
 from persona_pipeline.loaders import load_coherence_prompt
 from persona_pipeline.plots import bar_plot, heatmap, line_plot, scatter_plot
 from persona_pipeline.settings import data_root, home, profile
-from persona_pipeline.trait_judge import judge_answers, likelihood_coherence, trait_scores
 
 GROUP = "representations"
 
@@ -85,7 +86,7 @@ def role_transcripts(
         home() / "work" / "role_transcripts", tr.fingerprint(rows, params, base_model["path"]), tr.ROLE_KEY
     )
     rows = tr.generate_rows(_generator(base_model), rows, params, work, config.chunk, _progress(context, "rollouts"))
-    method = trait_method(config.judge_method, judge)
+    method = choose.role_method(judge, config.judge_method)
     for row, score in zip(rows, tr.score_roles(judge.backend(), rows, roles, method)):
         row["score"] = score
         row.pop("chat")
@@ -136,28 +137,19 @@ class TraitResponseConfig(dg.Config):
     seed: int = 0
 
 
-def trait_method(choice: str, judge: ModelResource) -> str:
-    if choice == "auto":
-        return "embedding" if judge.kind == "local" else "logprob"
-    if choice not in ("embedding", "logprob"):
-        raise ValueError(f"config judge_method={choice!r}: use auto, embedding or logprob")
-    return choice
-
-
-def score_answers(rows: list[dict], trait: Trait, method: str, judge) -> None:
-    """Add ``trait_score`` (configured judge) and ``coherence``, both 0–100, in place.
-
-    Coherence comes from the LLM judge's prompt when the judge is an endpoint;
-    a small local judge cannot grade it, so there it is the local model's own
-    likelihood of the answer (see ``trait_judge.likelihood_coherence``).
+def score_answers(rows: list[dict], trait: Trait, judge: ModelResource, choice: str, backend) -> str:
+    """Add ``trait_score`` and ``coherence`` (0–100, None where the judge failed) in place; returns
+    the trait judge's method. Both are ``filter`` judges chosen by ``judging.choose``: for the
+    small local judge the trait score is MiniLM similarity to the trait's instructions and
+    coherence the local model's own likelihood of the answer; with an endpoint, the LLM prompts.
     """
-    qa = [(r["question"], r["response"]) for r in rows]
-    if hasattr(judge, "tok"):
-        coherence = likelihood_coherence(judge, qa)
-    else:
-        coherence = judge_answers(judge, load_coherence_prompt(data_root() / "traits"), qa)
-    for r, t, c in zip(rows, trait_scores(method, trait, qa, judge), coherence):
+    items = [JudgeItem("", [{"role": "user", "content": r["question"]}], r["response"]) for r in rows]
+    trait_judge = choose.trait_judge(judge, trait, choice, backend)
+    prompt = None if hasattr(backend, "tok") else load_coherence_prompt(data_root() / "traits")
+    coherence = choose.coherence_judge(backend, prompt)
+    for r, t, c in zip(rows, values(trait_judge.score(items), 0, 100), values(coherence.score(items), 0, 100)):
         r["trait_score"], r["coherence"] = t, c
+    return choose.method("filter", judge, choice)
 
 
 @dg.asset(
@@ -191,31 +183,41 @@ def trait_responses(
         home() / "work" / "trait_responses", tr.fingerprint(rows, params, base_model["path"]), tr.TRAIT_KEY
     )
     rows = tr.generate_rows(_generator(base_model), rows, params, work, on_chunk=_progress(context, "answers"))
-    method, judge_backend = trait_method(config.judge_method, judge), judge.backend()
+    judge_backend, method = judge.backend(), "n/a"
     out = {}
     for key in context.partition_keys:
         out[key] = [r for r in rows if r["trait"] == key]
-        score_answers(out[key], traits[key], method, judge_backend)
+        method = score_answers(out[key], traits[key], judge, config.judge_method, judge_backend)
     for r in rows:
         r.pop("chat")
+    table = [{"trait": k, **trait_separation(v)} for k, v in out.items()]
+    for t in table:
+        if not t["separates"]:
+            context.log.warning(
+                f"trait {t['trait']}: positive answers score {t['pos_trait']} ≤ negative {t['neg_trait']}; "
+                "its persona vector will be flagged unreliable"
+            )
     context.add_output_metadata(
         {
             "answers": len(rows),
             "trait_judge": method,
-            "per_trait": md_table(
-                [
-                    {
-                        "trait": k,
-                        "pos_trait": _mean([r["trait_score"] for r in v if r["polarity"] == "pos"]),
-                        "neg_trait": _mean([r["trait_score"] for r in v if r["polarity"] == "neg"]),
-                        "coherence": _mean([r["coherence"] for r in v]),
-                    }
-                    for k, v in out.items()
-                ]
-            ),
+            "traits_not_separated": ", ".join(t["trait"] for t in table if not t["separates"]) or "none",
+            "per_trait": md_table(table),
         }
     )
     return out
+
+
+def trait_separation(rows: list[dict]) -> dict:
+    """Mean trait score of positive vs negative answers; ``separates`` only when positive scores higher."""
+    pos = _mean([r["trait_score"] for r in rows if r["polarity"] == "pos"])
+    neg = _mean([r["trait_score"] for r in rows if r["polarity"] == "neg"])
+    return {
+        "pos_trait": pos,
+        "neg_trait": neg,
+        "coherence": _mean([r["coherence"] for r in rows]),
+        "separates": pos is not None and neg is not None and pos > neg,
+    }
 
 
 class ActivationsConfig(dg.Config):
@@ -444,6 +446,8 @@ def persona_space(
         "axis_path": str(axis_path),
         "movement": movement,
         "coords": {r: coords[i].tolist() for i, r in enumerate(roles)},
+        "roles_unfiltered": fallback,
+        "role_rollouts": {r: sum(x["source"] == "role" and x["name"] == r for x in index) for r in roles},
     }
 
 
@@ -467,7 +471,7 @@ def persona_vectors(
     context: dg.AssetExecutionContext, config: VectorConfig, activations: dict, trait_responses: list[dict]
 ) -> dict:
     tensors, index, manifest = _at(activations, config.checkpoint)
-    out, table = {}, []
+    out, table, files = {}, [], {}
     for key in context.partition_keys:
         pos, neg, stats = vec.trait_pairs(
             index,
@@ -484,8 +488,10 @@ def persona_vectors(
         found = {f"mean_diff_{view}": vec.mean_diff(tensors[view][pos], tensors[view][neg]) for view in act.VIEWS}
         found["svd_response_avg"] = vec.svd_direction(tensors["response_avg"][pos], tensors["response_avg"][neg])
         path = home() / "persona_vectors" / f"{key}.safetensors"
-        vec.save_tensors(path, found)
+        files[key] = found
         norms = [round(float(x), 3) for x in found["mean_diff_response_avg"].norm(dim=-1)]
+        sep = trait_separation([r for r in trait_responses if r["trait"] == key])
+        issues = vector_issues(sep, stats)
         out[key] = {
             "trait": key,
             "path": str(path),
@@ -493,12 +499,23 @@ def persona_vectors(
             "norms": norms,
             "layer_norms": manifest["layer_norms"],
             **stats,
+            "pos_trait": sep["pos_trait"],
+            "neg_trait": sep["neg_trait"],
+            "reliable": not issues,
+            "issues": issues,
         }
         table.append(
-            {"trait": key, **stats, "peak_layer": manifest["layers"][max(range(len(norms)), key=norms.__getitem__)]}
+            {
+                "trait": key,
+                **stats,
+                "reliable": not issues,
+                "peak_layer": manifest["layers"][max(range(len(norms)), key=norms.__getitem__)],
+            }
         )
+    vec.save_tensor_files(home() / "persona_vectors", files)  # every trait of this run swapped in at once
     context.add_output_metadata(
         {
+            "unreliable": ", ".join(f"{k} ({'; '.join(v['issues'])})" for k, v in out.items() if v["issues"]) or "none",
             "vectors": md_table(table),
             **png_meta(
                 line_plot(
@@ -513,6 +530,19 @@ def persona_vectors(
         }
     )
     return out
+
+
+def vector_issues(separation: dict, pair_stats: dict) -> list[str]:
+    """Why a persona vector should not be trusted: the judge cannot tell its positive answers from its
+    negative ones, or too few pairs passed the filter so every pair was used."""
+    issues = []
+    if not separation["separates"]:
+        issues.append(
+            f"positive answers do not score above negative ones ({separation['pos_trait']} vs {separation['neg_trait']})"
+        )
+    if pair_stats.get("fallback"):
+        issues.append(f"filter kept {pair_stats['kept']}/{pair_stats['pairs']} pairs; fell back to all pairs")
+    return issues
 
 
 class InterferenceConfig(dg.Config):
@@ -543,7 +573,8 @@ def trait_interference(context: dg.AssetExecutionContext, config: InterferenceCo
             ),
         }
     )
-    return {"layer": layer, "traits": traits, "cosine": cos.tolist(), "span_share": span}
+    issues = {t: persona_vectors[t].get("issues", []) for t in traits}
+    return {"layer": layer, "traits": traits, "cosine": cos.tolist(), "span_share": span, "vector_issues": issues}
 
 
 @dg.asset(

@@ -14,14 +14,14 @@ from persona_pipeline.defs.assets._common import (
     GPU,
     SINGLE_RUN,
     md_table,
-    persona_judge,
     persona_partitions,
     png_meta,
     trait_partitions,
 )
-from persona_pipeline.defs.assets.representations import GROUP, _pick, score_answers, trait_method
+from persona_pipeline.defs.assets.representations import GROUP, _pick, score_answers
 from persona_pipeline.defs.resources import ModelResource
-from persona_pipeline.judges import JudgeItem, persona_scores
+from persona_pipeline.judging import JudgeItem, choose
+from persona_pipeline.judging.reward import persona_scores
 from persona_pipeline.plots import line_plot
 from persona_pipeline.prompts import neutral_user_chat, teacher_chat
 from persona_pipeline.settings import home, profile
@@ -82,7 +82,7 @@ def steering_sweep(
     judge: ModelResource,
 ) -> dict:
     traits = {t["trait"]: Trait(**t) for t in trait_specs}
-    backend, method = _policy(base_model), trait_method(config.judge_method, judge)
+    backend, method = _policy(base_model), choose.method("filter", judge, config.judge_method)
     params = SamplingParams(
         max_new_tokens=_pick(config.max_new_tokens, "trait_max_new_tokens"), temperature=0, seed=config.seed
     )
@@ -100,7 +100,9 @@ def steering_sweep(
         )
         for row, text in zip(rows, ss.run_sweep(backend, rows, _vectors_at(v, config.vector, layers), norms, params)):
             row["trait"], row["response"] = key, text
-        score_answers(rows, trait, method, judge.backend())
+            # a vector the trait judge cannot separate (or that fell back to unfiltered pairs) is marked, not hidden
+            row["vector_reliable"], row["vector_issues"] = v.get("reliable", True), "; ".join(v.get("issues", []))
+        score_answers(rows, trait, judge, config.judge_method, judge.backend())
         summary = ss.summarise_sweep(rows)
         best = ss.best_point(summary, config.min_coherence)
         layer = best["layer"] if best else layers[len(layers) // 2]
@@ -108,6 +110,7 @@ def steering_sweep(
         table.append(
             {
                 "trait": key,
+                "vector_reliable": v.get("reliable", True),
                 "best_layer": best and best["layer"],
                 "best_coef": best and best["rel_coef"],
                 "best_trait": best and round(best["trait"], 1),
@@ -124,6 +127,7 @@ def steering_sweep(
     context.add_output_metadata(
         {
             "trait_judge": method,
+            "unreliable_vectors": ", ".join(t["trait"] for t in table if not t["vector_reliable"]) or "none",
             "results": md_table(table),
             **{k: v for key, summary in plots.items() for k, v in _sweep_plots(key, summary, table).items()},
         }
@@ -179,6 +183,22 @@ class CmaesConfig(dg.Config):
     seed: int = 0
 
 
+def _contrast(keys: list[str], persona_specs: list[dict], topics: list[dict], n: int, seed: int) -> dict:
+    """Per persona: search-topic chats with the persona's prompt, the same topics without it, and its example
+    lines — what ``steer_search.persona_directions`` reads (search topics only, never the held-out ones)."""
+    specs = {s["id"]: PersonaSpec(**s) for s in persona_specs}
+    all_topics = [Topic(**t) for t in topics]
+    out = {}
+    for pid in keys:
+        search = [d.topic for d in plan_dialogues(specs[pid], all_topics, n, seed + 7)]
+        out[pid] = (
+            [teacher_chat(specs[pid], t, []) for t in search],
+            [neutral_user_chat(t) for t in search],
+            specs[pid].example_lines,
+        )
+    return out
+
+
 def _targets(keys: list[str], persona_specs: list[dict], topics: list[dict], n: int, seed: int) -> list[ss.Target]:
     specs = {s["id"]: PersonaSpec(**s) for s in persona_specs}
     judged = definitions(persona_specs)  # compact (who + traits): the fitness judge reads it hundreds of times
@@ -200,8 +220,10 @@ def _targets(keys: list[str], persona_specs: list[dict], topics: list[dict], n: 
 
 
 def _judge_fn(judge: ModelResource, choice: str, persona_specs: list[dict]):
-    scorer, method = persona_judge(choice, judge, persona_specs)
-    return lambda items: persona_scores(scorer, [JudgeItem(s, h, line) for s, h, line in items], method)
+    """The ``search_fitness`` judge as ``steer_search`` calls it, and the signal it reads."""
+    scorer = choose.persona_judge("search_fitness", judge, persona_specs, choice=choice)
+    fn = lambda items: persona_scores(scorer, [JudgeItem(s, h, line) for s, h, line in items])
+    return fn, scorer.signal
 
 
 @dg.asset(
@@ -212,7 +234,8 @@ def _judge_fn(judge: ModelResource, choice: str, persona_specs: list[dict]):
     **GPU,
     ins={"persona_vectors": dg.AssetIn(partition_mapping=ALL)},
     description="CMA-ES over trait-vector weights so the steered model writes like the target persona (persona judge "
-    "fitness), vs equal-weight mean-diff, PCA, prompt-only and random search on held-out topics.",
+    "fitness), vs random search (same budget), equal-weight trait mean-diff and PCA, the persona's own mean-diff "
+    "(with − without its prompt) and PCA directions, unsteered and prompt-only, on held-out topics.",
 )
 def cmaes_steering(
     context: dg.AssetExecutionContext,
@@ -241,7 +264,7 @@ def cmaes_steering(
     targets = _targets(
         context.partition_keys, persona_specs, topics, _pick(config.prompts, "cmaes_prompts"), config.seed
     )
-    backend, judge_fn = _policy(base_model), _judge_fn(judge, config.judge_method, persona_specs)
+    backend, (judge_fn, signal) = _policy(base_model), _judge_fn(judge, config.judge_method, persona_specs)
     found = ss.cmaes_search(
         backend,
         judge_fn,
@@ -250,12 +273,13 @@ def cmaes_steering(
         s,
         lambda g, n: context.log.info(f"CMA-ES generation {g}/{n} done for {len(targets)} personas"),
     )
-    results = _heldout(backend, judge_fn, targets, units, s, found)
-    out = {}
+    own = _persona_baselines(backend, context, persona_specs, topics, config, s)
+    results = _heldout(backend, judge_fn, targets, units, s, found, own)
+    out, files = {}, {}
     for t in targets:
         r = found[t.persona_id]
         path = home() / "cmaes_steering" / f"{t.persona_id}.safetensors"
-        vec.save_tensors(path, {"vector": ss.direction(r["best"][1], units) * s.alpha * s.layer_norm})
+        files[t.persona_id] = {"vector": ss.direction(r["best"][1], units) * s.alpha * s.layer_norm}
         out[t.persona_id] = {
             "persona_id": t.persona_id,
             "layer": layer,
@@ -265,19 +289,46 @@ def cmaes_steering(
             "weights": dict(zip(traits, np.round(r["best"][1], 4).tolist())),
             "search_fitness": r["best"][0],
             "random_fitness": r["random_best"][0],
+            "judge_signal": signal,  # what the search was optimised against: never its evaluator
             "heldout": results[t.persona_id]["scores"],
             "examples": results[t.persona_id]["examples"],
             "history": r["history"],
             "random_history": r["random_history"],
         }
+    vec.save_tensor_files(home() / "cmaes_steering", files)  # every persona of this run swapped in at once
     context.add_output_metadata(_cmaes_meta(out, traits, s))
     return out
 
 
-METHODS = ("cmaes", "random_search", "mean_diff_equal", "pca", "unsteered", "prompt")
+METHODS = (
+    "cmaes",
+    "random_search",
+    "mean_diff_equal",
+    "pca",
+    "persona_mean_diff",
+    "persona_pca",
+    "unsteered",
+    "prompt",
+)
+STEERING_BASELINES = ("random_search", "mean_diff_equal", "pca", "persona_mean_diff", "persona_pca")
 
 
-def _heldout(backend, judge_fn, targets: list[ss.Target], units, s: ss.SearchSettings, found: dict) -> dict:
+def _persona_baselines(backend, context, persona_specs, topics, config: CmaesConfig, s: ss.SearchSettings) -> dict:
+    """pid → {persona_mean_diff, persona_pca}: steering vectors with the push of one unit weight
+    (empty, with a warning, for a backend that exposes no local model to read activations from)."""
+    if not hasattr(backend, "model"):
+        context.log.warning("persona-specific baselines need a local model's activations; skipped on this backend")
+        return {}
+    contrast = _contrast(
+        context.partition_keys, persona_specs, topics, _pick(config.prompts, "cmaes_prompts"), config.seed
+    )
+    return {
+        pid: {k: s.alpha * s.layer_norm * v for k, v in ss.persona_directions(backend, *c, s.layer).items()}
+        for pid, c in contrast.items()
+    }
+
+
+def _heldout(backend, judge_fn, targets: list[ss.Target], units, s: ss.SearchSettings, found: dict, own: dict) -> dict:
     """Every method on the same held-out topics, one batch; prompt-only sees the persona, the others don't."""
     fixed = ss.baseline_vectors(units, s)
     cands, labels = [], []
@@ -288,6 +339,7 @@ def _heldout(backend, judge_fn, targets: list[ss.Target], units, s: ss.SearchSet
             ("random_search", ss._vector(r["random_best"][1], units, s)),
             ("mean_diff_equal", fixed["mean_diff_equal"]),
             ("pca", fixed["pca"]),
+            *own.get(t.persona_id, {}).items(),
             ("unsteered", None),
         ):
             cands.append((t, v, t.heldout_chats))
@@ -309,10 +361,14 @@ def _cmaes_meta(out: dict, traits: list[str], s: ss.SearchSettings) -> dict:
     rows = [{"persona": pid, **r["heldout"]} for pid, r in out.items()]
     weights = [{"persona": pid, **r["weights"]} for pid, r in out.items()]
     wins = sum(
-        r["heldout"]["cmaes"] >= max(r["heldout"][m] for m in ("random_search", "mean_diff_equal", "pca"))
+        r["heldout"]["cmaes"] >= max(r["heldout"][m] for m in STEERING_BASELINES if m in r["heldout"])
         for r in out.values()
     )
+    beats_start = sum(r["heldout"]["cmaes"] > r["heldout"]["unsteered"] for r in out.values())
     return {
+        "fitness_judge": next(iter(out.values()))["judge_signal"] if out else "n/a",
+        "note": "held-out scores use the search's own fitness judge; judge_scores evaluates CMA-ES independently",
+        "cmaes_beats_unsteered_start": f"{beats_start}/{len(out)}",
         "layer": s.layer,
         "alpha": s.alpha,
         "evaluations_per_method": s.generations * s.popsize,

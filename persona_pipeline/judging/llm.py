@@ -1,0 +1,180 @@
+"""LLM judges: the seed's RL-from-AI-feedback JSON reward prompt and logprob scoring.
+
+Two ways to read an LLM judge. ``json``: the judge writes ``{"score": x, ...}``
+and we parse it robustly. ``logprob``: the judge answers with one number and we
+take the probability-weighted mean over the number tokens of its top-k
+next-token distribution — deterministic, continuous, and usable even with a
+small local judge; a reply with < 25 % of its mass on numbers is a failure.
+
+Tokenizers that split numbers into digits (SmolLM2, Llama-2) cannot emit "100"
+as one token, so for them a 0–100 prompt asks for one digit 0–9 and the
+expectation is rescaled — same protocol, a coarser scale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+
+from ..backends import Backend, SamplingParams
+from ..backends.openai_compat import NoLogprobs
+from ..prompts import render_history
+from .base import JudgeItem, Score, scaled
+
+REWARD_SYSTEM = "You are a strict evaluator for an AI persona simulation."
+
+REWARD_USER = """Persona Spec: {spec}
+Conversation History: {history}
+Candidate Response: {response}
+Task: Analyze if this response matches the persona spec given the history.
+Score: Provide JSON with "score" from -1.0 (persona-breaking) to +1.0 (persona-perfect) and "reasoning"."""
+
+LOGPROB_USER = """Persona: {spec}
+Conversation so far:
+{history}
+Next message written as this persona: {response}
+On a scale from 0 (completely out of character) to 10 (exactly this persona), how well does the next message fit the persona? Answer with a single number."""
+
+DIGIT_SCALE = (
+    "\n\nAnswer format for this judge: reply with ONE digit from 0 (not at all) to 9 (completely) "
+    "instead of a number from 0 to 100."
+)
+
+
+def reward_chat(item: JudgeItem, template: str = REWARD_USER) -> list[dict]:
+    history = render_history(item.history) if item.history else "(start of conversation)"
+    return [
+        {"role": "system", "content": REWARD_SYSTEM},
+        {"role": "user", "content": template.format(spec=item.spec, history=history, response=item.response)},
+    ]
+
+
+_NUMBER = re.compile(r"[-+]?\d*\.?\d+")
+
+
+def parse_score(text: str, lo: float = -1.0, hi: float = 1.0) -> float | None:
+    """A score from JSON (``score`` key), a fenced JSON block, or the first in-range number."""
+    for candidate in (text, *re.findall(r"\{.*?\}", text, re.DOTALL)):
+        try:
+            obj = json.loads(candidate)
+        except (json.JSONDecodeError, TypeError):
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("score"), (int, float)) and lo <= obj["score"] <= hi:
+            return float(obj["score"])
+    m = re.search(r'score"?\s*[:=]\s*([-+]?\d*\.?\d+)', text, re.IGNORECASE)
+    found = [m.group(1)] if m else _NUMBER.findall(text)
+    for v in found:
+        x = float(v)
+        if lo <= x <= hi:
+            return x
+    return None
+
+
+def _reasoning(text: str) -> str:
+    m = re.search(r'"reasoning"\s*:\s*"([^"]*)"', text)
+    return m.group(1) if m else ""
+
+
+def logprob_score(logprobs: dict[str, float], lo: int = 0, hi: int = 100, min_mass: float = 0.25) -> float | None:
+    """Probability-weighted mean of the integer tokens in [lo, hi]; None if they hold < min_mass."""
+    mass, total = 0.0, 0.0
+    for tok, lp in logprobs.items():
+        if tok.isdigit() and lo <= int(tok) <= hi:
+            p = math.exp(lp)
+            mass += p
+            total += p * int(tok)
+    return total / mass if mass >= min_mass else None
+
+
+NO_DIGITS = "the judge put < 25 % of its next-token mass on numbers"
+
+
+def without_logprobs(judge: str, n: int, e: NoLogprobs) -> list[Score]:
+    """Every item failed, naming the missing feature: an endpoint that sends no logprobs cannot be a
+    logprob judge, and scoring anyway (a default, a guess) would be a silent lie."""
+    why = f"{judge} not scored: the endpoint lacks next-token logprobs, which this judge reads; use judge_method=json"
+    return [Score(None, error=f"{why} ({e})") for _ in range(n)]
+
+
+class LogprobPersonaJudge:
+    """Persona adherence 0–10 read from the judge's next-token distribution (the default endpoint reward)."""
+
+    def __init__(self, backend: Backend, name: str = "persona_logprob"):
+        self.backend, self.name = backend, name
+        self.signal = f"llm_logprob:{getattr(backend, 'name', type(backend).__name__)}"
+
+    def score(self, items: Sequence[JudgeItem]) -> list[Score]:
+        if not items:
+            return []
+        try:
+            dists = self.backend.next_token_logprobs([reward_chat(i, LOGPROB_USER) for i in items], top_k=20)
+        except NoLogprobs as e:
+            return without_logprobs(self.name, len(items), e)
+        return scaled([logprob_score(d, 0, 10) for d in dists], 0, 10, NO_DIGITS)
+
+
+class JsonRewardJudge:
+    """The seed's RL-from-AI-feedback prompt: JSON ``score`` in [-1, 1] with reasoning."""
+
+    def __init__(self, backend: Backend, name: str = "persona_json_reward"):
+        self.backend, self.name = backend, name
+        self.signal = f"llm_json_reward:{getattr(backend, 'name', type(backend).__name__)}"
+
+    def score(self, items: Sequence[JudgeItem]) -> list[Score]:
+        if not items:
+            return []
+        texts = self.backend.complete([reward_chat(i) for i in items], SamplingParams(max_new_tokens=96, temperature=0))
+        out = []
+        for text in texts:
+            s = parse_score(text)
+            out.append(
+                Score(None, error=f"no score in [-1, 1] in the reply {text[:80]!r}")
+                if s is None
+                else Score(round((s + 1) / 2, 6), reasoning=_reasoning(text))
+            )
+        return out
+
+
+def number_tokens(backend: Backend) -> int:
+    """Largest N such that every integer 0..N is a single token for this backend (100 for endpoints)."""
+    tok = getattr(backend, "tok", None)
+    if tok is None:
+        return 100
+    n = 0
+    while n < 100 and len(tok(str(n + 1), add_special_tokens=False)["input_ids"]) == 1:
+        n += 1
+    return n
+
+
+def score_prompts(backend: Backend, prompts: list[str], top_k: int = 20) -> list[float | None]:
+    """0–100 per judge prompt (None where the judge put < 25 % of its mass on numbers)."""
+    top = number_tokens(backend)
+    digits = top < 100
+    chats = [[{"role": "user", "content": p + (DIGIT_SCALE if digits else "")}] for p in prompts]
+    dists = backend.next_token_logprobs(chats, top_k=top_k)
+    hi = 9 if digits else 100
+    scores = [logprob_score(d, 0, hi) for d in dists]
+    return [None if s is None else round(s * 100 / hi, 3) for s in scores]
+
+
+def judge_answers(backend: Backend, template: str, qa: list[tuple[str, str]]) -> list[float | None]:
+    return score_prompts(backend, [template.format(question=q, answer=a) for q, a in qa])
+
+
+class LogprobPromptJudge:
+    """Protocol judge for a 0–100 ``{question}``/``{answer}`` prompt (the persona-vectors trait and
+    coherence judges)."""
+
+    def __init__(self, backend: Backend, template: str, name: str):
+        self.backend, self.template, self.name = backend, template, name
+        self.signal = f"llm_logprob:{getattr(backend, 'name', type(backend).__name__)}"
+
+    def score(self, items: Sequence[JudgeItem]) -> list[Score]:
+        qa = [(i.question, i.response) for i in items]
+        try:
+            raw = judge_answers(self.backend, self.template, qa) if qa else []
+        except NoLogprobs as e:
+            return without_logprobs(self.name, len(qa), e)
+        return scaled(raw, 0, 100, NO_DIGITS)
