@@ -82,3 +82,23 @@ def test_redact_url_keeps_plain_urls():
     assert redact_url("https://u:p@[::1]:80/v1") == "https://***@[::1]:80/v1"
     assert redact_url(None) is None
     assert "s3cr3t" not in repr(BackendSpec(kind="openai", base_url=SECRET_URL))
+
+
+def test_endpoint_errors_and_reprs_do_not_leak_url_credentials(monkeypatch):
+    """A real request to a closed loopback port: the error a run would log names the host, not the password."""
+    import socket
+
+    from persona_pipeline.backends import BackendError, SamplingParams
+    from persona_pipeline.backends.openai_compat import OpenAIBackend
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("PP_NO_SUCH_KEY", raising=False)
+    backend = OpenAIBackend(
+        "m", base_url=f"http://alice:s3cr3t@127.0.0.1:{port}/v1", api_key_env="PP_NO_SUCH_KEY", max_retries=0
+    )
+    assert "s3cr3t" not in repr(backend) and "127.0.0.1" in repr(backend)
+    with pytest.raises(BackendError) as err:
+        backend.complete([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=2))
+    assert f"127.0.0.1:{port}" in str(err.value) and "s3cr3t" not in str(err.value) and "alice" not in str(err.value)
