@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .backends.base import Backend, Chat, SamplingParams
 from .http_guard import Guard, api_key, guard_app, warn_if_exposed
+from .prompts import split_end
 from .serve_batching import Batcher, Job, Overloaded
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any chat this model's context can hold
@@ -223,11 +224,17 @@ def _job(backend: Backend, req: ChatRequest, defaults: SamplingParams, vectors) 
     return Job(backend, local, chat, params, steers, top)
 
 
-def _chunks(head: dict, text: str, logprobs: dict | None) -> Iterator[str]:
+def _chunks(head: dict, text: str, logprobs: dict | None, end: dict | None = None) -> Iterator[str]:
     """SSE ``chat.completion.chunk`` events for an already generated text, then ``[DONE]``."""
 
     def event(delta: dict, finish: str | None = None, lp: dict | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
+        choice = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": lp,
+            "finish_reason": finish,
+            **((end or {}) if finish else {}),
+        }
         return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': [choice]})}\n\n"
 
     yield event({"role": "assistant", "content": ""})
@@ -245,6 +252,7 @@ def create_app(
     docs: bool = False,
     max_queue: int = 64,
     max_batch: int = 32,
+    batch_window_s: float = 0.005,
 ) -> FastAPI:
     """Serve each backend under its model name at ``/v1/models`` and ``/v1/chat/completions``.
 
@@ -252,7 +260,8 @@ def create_app(
     [layers × hidden]) for requests that carry a ``steering`` list (``vectors.resolver``).
     ``guard`` (default: loopback names only, no key, 1 MiB bodies) is checked before
     any handler; ``docs`` turns on ``/docs`` and ``/openapi.json``. Each loaded model
-    gets one batching worker with a queue of ``max_queue`` requests.
+    gets one batching worker with a queue of ``max_queue`` requests; it waits up to
+    ``batch_window_s`` for companions of a request that finds it idle.
     """
     app = FastAPI(
         title="persona-pipeline",
@@ -275,7 +284,9 @@ def create_app(
         model = model_of(backends[name])
         with made:
             if id(model) not in app.state.batchers:
-                app.state.batchers[id(model)] = Batcher(model.name, max_queue=max_queue, max_batch=max_batch)
+                app.state.batchers[id(model)] = Batcher(
+                    model.name, max_queue=max_queue, max_batch=max_batch, window_s=batch_window_s
+                )
             return app.state.batchers[id(model)]
 
     @app.exception_handler(APIError)
@@ -309,19 +320,27 @@ def create_app(
             raise APIError(404, f"model {req.model!r} not found; this server has: {known}", "model_not_found", "model")
         backend = backends[req.model]
         # validation may load the model (lazily) and read vector files: in a thread, never on the event loop
-        job = await run_in_threadpool(_job, backend, req, defaults, vectors)
+        lane = batcher(req.model)
         try:
-            result = await asyncio.wrap_future(batcher(req.model).submit(job))
+            with lane.expecting():  # companions still being validated are worth a short wait
+                job = await run_in_threadpool(_job, backend, req, defaults, vectors)
+                future = lane.submit(job)
         except Overloaded as e:
             raise APIError(503, str(e), "server_overloaded", headers={"Retry-After": str(e.retry_after_s)}) from None
+        try:
+            result = await asyncio.wrap_future(future)
         except Exception as e:  # a model failure is the server's fault, not the request's
             raise APIError(500, f"{backend.name} failed: {type(e).__name__}: {e}", "model_error") from e
         text, logprobs = (result, None) if job.top_logprobs is None else _logprobs_block(result, job.top_logprobs)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
+        end = {}  # a persona simulator that writes [END] has ended the dialogue by its stop rule: say so
+        if hasattr(backend, "persona_id") and job.top_logprobs is None:
+            text, ended = split_end(text)
+            end = {"end_of_conversation": ended}
         if req.stream:
-            return StreamingResponse(_chunks(head, text, logprobs), media_type="text/event-stream")
+            return StreamingResponse(_chunks(head, text, logprobs, end), media_type="text/event-stream")
         message = {"role": "assistant", "content": text}
-        choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": "stop"}
+        choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": "stop", **end}
         return {**head, "object": "chat.completion", "choices": [choice]}
 
     return app

@@ -108,8 +108,11 @@ def run_group(jobs: list[Job]) -> list:
 class Batcher:
     """A bounded queue and one worker thread for one loaded model."""
 
-    def __init__(self, name: str, max_queue: int = 64, max_batch: int = 32, window_s: float = 0.005):
-        self.name, self.max_batch, self.window_s = name, max_batch, window_s
+    def __init__(
+        self, name: str, max_queue: int = 64, max_batch: int = 32, window_s: float = 0.005, max_wait_s: float = 0.05
+    ):
+        self.name, self.max_batch, self.window_s, self.max_wait_s = name, max_batch, window_s, max_wait_s
+        self._expected, self._count_lock = 0, threading.Lock()
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self.last_batch_s = 1.0
         self.batches: deque[int] = deque(maxlen=1000)  # sizes of the latest backend calls (tests and bench read it)
@@ -127,13 +130,28 @@ class Batcher:
         self.queue.put(None)
         self._thread.join(timeout=30)
 
+    @contextlib.contextmanager
+    def expecting(self):
+        """Around a request's validation and ``submit``: the worker waits (briefly) for requests on their way."""
+        with self._count_lock:
+            self._expected += 1
+        try:
+            yield self
+        finally:
+            with self._count_lock:
+                self._expected -= 1
+
     def _collect(self, first: Job) -> tuple[list[Job], bool]:
-        """``first`` plus whatever arrives within the batching window (all that is queued, up to ``max_batch``)."""
-        jobs, deadline = [first], time.monotonic() + self.window_s
+        """``first`` plus everything queued, plus what arrives within the window or is still being validated."""
+        jobs, start = [first], time.monotonic()
         while len(jobs) < self.max_batch:
+            now = time.monotonic()
+            waiting = now < start + self.window_s or (self._expected > 0 and now < start + self.max_wait_s)
             try:
-                job = self.queue.get(timeout=max(deadline - time.monotonic(), 1e-4))
+                job = self.queue.get(timeout=0.002) if waiting else self.queue.get_nowait()
             except queue.Empty:
+                if waiting:
+                    continue
                 break
             if job is None:
                 return jobs, True
