@@ -22,15 +22,6 @@ from pathlib import Path
 
 from .backends import Backend, SamplingParams
 from .contracts import RoleSpec, Trait
-from .judges import logprob_score
-
-ROLE_JUDGE = """You are judging a role-play. The model was asked to play this role:
-{role}: {description}
-
-Question: {question}
-Response: {response}
-
-How fully is the response written as this role? 0 = not at all (a plain assistant answer or a refusal), 1 = an assistant answer with a hint of the role, 2 = mostly in role, 3 = fully in role. Answer with a single digit."""
 
 
 def row_key(row: dict, fields: tuple[str, ...]) -> str:
@@ -118,30 +109,6 @@ def role_rows(role: RoleSpec, questions: list[str], n_prompts: int, n_questions:
     ]
 
 
-def score_roles(
-    judge: Backend, rows: list[dict], roles: dict[str, RoleSpec], method: str = "logprob"
-) -> list[float | None]:
-    """0–3 role adherence per rollout: the LLM judge's digit distribution (``logprob``) or,
-    for a small local judge, embedding similarity to this role vs the others (``embedding``)."""
-    if method == "embedding":
-        return _embedding_roles(rows, roles)
-    chats = [
-        [
-            {
-                "role": "user",
-                "content": ROLE_JUDGE.format(
-                    role=r["role"],
-                    description=roles[r["role"]].description,
-                    question=r["question"],
-                    response=r["response"],
-                ),
-            }
-        ]
-        for r in rows
-    ]
-    return [None if (s := logprob_score(d, 0, 3)) is None else round(s, 3) for d in judge.next_token_logprobs(chats)]
-
-
 def trait_system_prompt(trait: str, instruction: str, positive: bool) -> str:
     who = trait if positive else "helpful"
     article = "an" if who[0] in "aeiou" else "a"
@@ -170,22 +137,3 @@ def trait_rows(trait: Trait, n_pairs: int, n_questions: int, samples: int, quest
                         }
                     )
     return rows
-
-
-def _embedding_roles(rows: list[dict], roles: dict[str, RoleSpec]) -> list[float]:
-    """Similarity of each response to its role's own prompts vs every other role's, mapped to 0–3."""
-    from .trait_judge import embedding_judge
-
-    judge = embedding_judge()
-    texts = {name: [r.description, *r.system_prompts] for name, r in roles.items()}
-    scores: list[float] = []
-    for name in dict.fromkeys(r["role"] for r in rows):
-        mine = [r["response"] for r in rows if r["role"] == name]
-        others = [t for other, ts in texts.items() if other != name for t in ts[:2]]
-        scores_for = judge.score(texts[name], others, mine) if mine else []
-        scores += [round(s * 3 / 100, 3) for s in scores_for]
-    order = [i for name in dict.fromkeys(r["role"] for r in rows) for i, r in enumerate(rows) if r["role"] == name]
-    out = [0.0] * len(rows)
-    for i, s in zip(order, scores):
-        out[i] = s
-    return out

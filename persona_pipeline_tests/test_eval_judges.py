@@ -381,3 +381,22 @@ def test_drift_points_come_from_judge_scores():
     scores.append(JudgeScore(persona_id="a", item_id="x", judge="j", ok=True, adherence=0.1))  # no turn index
     assert drift_points(scores) == [(0, 0.5), (2, 0.5), (4, None)]
     assert json.loads(consistency_drift(drift_points(scores)).model_dump_json())["n_missing"] == 1
+
+
+def test_json_verdict_judge_follows_the_judge_protocol(specs):
+    """The seed JSON judge behind ``judging.Judge``: adherence as the 0–1 value, the other verdict fields
+    as details, an unreadable reply as an explicit failure with its reason (never a default)."""
+    from persona_pipeline.judging import Judge, JudgeItem
+
+    backend = ScriptedBackend(lambda call, chat: GOOD if "(0)" in _candidate(chat) else "no idea")
+    judge = persona_judge(backend, specs, max_retries=0)
+    assert isinstance(judge, Judge) and judge.signal.startswith("llm_json:")
+    history = item(0).history
+    good, bad = judge.score(
+        [
+            JudgeItem("", history, item(0).candidate, "anxious"),
+            JudgeItem("", history, item(1).candidate, "anxious"),
+        ]
+    )
+    assert good.value == 0.8 and good.reasoning == "sounds like her" and good.details["consistency"] == 0.6
+    assert bad.failed and bad.error

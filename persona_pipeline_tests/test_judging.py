@@ -126,3 +126,28 @@ def test_judge_human_agreement_with_too_few_ratings_is_never_a_pass():
     few = judge_agrees_with_humans({"agreement": {"n": 3}, "min_ratings": 5, "min_agreement": 0.3})
     assert few.passed is False and few.severity == dg.AssetCheckSeverity.WARN
     assert few.metadata["n"].value == 3 and "skipped" in few.metadata["status"].value
+
+
+@pytest.mark.integration
+def test_role_judge_scores_a_response_in_its_own_role_higher():
+    from persona_pipeline.contracts import RoleSpec
+    from persona_pipeline.judging.roles import score_roles
+
+    roles = {
+        "pirate": RoleSpec(
+            role="pirate",
+            description="a pirate",
+            system_prompts=["Arr, you are a pirate captain.", "Sail the seas.", "Find treasure."],
+        ),
+        "chef": RoleSpec(
+            role="chef",
+            description="a chef",
+            system_prompts=["You are a chef who loves sauces.", "Cook dinner.", "Taste the soup."],
+        ),
+    }
+    line = "Arr, hoist the sails and bring me rum, ye scallywags!"
+    rows = [{"role": r, "question": "Who are you?", "response": line} for r in ("pirate", "chef")]
+    pirate, chef = score_roles(None, rows, roles, "embedding")
+    assert 0 <= chef < pirate <= 3
+    with pytest.raises(ValueError, match="unknown role"):
+        score_roles(None, [{**rows[0], "role": "ghost"}], roles, "embedding")

@@ -23,6 +23,7 @@ from persona_pipeline.defs.assets._common import (
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.judging import JudgeItem, choose
 from persona_pipeline.judging.base import values
+from persona_pipeline.judging.roles import score_roles
 from persona_pipeline.loaders import load_coherence_prompt
 from persona_pipeline.plots import bar_plot, heatmap, line_plot, scatter_plot
 from persona_pipeline.settings import data_root, home, profile
@@ -87,7 +88,8 @@ def role_transcripts(
     )
     rows = tr.generate_rows(_generator(base_model), rows, params, work, config.chunk, _progress(context, "rollouts"))
     method = choose.role_method(judge, config.judge_method)
-    for row, score in zip(rows, tr.score_roles(judge.backend(), rows, roles, method)):
+    backend = judge.backend() if method == "logprob" else None  # the MiniLM role judge needs no model
+    for row, score in zip(rows, score_roles(backend, rows, roles, method)):
         row["score"] = score
         row.pop("chat")
     by_role = {k: [r for r in rows if r["role"] == k] for k in context.partition_keys}
