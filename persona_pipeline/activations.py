@@ -88,17 +88,21 @@ def layer_norms(acts: torch.Tensor) -> list[float]:
 
 
 def save(folder, tensors: dict[str, torch.Tensor], index: list[dict]) -> None:
-    """``activations.safetensors`` + ``index.parquet`` (one row per item), both written atomically."""
+    """``activations.safetensors`` + ``index.parquet`` (one row per item), swapped in together as one folder.
+
+    A failed or killed write leaves the previous pair, never new tensors beside an old index.
+    """
     from pathlib import Path
 
+    import pyarrow.parquet as pq
     from safetensors.torch import save_file
 
-    from .storage import atomic_path, write_records
+    from .storage import atomic_path, records_table
 
-    folder = Path(folder)
-    with atomic_path(folder / "activations.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    write_records(folder / "index.parquet", index)
+    with atomic_path(Path(folder)) as tmp:
+        tmp.mkdir()
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "activations.safetensors"))
+        pq.write_table(records_table(index), tmp / "index.parquet")
 
 
 def load(folder) -> tuple[dict[str, torch.Tensor], list[dict]]:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .storage import write_json, write_text
+from .storage import atomic_path, json_text
 
 RATINGS_FORMAT = "persona-pipeline/human-ratings@1"
 KEY_FORMAT = "persona-pipeline/human-eval-key@1"
@@ -359,6 +359,8 @@ def write_page(
         "personas": {it.id: it.persona_id for it in parsed},
         "key": key,
     }
-    write_json(out_dir / KEY_FILE, doc)  # key first: a page is never served without its key
-    write_text(out_dir / PAGE_FILE, page)
+    with atomic_path(out_dir) as tmp:  # page and key are swapped in together: never one build's page with another's key
+        tmp.mkdir()
+        (tmp / KEY_FILE).write_text(json_text(doc), encoding="utf-8")
+        (tmp / PAGE_FILE).write_text(page, encoding="utf-8")
     return doc

@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from .storage import write_bytes
+
 
 def _png(fig) -> bytes:
     fig.tight_layout()
@@ -77,8 +79,8 @@ def bar_plot(groups: list[str], series: dict[str, list[float]], title: str, ylab
 
 
 def save_png(png: bytes, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png)
+    """Write the PNG atomically: a killed step leaves the previous plot whole, never a truncated image."""
+    write_bytes(path, png)
     return path
 
 

@@ -210,6 +210,26 @@ def save_tensors(path, tensors: dict[str, torch.Tensor]) -> None:
         save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp))
 
 
+def save_tensor_files(folder, files: dict[str, dict[str, torch.Tensor]]) -> dict[str, object]:
+    """One ``<name>.safetensors`` per entry of ``files``, swapped into ``folder`` together.
+
+    A step that writes several vector files (one per trait partition) leaves the
+    old set or the new set if it fails or is killed, never some of each; files of
+    names not in ``files`` (other partitions) are kept. Returns ``{name: path}``.
+    """
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from .storage import update_folder
+
+    def writer(tensors):
+        return lambda path: save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(path))
+
+    paths = update_folder(Path(folder), {f"{name}.safetensors": writer(t) for name, t in files.items()})
+    return {name: paths[f"{name}.safetensors"] for name in files}
+
+
 def load_tensors(path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

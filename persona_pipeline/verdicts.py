@@ -70,6 +70,22 @@ _PASS = {"pass", "passed", "passes", "safe", "yes", "ok", "true", "1"}
 _FAIL = {"fail", "failed", "fails", "unsafe", "no", "false", "0", "flagged", "harmful"}
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters (a deeply nested value must not blow up an error message)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<{type(value).__name__} nested too deep>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _check_size(text: str) -> None:
+    if not text or not text.strip():
+        raise VerdictError("empty reply")
+    if len(text) > MAX_REPLY_CHARS:
+        raise VerdictError(f"reply of {len(text)} characters is too long for a verdict (limit {MAX_REPLY_CHARS})")
+
+
 def _norm_key(key: Any) -> str | None:
     return _ALIASES.get(re.sub(r"[^a-z0-9]+", "_", str(key).lower()).strip("_"))
 
@@ -98,32 +114,44 @@ def _balanced(src: str, start: int) -> str | None:
 
 
 def _decode(span: str) -> Any:
-    """Strict JSON, then JSON without trailing commas, then a Python literal (single quotes)."""
+    """Strict JSON, then JSON without trailing commas, then a Python literal (single quotes).
+
+    Nesting too deep for the parser (a hostile or runaway reply) is unreadable, not a crash.
+    """
     for attempt in (span, re.sub(r",\s*([}\]])", r"\1", span)):
         try:
             return json.loads(attempt)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             pass
     try:
         return ast.literal_eval(span)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
         return None
 
 
+MAX_REPLY_CHARS = 50_000  # a judge reply is a few hundred tokens; far longer is not a verdict
+MAX_OBJECT_STARTS = 200  # '{' positions tried per source: bounds the work on brace-heavy junk
+
+
 def _objects(text: str) -> tuple[list[dict], bool]:
-    """Dicts found in ``text`` (fenced blocks first) and whether some ``{`` never closed."""
+    """Dicts found in ``text`` (fenced blocks first) and whether some ``{`` never closed.
+
+    A decoded object is skipped over whole (its inner objects are its fields), so
+    nested replies cost one pass, and at most ``MAX_OBJECT_STARTS`` openings are tried.
+    """
     found, cut_off = [], False
     for src in [m.group(1) for m in _FENCE.finditer(text)] + [text]:
-        for i, ch in enumerate(src):
-            if ch != "{":
-                continue
+        i, tried = src.find("{"), 0
+        while i != -1 and tried < MAX_OBJECT_STARTS:
+            tried += 1
             span = _balanced(src, i)
-            if span is None:
-                cut_off = True
-                continue
-            obj = _decode(span)
+            obj = None if span is None else _decode(span)
+            cut_off |= span is None
             if isinstance(obj, dict):
                 found.append(obj)
+                i = src.find("{", i + len(span))
+            else:
+                i = src.find("{", i + 1)
     return found, cut_off
 
 
@@ -141,13 +169,13 @@ def _fields(obj: dict) -> dict[str, Any]:
     return out
 
 
-def _number(name: str, value: Any) -> tuple[float, float | None]:
-    """(value, explicit scale or None) for a score field."""
+def _number(name: str, value: Any, depth: int = 0) -> tuple[float, float | None]:
+    """(value, explicit scale or None) for a score field; ``{"score": x}`` is read one level deep, no further."""
     if isinstance(value, dict):
         inner = next((value[k] for k in ("score", "value", "rating") if k in value), None)
-        if inner is None:
-            raise VerdictError(f"{name} is an object without a score: {value!r}")
-        return _number(name, inner)
+        if inner is None or depth:
+            raise VerdictError(f"{name} is an object without a score: {_short(value)}")
+        return _number(name, inner, depth + 1)
     if isinstance(value, bool):
         raise VerdictError(f"{name}={value!r} is a boolean, not a score")
     if isinstance(value, (int, float)):
@@ -157,7 +185,7 @@ def _number(name: str, value: Any) -> tuple[float, float | None]:
     if isinstance(value, str) and (m := _NUM.match(value)):
         scale = 100.0 if m.group(2) == "%" else float(m.group(3) or m.group(4) or 0) or None
         return float(m.group(1)), scale
-    raise VerdictError(f"{name}={value!r} is not a number")
+    raise VerdictError(f"{name}={_short(value)} is not a number")
 
 
 def _scores(raw: dict[str, Any]) -> dict[str, float]:
@@ -203,7 +231,7 @@ def _safety(value: Any) -> bool:
             return True
         if words and words[0] in _FAIL:
             return False
-    raise VerdictError(f"safety={value!r} is not pass/fail")
+    raise VerdictError(f"safety={_short(value)} is not pass/fail")
 
 
 def parse_verdict(text: str) -> Verdict:
@@ -213,8 +241,7 @@ def parse_verdict(text: str) -> Verdict:
     single quotes, nested ``{"scores": {...}}``, key aliases ("persona_adherence",
     "rationale", …), "8/10" / "80%" strings, and plain "Adherence: 0.8" lines.
     """
-    if not text or not text.strip():
-        raise VerdictError("empty reply")
+    _check_size(text)
     objects, cut_off = _objects(text)
     candidates = [_fields(o) for o in objects]
     best = max(candidates, key=lambda f: sum(k in f for k in _REQUIRED), default={})
@@ -241,3 +268,50 @@ def parse_verdict(text: str) -> Verdict:
     return Verdict(
         **scores, safety_pass=_safety(best["safety"]), reasoning="" if reasoning is None else str(reasoning).strip()
     )
+
+
+# --- a single score ("score": x in [lo, hi]) --------------------------------------------------------
+
+_SCORE_LABEL = re.compile(
+    r"(?i)\bscore\b[\s\"'`*]*(?:[:=]|\bis\b|\bof\b)?[\s\"'`*]*([-+]?(?:\d+(?:\.\d*)?|\.\d+))(?![\d.]*\s*/)"
+)
+_BARE_NUMBER = re.compile(r"[\s\"'`*]*([-+]?(?:\d+(?:\.\d*)?|\.\d+))[\s\"'`*.]*")
+
+
+def read_score(text: str, lo: float = -1.0, hi: float = 1.0) -> float:
+    """The judge's score in [lo, hi], or :class:`VerdictError` saying why there is none.
+
+    Read from, in order: a JSON object's ``score`` key, the number right after a
+    ``score`` label ("Score: 0.4", "score -0.8", "the score is 0.5"), or a reply
+    that is nothing but a number. Any other number in the prose ("In turn 1 …")
+    is never taken for the score, and an out-of-range score is not clipped.
+    """
+    _check_size(text)
+    objects, cut_off = _objects(text)
+    for obj in objects:
+        key = next((k for k in obj if isinstance(k, str) and k.strip().lower() == "score"), None)
+        if key is not None:
+            return _in_range(obj[key], lo, hi)
+    if cut_off:  # never read numbers out of a truncated object: "0.5" may have been "0.55"
+        raise VerdictError("JSON object is cut off (unterminated '{'; the reply may need more tokens)")
+    if m := _SCORE_LABEL.search(text):
+        return _in_range(float(m.group(1)), lo, hi)
+    if m := _BARE_NUMBER.fullmatch(text):
+        return _in_range(float(m.group(1)), lo, hi)
+    raise VerdictError("no score: the reply has no JSON 'score' key and no 'score: <number>' label")
+
+
+def parse_score(text: str, lo: float = -1.0, hi: float = 1.0) -> float | None:
+    """:func:`read_score`, with None for a reply that holds no usable score (callers record it as failed)."""
+    try:
+        return read_score(text, lo, hi)
+    except VerdictError:
+        return None
+
+
+def _in_range(value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise VerdictError(f"score={_short(value)} is not a number")
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise VerdictError(f"score={value!r} is outside [{lo:g}, {hi:g}]")
+    return float(value)
