@@ -274,3 +274,55 @@ def test_request_json_keeps_openai_shape(url):
     body = chat(url, max_tokens=2).json()
     assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
     json.dumps(body)
+
+
+@pytest.mark.integration
+def test_cli_serve_with_key_from_env_and_persona_context_check(shared_home, embedded_dir, tmp_path):
+    """The real ``persona-pipeline serve`` (base model, persona wrappers, lazy loading) as launched by a user."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PERSONA_PIPELINE_HOME": str(shared_home), API_KEY_ENV: "sk-cli-test", "HF_HUB_OFFLINE": "1"}
+    cli = str(Path(sys.executable).parent / "persona-pipeline")
+    log = tmp_path / "serve.log"
+    server = subprocess.Popen(
+        [cli, "serve", "--port", str(port), "--adapters", "none"],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}/v1"
+    key = {"Authorization": "Bearer sk-cli-test"}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                models = httpx.get(f"{base}/models", headers=key, timeout=5)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.5)
+        persona = next(m["id"] for m in models.json()["data"] if m["id"].startswith("persona-simulator-none:"))
+        assert openai_error(httpx.get(f"{base}/models"), 401)["code"] == "invalid_api_key"
+        history = [{"role": "assistant", "content": "Hi! How can I help?"}]
+        body = {"model": persona, "messages": history, "max_tokens": 8, "temperature": 0}
+        ok = httpx.post(f"{base}/chat/completions", json=body, headers=key, timeout=120)
+        assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"].strip()
+        # the persona's simulator prompt counts against the context, not just the user's messages
+        too_long = httpx.post(
+            f"{base}/chat/completions", json={**body, "max_tokens": 8192 - 5}, headers=key, timeout=60
+        )
+        err = openai_error(too_long, 400)
+        prompt_tokens = int(err["message"].split("(")[1].split(" in the messages")[0])
+        assert err["code"] == "context_length_exceeded" and prompt_tokens > 100  # far more than the 8-word history
+        assert "WARNING" not in log.read_text()  # loopback bind: no exposure warning
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
