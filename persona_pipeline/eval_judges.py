@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from . import stats
 from .backends import Backend, BackendError, Chat, SamplingParams
+from .backends.openai_compat import complete_each
 from .contracts import Conversation, PersonaSpec
 from .judging.base import Judge, JudgeItem, Score
 from .judging.embedding import VoiceJudge
@@ -275,17 +276,14 @@ class LLMJudge:
             params = self.params
             if attempt and params.seed is not None:
                 params = params.model_copy(update={"seed": params.seed + attempt})
-            try:
-                texts = self.backend.complete(batch, params)
-            except BackendError as e:
-                for i in pending:
-                    attempts[i] += 1
-                    errors[i] = f"backend error: {e}"
-                continue
+            texts = complete_each(self.backend, batch, params)  # one bad item fails alone, not its batch
             if len(texts) != len(batch):
                 raise BackendError(f"judge {self.name}: backend returned {len(texts)} replies for {len(batch)} chats")
             for i, text in zip(pending, texts):
                 attempts[i] += 1
+                if isinstance(text, BackendError):
+                    errors[i] = f"backend error: {text}"
+                    continue
                 raws[i] = text
                 try:
                     v = parse_verdict(text)

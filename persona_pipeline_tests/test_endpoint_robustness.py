@@ -176,6 +176,38 @@ def test_one_bad_item_is_one_failure_and_the_rest_of_the_batch_is_kept():
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.timeout(60)
+def test_judges_record_one_failed_judgement_for_the_one_item_the_endpoint_refuses():
+    """The JSON verdict judge and the JSON reward judge, over HTTP: the refused item fails with the
+    endpoint's error, the other items of the same batch are judged."""
+    from persona_pipeline.eval_judges import EvalItem, persona_judge
+    from persona_pipeline.judging import JudgeItem
+    from persona_pipeline.judging.llm import JsonRewardJudge
+
+    app = FastAPI()
+    app.state.asks = 0
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: dict):
+        app.state.asks += 1
+        if "poison-pill" in json.dumps(body["messages"]):
+            return JSONResponse({"error": {"message": "context too long", "type": "invalid_request_error"}}, 400)
+        return completion(VERDICT.replace('"adherence"', '"score": -0.5, "adherence"'))
+
+    with serving(app) as url:
+        remote = backend(url, max_retries=2, backoff_s=0.05, max_backoff_s=0.1)
+        items = [EvalItem(id=i, persona_id="p", candidate=c) for i, c in [("a", "fine"), ("b", "poison-pill")]]
+        fine, bad = persona_judge(remote, {"p": "Dmitri."}, max_retries=1)(items)
+        rewards = JsonRewardJudge(remote).score(
+            [JudgeItem("Dmitri.", [], "fine"), JudgeItem("Dmitri.", [], "poison-pill"), JudgeItem("Dmitri.", [], "ok")]
+        )
+    assert fine.ok is True and fine.adherence == 0.8
+    assert bad.ok is False and bad.attempts == 2 and f"backend error: {url} answered HTTP 400" in bad.error
+    assert [r.value for r in rewards] == [0.25, None, 0.25]
+    assert "HTTP 400" in rewards[1].error and "context too long" in rewards[1].error
+    assert app.state.asks == 3 + 3  # a 400 is not re-asked by the client (the verdict judge re-asks it once)
+
+
 def test_backoff_is_exponential_jittered_and_bounded():
     remote = backend("http://127.0.0.1:9/v1", backoff_s=0.5, max_backoff_s=8.0)
     for attempt in range(12):

@@ -13,14 +13,14 @@ expectation is rescaled — same protocol, a coarser scale.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
 
-from ..backends import Backend, SamplingParams
-from ..backends.openai_compat import NoLogprobs
+from ..backends import Backend, BackendError, SamplingParams
+from ..backends.openai_compat import NoLogprobs, complete_each
 from ..prompts import render_history
+from ..verdicts import VerdictError, parse_score, read_score  # noqa: F401  (parse_score re-exported)
 from .base import JudgeItem, Score, scaled
 
 REWARD_SYSTEM = "You are a strict evaluator for an AI persona simulation."
@@ -49,27 +49,6 @@ def reward_chat(item: JudgeItem, template: str = REWARD_USER) -> list[dict]:
         {"role": "system", "content": REWARD_SYSTEM},
         {"role": "user", "content": template.format(spec=item.spec, history=history, response=item.response)},
     ]
-
-
-_NUMBER = re.compile(r"[-+]?\d*\.?\d+")
-
-
-def parse_score(text: str, lo: float = -1.0, hi: float = 1.0) -> float | None:
-    """A score from JSON (``score`` key), a fenced JSON block, or the first in-range number."""
-    for candidate in (text, *re.findall(r"\{.*?\}", text, re.DOTALL)):
-        try:
-            obj = json.loads(candidate)
-        except (json.JSONDecodeError, TypeError):
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("score"), (int, float)) and lo <= obj["score"] <= hi:
-            return float(obj["score"])
-    m = re.search(r'score"?\s*[:=]\s*([-+]?\d*\.?\d+)', text, re.IGNORECASE)
-    found = [m.group(1)] if m else _NUMBER.findall(text)
-    for v in found:
-        x = float(v)
-        if lo <= x <= hi:
-            return x
-    return None
 
 
 def _reasoning(text: str) -> str:
@@ -125,16 +104,21 @@ class JsonRewardJudge:
     def score(self, items: Sequence[JudgeItem]) -> list[Score]:
         if not items:
             return []
-        texts = self.backend.complete([reward_chat(i) for i in items], SamplingParams(max_new_tokens=96, temperature=0))
-        out = []
-        for text in texts:
-            s = parse_score(text)
-            out.append(
-                Score(None, error=f"no score in [-1, 1] in the reply {text[:80]!r}")
-                if s is None
-                else Score(round((s + 1) / 2, 6), reasoning=_reasoning(text))
-            )
-        return out
+        chats = [reward_chat(i) for i in items]
+        return [
+            _reward(text)
+            for text in complete_each(self.backend, chats, SamplingParams(max_new_tokens=96, temperature=0))
+        ]
+
+
+def _reward(text: str | BackendError) -> Score:
+    """One reply as a 0–1 score, or a failure that says why (backend error, or no labelled score in [-1, 1])."""
+    if isinstance(text, BackendError):
+        return Score(None, error=f"backend error: {text}")
+    try:
+        return Score(round((read_score(text) + 1) / 2, 6), reasoning=_reasoning(text))
+    except VerdictError as e:
+        return Score(None, error=f"no score in [-1, 1] in the reply {text[:80]!r}: {e}")
 
 
 def number_tokens(backend: Backend) -> int:
