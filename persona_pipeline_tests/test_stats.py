@@ -221,3 +221,42 @@ def test_ols_slope_matches_scipy():
     assert math.isnan(stats.ols_slope([2, 2, 2], [0.1, 0.2, 0.3])["slope"])
     two = stats.ols_slope([0, 1], [0.0, 1.0])
     assert two["slope"] == pytest.approx(1.0) and math.isnan(two["stderr"])
+
+
+def test_leaderboard_under_each_evaluator_marks_what_a_method_was_optimised_on():
+    from persona_pipeline import leaderboard as lb
+
+    rng = np.random.default_rng(0)
+    recs = [
+        {
+            "persona_id": p,
+            "method": m,
+            "dialogue": f"{p}|t",
+            "turn": t,
+            "adherence": float(rng.uniform()),
+            "eval_voice": float(rng.uniform()) + (0.2 if m == "rl" else 0.0),
+            "eval_persona_id_ngram": float(rng.uniform()),
+            "top1_persona_id_ngram": float(rng.integers(0, 2)),
+            "persona_break": False,
+            "safety_pass": True,
+            "optimised_on": "minilm_voice" if m == "rl" else None,
+            "circular_evaluators": "voice" if m == "rl" else "",
+        }
+        for p in ("a", "b", "c")
+        for m in ("prompt", "rl")
+        for t in (1, 2, 3)
+    ]
+    overall, per_persona = lb.board(recs, min_dialogues=5)
+    assert {r["persona_id"] for r in per_persona} == {"a", "b", "c"} and {r["method"] for r in overall} == {
+        "prompt",
+        "rl",
+    }
+    table = lb.by_evaluator(overall, classes=8)
+    assert {r["evaluator"] for r in table} == {"voice", "persona_id_ngram"}  # evaluators that did not run are absent
+    rl_voice = next(r for r in table if r["evaluator"] == "voice" and r["method"] == "rl")
+    assert rl_voice["optimised on this evaluator"] == "YES (circular)" and rl_voice["n dialogues"] == 3
+    assert rl_voice["verdict"] == "n=3 dialogues < 5: too few to test"
+    rl_id = next(r for r in table if r["evaluator"] == "persona_id_ngram" and r["method"] == "rl")
+    assert rl_id["optimised on this evaluator"] == "no" and rl_id["chance"] == 0.125 and rl_id["top-1 acc"] is not None
+    (agree,) = lb.method_rank_agreement(overall)
+    assert agree["evaluator_a"] == "voice" and agree["methods"] == 2
