@@ -214,8 +214,9 @@ class Checks:
             assert torch.isfinite(out[view]).all(), f"{view} has non-finite values"
         return f"{len(items)} items × {n_layers} layers × {hidden}"
 
-    def _sft(self, quantize: str | None, out: Path) -> str:
-        from persona_pipeline.train_sft import LoraSettings, SftSettings, train_sft
+    @staticmethod
+    def _sft_job(quantize: str | None):
+        from persona_pipeline.train_sft import LoraSettings, SftSettings
 
         rows = [
             {"prompt": c, "completion": [{"role": "assistant", "content": CORPUS[i % len(CORPUS)]}], "source": "x"}
@@ -224,6 +225,12 @@ class Checks:
         s = SftSettings(
             lora=LoraSettings(r=8, alpha=16, dropout=0.0), max_steps=2, batch_size=4, max_length=256, quantize=quantize
         )
+        return rows, s
+
+    def _sft(self, quantize: str | None, out: Path) -> str:
+        from persona_pipeline.train_sft import train_sft
+
+        rows, s = self._sft_job(quantize)
         r = train_sft(self.base, rows, rows[:4], s, out, {"base_model": CANONICAL})
         cfg = json.loads((out / "adapter_config.json").read_text())
         assert cfg["base_model_name_or_path"] == CANONICAL, f"adapter names {cfg['base_model_name_or_path']}"
@@ -285,6 +292,28 @@ class Checks:
         self._cuda_only()
         need("bitsandbytes", "trl", "datasets")
         return self._grpo("nf4", self.work / "rl_nf4")
+
+    def multi_gpu_sft(self) -> str:
+        """What ``sft_adapter`` does with ``num_processes`` > 1: ``accelerate launch`` of ``train-sft --job``."""
+        import subprocess
+
+        import torch
+
+        from persona_pipeline.train_sft import write_job
+
+        n = torch.cuda.device_count() if self.cuda else 0
+        if n < 2:
+            raise Skip(f"needs ≥ 2 GPUs ({n} here)")
+        need("trl", "datasets")
+        rows, s = self._sft_job(None)
+        out, job = self.work / "sft_ddp", self.work / "sft_ddp.job.json"
+        write_job(job, str(self.base), rows, rows[:4], s, out, {"base_model": CANONICAL})
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n)]
+        repo = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        subprocess.run([*launch, "-m", "persona_pipeline.cli", "train-sft", "--job", str(job)], check=True, env=env)
+        assert (out / "adapter_config.json").exists(), "rank 0 wrote no adapter"
+        return f"{n} processes under accelerate; rank 0 saved the adapter"
 
     def vllm(self) -> str:
         from persona_pipeline.backends import BackendError, BackendSpec, SamplingParams, make_backend
@@ -379,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             ("nf4_load", checks.nf4_load),
             ("qlora_sft", checks.qlora_sft),
             ("qlora_grpo", checks.qlora_grpo),
+            ("multi_gpu_sft", checks.multi_gpu_sft),
             ("vllm", checks.vllm),
             *embedded_checks(checks, args.embedded or env["cuda"]),
         ]

@@ -294,7 +294,7 @@ def test_gpu_check_runs_green_in_cpu_mode(tmp_path, capsys, monkeypatch):
     must_pass = ["load_fp32", "generate_batched", "steering_per_row", "activations_all_layers", "sft_lora", "grpo_lora"]
     assert {n: status[n] for n in must_pass} == dict.fromkeys(must_pass, "PASS")
     assert status["vllm"] == "PASS"  # CPU mode: the no-CUDA error is clear and raised before any load
-    assert status["qlora_sft"] == status["qlora_grpo"] == "SKIP"
+    assert status["qlora_sft"] == status["qlora_grpo"] == status["multi_gpu_sft"] == "SKIP"
     assert status["nf4_load"] == ("PASS" if importlib.util.find_spec("bitsandbytes") else "SKIP")
     out = capsys.readouterr().out
     assert all(f"  {name} " in out for name in status) and "OK: " in out
