@@ -2,7 +2,8 @@
 next to Hugging Face's own ``transformers serve`` (with and without ``--continuous-batching``)
 on the same converted model folder, the same prompts and the same greedy settings.
 
-Every server runs on 127.0.0.1 and gets the same requests over HTTP: first one at a time,
+Every server is its own process on 127.0.0.1 (ours: ``persona-pipeline serve --adapters none``,
+model ``base``) and gets the same requests over HTTP: first one at a time,
 then from ``--clients`` threads at once (each sends its next request as soon as its last one
 is answered). Our server batches requests that arrive together into one ``generate`` call,
 so concurrency should multiply its throughput; outputs must stay identical to the
@@ -21,23 +22,26 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from generation import build_chats, count_tokens, load_embedded  # bench/ is on sys.path when run as a script
+from generation import build_chats  # bench/ is on sys.path when run as a script
 
-from persona_pipeline.modelio import default_base_dir
-from persona_pipeline.serve import create_app, serving
+from persona_pipeline.modelio import convert_embedded, default_base_dir
 from persona_pipeline.settings import home
 
-MODEL = "smollm2-135m-instruct"
+_local = threading.local()
 
 
 def ask(url: str, model: str, chat: list[dict], max_tokens: int) -> str:
+    """One request from this client thread's own keep-alive connection, as a real client holds one."""
+    if not hasattr(_local, "client"):
+        _local.client = httpx.Client(timeout=900)
     body = {"model": model, "messages": chat, "max_tokens": max_tokens, "temperature": 0}
-    r = httpx.post(f"{url}/chat/completions", json=body, timeout=900)
+    r = _local.client.post(f"{url}/chat/completions", json=body)
     r.raise_for_status()
     return r.json()["choices"][0]["message"]["content"]
 
@@ -50,16 +54,20 @@ def drive(url: str, model: str, chats: list, max_tokens: int, clients: int) -> t
     return out, time.perf_counter() - start
 
 
-def measure(label: str, url: str, model: str, chats, args, counter) -> dict:
+def measure(label: str, url: str, model: str, chats, args, tok) -> dict:
     """One server: sequential then concurrent; prints one line, returns the figures."""
+
+    def count_tokens(texts: list[str]) -> int:  # one tokenizer counts every server's tokens
+        return sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
     ask(url, model, chats[0], 2)  # warm-up: lazy loads, first-call overheads
     seq, t_seq = drive(url, model, chats, args.max_tokens, 1)
     conc, t_conc = drive(url, model, chats, args.max_tokens, args.clients)
-    tokens = count_tokens(counter, seq)  # one tokenizer counts every server's tokens
+    tokens = count_tokens(seq)
     row = {
         "server": label,
         "seq_tok_s": tokens / t_seq,
-        "conc_tok_s": count_tokens(counter, conc) / t_conc,
+        "conc_tok_s": count_tokens(conc) / t_conc,
         "seq_req_s": len(chats) / t_seq,
         "conc_req_s": len(chats) / t_conc,
         "same": sum(a == b for a, b in zip(seq, conc)),
@@ -81,26 +89,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def hf_serve(model_dir: Path, continuous: bool, log: Path) -> tuple[subprocess.Popen, str]:
-    """``transformers serve`` on a free loopback port with the model preloaded; waits for /health."""
-    exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or "transformers"
-    port = free_port()
-    cmd = [exe, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    cmd += ["--dtype", "float32", "--continuous-batching" if continuous else "--no-continuous-batching"]
+def launch(cmd: list[str], health: str, log: Path) -> subprocess.Popen:
+    """Start a server process (its own session, its own interpreter: no GIL shared with the clients)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"transformers serve exited ({proc.returncode}); see {log}")
+            raise RuntimeError(f"{cmd[0]} exited ({proc.returncode}); see {log}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc, f"http://127.0.0.1:{port}/v1"
+            if httpx.get(health, timeout=2).status_code == 200:
+                return proc
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    proc.kill()
-    raise RuntimeError(f"transformers serve did not come up in 300 s; see {log}")
+    os.killpg(proc.pid, 9)
+    raise RuntimeError(f"{' '.join(cmd)} did not come up in 300 s; see {log}")
+
+
+def servers(model_dir: Path, skip_hf: bool) -> list[tuple[str, list[str], str, str]]:
+    """(label, command, health path, model name) for each server, all on the same converted folder."""
+    bindir = Path(sys.executable).parent
+    ours = [str(bindir / "persona-pipeline"), "serve", "--adapters", "none", "--port", "{port}"]
+    out = [("persona-pipeline serve (batched)", ours, "/v1/models", "base")]  # base = the embedded model
+    if not skip_hf:
+        hf = [shutil.which("transformers", path=str(bindir)) or "transformers", "serve", str(model_dir)]
+        hf += ["--host", "127.0.0.1", "--port", "{port}", "--device", "cpu", "--dtype", "float32"]
+        out.append(("transformers serve", [*hf, "--no-continuous-batching"], "/health", str(model_dir)))
+        out.append(
+            ("transformers serve --continuous-batching", [*hf, "--continuous-batching"], "/health", str(model_dir))
+        )
+    return out
 
 
 def main() -> None:
@@ -116,24 +135,24 @@ def main() -> None:
         flush=True,
     )
 
-    backend = load_embedded(batch_size=32)
-    model_dir = default_base_dir(home())  # the folder load_embedded converted and loaded
+    from transformers import AutoTokenizer
+
+    model_dir = default_base_dir(home())
+    convert_embedded(model_dir)  # a no-op once converted; every server loads this folder
+    tok = AutoTokenizer.from_pretrained(model_dir)
     chats = build_chats(args.n)
     rows = []
-    with serving(create_app({MODEL: backend})) as url:
-        rows.append(measure("persona-pipeline serve (batched)", url, MODEL, chats, args, backend))
-    if not args.skip_hf:
-        for continuous in (False, True):
-            label = "transformers serve" + (" --continuous-batching" if continuous else "")
-            log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-hf-serve-{int(continuous)}.log"
-            proc, url = hf_serve(model_dir, continuous, log)
-            try:
-                rows.append(measure(label, url, str(model_dir), chats, args, backend))
-            except httpx.HTTPError as e:
-                print(f"{label:<42} failed: {e} (log: {log})", flush=True)
-            finally:
-                os.killpg(proc.pid, 15)
-                proc.wait(timeout=60)
+    for label, cmd, health, model in servers(model_dir, args.skip_hf):
+        port = free_port()
+        log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-serve-{len(rows)}.log"
+        proc = launch([c.replace("{port}", str(port)) for c in cmd], f"http://127.0.0.1:{port}{health}", log)
+        try:
+            rows.append(measure(label, f"http://127.0.0.1:{port}/v1", model, chats, args, tok))
+        except httpx.HTTPError as e:
+            print(f"{label:<42} failed: {e} (log: {log})", flush=True)
+        finally:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=60)
     ours = rows[0]
     for row in rows[1:]:
         agree = sum(a == b for a, b in zip(ours["answers"], row["answers"]))
