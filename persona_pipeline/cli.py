@@ -81,19 +81,53 @@ def _assistant():
     return model_resource_from_env("assistant").backend()
 
 
-def _chat(args) -> int:
+def sampling(args):
+    """The persona's sampling from the CLI options (defaults: temperature 0.8, top-p 0.9, repetition penalty 1.3)."""
     from .backends import SamplingParams
-    from .prompts import assistant_chat
 
-    params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature)
+    return SamplingParams(
+        max_new_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=getattr(args, "seed", None),
+    )
+
+
+def pick_topic(persona: str, topic: str | None, seed: int) -> str:
+    """``--topic`` as given, else a held-out topic (never in training data) drawn by ``seed``, on the persona's affinity."""
+    if topic:
+        return topic
+    from . import loaders
+    from .simulate import plan_dialogues
+
+    specs = {s.id: s for s in loaders.load_personas(data_root() / "personas")}
+    if persona not in specs:  # a survey person: no affinity, any held-out topic
+        topics = [t for t in loaders.load_topics(data_root() / "topics.yaml") if t.split == "heldout"]
+        return topics[seed % len(topics)].text
+    return plan_dialogues(specs[persona], loaders.load_topics(data_root() / "topics.yaml"), 1, seed, "heldout")[0].topic
+
+
+def _chat(args) -> int:
+    from .prompts import assistant_chat
+    from .simulate import clean_persona_line
+
+    params = sampling(args)
     # --reverse: the model is the assistant the simulator is meant to test (PERSONA_ASSISTANT_*), not the simulator
     model = persona_backend(args.persona, args.adapter) if not args.reverse else _assistant()
     you, it = ("persona", "assistant") if args.reverse else ("assistant", args.persona)
+    if not args.reverse:
+        model.topic = pick_topic(args.persona, args.topic, args.seed)
+        print(f"topic: {model.topic}", file=sys.stderr)
     print(f"You are the {you}; the model is {it}. Empty line or Ctrl-D to stop.", file=sys.stderr)
     turns: list[dict] = []
     if not args.reverse:
-        turns.append({"role": "user", "content": model.complete([turns], params)[0]})
-        print(f"{it}> {turns[-1]['content']}")
+        line, ended = clean_persona_line(model.complete([turns], params)[0], "")
+        turns.append({"role": "user", "content": line})
+        print(f"{it}> {line}")
+        if ended:
+            print(f"({it} ended the conversation)", file=sys.stderr)
+            return 0
     while True:
         try:
             line = input(f"{you}> ").strip()
@@ -103,9 +137,14 @@ def _chat(args) -> int:
             break
         turns.append({"role": "assistant" if not args.reverse else "user", "content": line})
         chat = turns if not args.reverse else assistant_chat(turns)
-        reply = model.complete([chat], params)[0]
+        reply, ended = model.complete([chat], params)[0], False
+        if not args.reverse:
+            reply, ended = clean_persona_line(reply, "")
         turns.append({"role": "user" if not args.reverse else "assistant", "content": reply})
         print(f"{it}> {reply}")
+        if ended:
+            print(f"({it} ended the conversation)", file=sys.stderr)
+            break
     return 0
 
 
@@ -114,10 +153,23 @@ def _simulate(args) -> int:
     from .storage import write_json
 
     sim = persona_backend(args.persona, args.adapter)
-    d = Dialogue(id=f"{args.persona}-{int(time.time())}", persona_id=args.persona, topic="open", scenario_type="cli")
-    (conv,) = converse([d], {args.persona: sim}, _assistant(), args.turns, seed=args.seed, model_name=sim.name)
+    sim.topic = pick_topic(args.persona, args.topic, args.seed)
+    d = Dialogue(id=f"{args.persona}-{int(time.time())}", persona_id=args.persona, topic=sim.topic, scenario_type="cli")
+    (conv,) = converse(
+        [d],
+        {args.persona: sim},
+        _assistant(),
+        args.turns,
+        args.max_tokens,
+        seed=args.seed,
+        model_name=sim.name,
+        params=sampling(args),
+    )
+    print(f"topic: {conv.topic}", file=sys.stderr)
     for t in conv.turns:
         print(f"{args.persona if t.role == 'user' else 'assistant'}> {t.content}")
+    if conv.metadata.ended_by_stop_rule:
+        print(f"({args.persona} ended the conversation at turn {len(conv.turns)})", file=sys.stderr)
     out = Path(args.out) if args.out else home() / "simulations" / f"{conv.id}.json"
     write_json(out, conv.model_dump(mode="json"))
     print(f"saved {out}", file=sys.stderr)
@@ -285,6 +337,20 @@ def _server_security_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _sampling_options(parser: argparse.ArgumentParser) -> None:
+    """Topic and sampling for the persona's lines (``chat``, ``simulate``)."""
+    parser.add_argument(
+        "--topic", help="what the persona wants to talk about (default: a held-out topic drawn by --seed)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="topic draw and sampling seed")
+    parser.add_argument("--max-tokens", type=int, default=48, help="longest persona line, in tokens")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=1.3, help="1.0: off; > 1 discourages repeating (local models)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="persona-pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -292,14 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--persona", required=True)
     chat.add_argument("--adapter", choices=ADAPTERS, default="sft")
     chat.add_argument("--reverse", action="store_true", help="you play the persona, the model the assistant")
-    chat.add_argument("--max-tokens", type=int, default=64)
-    chat.add_argument("--temperature", type=float, default=0.7)
+    _sampling_options(chat)
     chat.set_defaults(fn=_chat)
     sim = sub.add_parser("simulate", help="simulate a full dialogue and save it")
     sim.add_argument("--persona", required=True)
     sim.add_argument("--turns", type=int, default=8)
     sim.add_argument("--adapter", choices=ADAPTERS, default="sft")
-    sim.add_argument("--seed", type=int, default=0)
+    _sampling_options(sim)
     sim.add_argument("--out", help="where to save the Conversation JSON")
     sim.set_defaults(fn=_simulate)
     srv = sub.add_parser("serve", help="OpenAI-compatible endpoint for the simulator")

@@ -10,6 +10,7 @@ zeros there), then the assistant answers every dialogue in one call.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class _Dialogue:
     who: Contestant
     topic: str
     turns: list[dict]
+    ended_at: int | None = None  # the persona turn (1-based) where it first wrote the end marker
 
     @property
     def id(self) -> str:
@@ -68,7 +70,10 @@ def _speak(group: list[_Dialogue], backend: Backend, params: SamplingParams) -> 
     else:
         lines = backend.complete(chats, params)
     for d, line in zip(group, lines):
-        d.turns.append({"role": "user", "content": clean_persona_line(line, "")[0]})
+        text, ended = clean_persona_line(line, "")
+        d.turns.append({"role": "user", "content": text})
+        if ended and d.ended_at is None:  # the test dialogue runs on (turns 8-10 are measured); the end is recorded
+            d.ended_at = len(d.turns) // 2 + 1
 
 
 def _groups(dialogues: list[_Dialogue]) -> list[list[_Dialogue]]:
@@ -136,9 +141,31 @@ def _conversation(d: _Dialogue) -> Conversation:
         persona_role="user",
         turns=[Turn(role=t["role"], content=t["content"]) for t in d.turns],
         metadata=ConversationMetadata(
-            scenario_type="eval", source="simulated", generation_model=d.who.method, split="test"
+            scenario_type="eval",
+            source="simulated",
+            generation_model=d.who.method,
+            split="test",
+            ended_by_stop_rule=d.ended_at is not None,
+            extra=json.dumps({"ended_at_turn": d.ended_at}) if d.ended_at is not None else None,
         ),
     )
+
+
+def endings(convs: list[Conversation]) -> list[dict]:
+    """Per method: how many test dialogues the persona ended by its stop rule (wrote ``[END]``), and at which turn."""
+    rows = []
+    for method in sorted({c.metadata.generation_model for c in convs}):
+        mine = [c for c in convs if c.metadata.generation_model == method]
+        at = sorted(json.loads(c.metadata.extra)["ended_at_turn"] for c in mine if c.metadata.ended_by_stop_rule)
+        rows.append(
+            {
+                "method": method,
+                "dialogues": len(mine),
+                "ended_by_stop_rule": round(len(at) / len(mine), 3),
+                "end_turns": ", ".join(map(str, at)) or "none",
+            }
+        )
+    return rows
 
 
 def persona_turns(conv: Conversation) -> list[dict]:

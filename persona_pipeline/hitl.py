@@ -3,6 +3,11 @@
 A writing-room session gives 2–3 gold lines per persona turn. Path ``j`` takes
 alternative ``j`` at every persona turn (the primary line when a turn has fewer
 alternatives), so one session yields up to three complete, coherent dialogues.
+
+A session that ends by the persona's stop rule is marked by writing ``[END]`` after the
+persona's last line (content and alternatives alike), or ``"ended_by_stop_rule": true`` in
+the record's metadata. The marker is stripped from the line and recorded in the
+conversation's metadata; ``unroll`` puts it back on the training target.
 """
 
 from __future__ import annotations
@@ -10,16 +15,22 @@ from __future__ import annotations
 import json
 
 from .contracts import Conversation, ConversationMetadata, HitlRecord, Turn
+from .prompts import split_end
 
 
 def expand_paths(rec: HitlRecord) -> list[Conversation]:
     n_paths = 1 + max((len(t.alternatives) for t in rec.turns if t.role == "user"), default=0)
     convs = []
     for j in range(n_paths):
-        turns = []
+        turns, marked = [], False
         for t in rec.turns:
-            lines = [t.content, *t.alternatives] if t.role == "user" else [t.content]
-            turns.append(Turn(role=t.role, content=lines[j] if j < len(lines) else lines[0]))
+            if t.role == "user":
+                lines = [t.content, *t.alternatives]
+                line, marked = split_end(lines[j] if j < len(lines) else lines[0])
+            else:
+                line = t.content
+            turns.append(Turn(role=t.role, content=line))
+        marked = turns[-1].role == "user" and (marked or bool((rec.metadata or {}).get("ended_by_stop_rule")))
         convs.append(
             Conversation(
                 id=f"{rec.id}#p{j}",
@@ -32,6 +43,7 @@ def expand_paths(rec: HitlRecord) -> list[Conversation]:
                     source="hitl",
                     generation_model=f"human:{rec.annotator}",
                     path=j,
+                    ended_by_stop_rule=marked,
                     extra=json.dumps(rec.metadata, ensure_ascii=False, sort_keys=True) if rec.metadata else None,
                 ),
             )

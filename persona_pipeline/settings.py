@@ -47,6 +47,9 @@ class Profile(BaseModel):
     rl_prompts: int
     rl_completion_tokens: int
     rl_max_depth: int  # longest history (turns) in RL and check prompts; 0: no cap
+    rl_turns: int = 3  # persona turns per multi-turn on-policy rollout (the last one is trained)
+    rl_groups_per_step: int = 2  # GRPO groups (contexts) per step, rl_num_generations lines each
+    rl_learning_rate: float = 2e-5
     check_prompts: int
     # representations stage
     role_system_prompts: int  # per role

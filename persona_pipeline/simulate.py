@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .backends import Backend, SamplingParams
 from .contracts import Conversation, ConversationMetadata, PersonaSpec, Topic, Turn
-from .prompts import END_MARK, assistant_chat, teacher_chat
+from .prompts import assistant_chat, split_end, teacher_chat
 from .quality import PERSONA_BREAK
 from .storage import write_json
 
@@ -33,6 +33,7 @@ class SimConfig:
     assistant_max_new_tokens: int = 64
     temperature: float = 0.8
     max_line_retries: int = 2
+    full_spec: bool = False  # the whole spec in the teacher prompt (capable endpoint teachers)
     seed: int = 0
 
 
@@ -81,8 +82,7 @@ _LABEL = re.compile(r"^\s*(user|persona|me|human|[A-Z][a-z]+)\s*:\s*", re.IGNORE
 
 def clean_persona_line(text: str, name: str) -> tuple[str, bool]:
     """Strip labels/quotes, keep the first paragraph; report whether the stop mark was used."""
-    ended = END_MARK in text
-    text = text.replace(END_MARK, " ")
+    text, ended = split_end(text)
     text = text.strip().split("\n\n")[0]
     first = name.split()[0] if name else ""
     if first and text.lower().startswith(first.lower() + ":"):
@@ -161,7 +161,7 @@ def simulate(
 
 
 def _persona_step(batch: list[Dialogue], specs, teacher: Backend, cfg: SimConfig, step: int) -> None:
-    chats = [teacher_chat(specs[d.persona_id], d.topic, d.turns) for d in batch]
+    chats = [teacher_chat(specs[d.persona_id], d.topic, d.turns, cfg.full_spec) for d in batch]
     params = SamplingParams(
         max_new_tokens=cfg.persona_max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + step
     )
@@ -224,28 +224,34 @@ def converse(
     seed: int = 0,
     source: str = "simulated",
     model_name: str = "persona-simulator",
+    params: SamplingParams | None = None,
 ) -> list[Conversation]:
     """Dialogues between trained persona simulators (``PersonaBackend``) and an assistant.
 
     Every step is one batched call per persona backend plus one for the
-    assistant; the persona speaks first and the dialogue runs ``turns`` turns.
+    assistant; the persona speaks first and the dialogue runs ``turns`` turns, or
+    ends earlier where the persona writes the end marker (its learned stop rule).
+    ``params`` (temperature, top-p, repetition penalty) applies to the persona's lines.
     """
+    base = params or SamplingParams(temperature=temperature)
     for step in range(turns):
-        params = SamplingParams(
-            max_new_tokens=persona_tokens if step % 2 == 0 else assistant_tokens,
-            temperature=temperature,
-            seed=seed + step,
-        )
+        active = [d for d in dialogues if not d.done]
+        if not active:
+            break
         if step % 2 == 0:
-            for pid in sorted({d.persona_id for d in dialogues}):
-                group = [d for d in dialogues if d.persona_id == pid]
-                lines = personas[pid].complete([d.turns for d in group], params)
+            persona = base.model_copy(update={"max_new_tokens": persona_tokens, "seed": seed + step})
+            for pid in sorted({d.persona_id for d in active}):
+                group = [d for d in active if d.persona_id == pid]
+                lines = personas[pid].complete([d.turns for d in group], persona)
                 for d, line in zip(group, lines):
-                    d.turns.append({"role": "user", "content": clean_persona_line(line, "")[0]})
+                    text, ended = clean_persona_line(line, "")
+                    d.turns.append({"role": "user", "content": text})
+                    d.done = d.ended_by_stop_rule = ended
         else:
-            replies = assistant.complete([assistant_chat(d.turns) for d in dialogues], params)
-            for d, reply in zip(dialogues, replies):
-                d.turns.append({"role": "assistant", "content": reply})
+            reply = SamplingParams(max_new_tokens=assistant_tokens, temperature=0.7, seed=seed + step)
+            replies = assistant.complete([assistant_chat(d.turns) for d in active], reply)
+            for d, answer in zip(active, replies):
+                d.turns.append({"role": "assistant", "content": answer.strip()})
     convs = [to_conversation(d, model_name) for d in dialogues]
     for c in convs:
         c.metadata.source = source

@@ -65,16 +65,19 @@ class PersonaBackend:
     This is what ``serve`` exposes as ``persona-simulator:<id>``.
     """
 
-    def __init__(self, inner: Backend, persona_id: str, definition: str, name: str | None = None):
+    def __init__(
+        self, inner: Backend, persona_id: str, definition: str, name: str | None = None, topic: str | None = None
+    ):
         self.inner, self.persona_id, self.definition = inner, persona_id, definition
         self.name = name or f"persona-simulator:{persona_id}"
+        self.topic = topic  # what the opening line is about (``simulate --topic``); None: the persona picks
 
     def model_chat(self, chat: list[dict]) -> list[dict]:
         """The simulator prompt the inner model sees for ``chat`` (``serve`` counts its tokens)."""
         from .prompts import simulator_prompt
 
         history = [m for m in chat if m["role"] in ("user", "assistant")]
-        return simulator_prompt(self.persona_id, self.definition, history)
+        return simulator_prompt(self.persona_id, self.definition, history, topic=self.topic)
 
     def complete(self, chats: list[list[dict]], params: SamplingParams) -> list[str]:
         return self.inner.complete([self.model_chat(c) for c in chats], params)

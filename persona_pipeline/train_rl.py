@@ -7,6 +7,17 @@ LoRA is trained on top: with ``peft_config`` TRL's reference model is that
 merged SFT model with the new adapter disabled. Finally the two adapters are
 concatenated (PEFT ``cat``: ΔW = B₁A₁ + B₂A₂ exactly) into one standalone
 adapter that loads on the plain base like any other.
+
+Two modes. ``multiturn`` (the default): the policy plays the persona for K turns against
+the assistant model and GRPO updates the final turn, rewarded by the persona judge plus
+three consistency terms (see :mod:`.rl_rollouts`, :mod:`.consistency`). Single-turn: one
+next line on fixed histories cut from the training dialogues (off-policy contexts), kept
+as the baseline the multi-turn adapter is compared with.
+
+A group whose completions all get the same reward teaches nothing (GRPO's advantage is
+the reward minus the group mean). TRL logs the share of such groups
+(``frac_reward_zero_std``); the defaults guard against it: 4 generations, temperature
+1.0, and continuous consistency terms next to the judge.
 """
 
 from __future__ import annotations
@@ -41,12 +52,14 @@ class RlSettings:
     beta: float = 0.1
     learning_rate: float = 2e-5
     max_steps: int = 6
-    num_generations: int = 4
+    num_generations: int = 4  # ≥ 4 and temperature 1.0: groups must differ for GRPO to learn
+    groups_per_step: int = 2
     max_completion_length: int = 40
-    temperature: float = 0.9
+    temperature: float = 1.0
     judge_method: str = "logprob"
     quantize: str | None = None  # "nf4": QLoRA, the base (with SFT merged in) loads as NF4 on CUDA
     boring_share: float = 0.3
+    multiturn: bool = True
     seed: int = 0
 
 
@@ -119,17 +132,42 @@ def mean_reward(backend, rows: list[dict], judge, method: str, max_new_tokens: i
     return sum(scores) / len(scores)
 
 
+def multiturn_rewards(judge, method: str, claims: dict[str, list[str]], weights: dict[str, float]):
+    """(reward functions, weights): the persona judge (named ``persona_judge``) plus the consistency terms."""
+    from .rl_rollouts import consistency_rewards
+
+    judged = make_reward(judge, method)
+    judged.__name__ = "persona_judge"
+    funcs = [judged, *consistency_rewards(claims)]
+    return funcs, [weights.get(f.__name__, 1.0) for f in funcs]
+
+
 @dataclass
 class RlResult:
     log_history: list[dict]
     seconds: float
     seconds_per_step: float
 
+    @property
+    def zero_std_share(self) -> float:
+        """Mean share of GRPO groups whose completions all got the same reward (they teach nothing)."""
+        shares = [h["frac_reward_zero_std"] for h in self.log_history if "frac_reward_zero_std" in h]
+        return sum(shares) / len(shares) if shares else float("nan")
+
 
 def train_rl(
-    base: str | Path, sft_adapter: Path, prompts: list[dict], reward_fn, s: RlSettings, out: Path, card: dict
+    base: str | Path,
+    sft_adapter: Path,
+    prompts: list[dict],
+    reward_fn,
+    s: RlSettings,
+    out: Path,
+    card: dict,
+    rollout_func=None,
+    reward_weights: list[float] | None = None,
 ) -> RlResult:
-    """``reward_fn`` is a TRL reward function, normally ``make_reward(judge, method)``."""
+    """``reward_fn``: a TRL reward function (``make_reward``) or a list (``multiturn_rewards``);
+    ``rollout_func``: multi-turn on-policy generation (``rl_rollouts.make_rollout_func``), else TRL's own."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -147,7 +185,8 @@ def train_rl(
             max_steps=s.max_steps,
             beta=s.beta,
             num_generations=s.num_generations,
-            per_device_train_batch_size=s.num_generations,
+            per_device_train_batch_size=s.num_generations * s.groups_per_step,
+            reward_weights=reward_weights,
             max_completion_length=s.max_completion_length,
             temperature=s.temperature,
             logging_steps=1,
@@ -166,6 +205,7 @@ def train_rl(
             train_dataset=Dataset.from_list(prompts),
             processing_class=tok,
             peft_config=s.lora.peft_config(),
+            rollout_func=rollout_func,
         )
         t0 = time.perf_counter()
         trainer.train()

@@ -2,7 +2,8 @@
 
 One pair per persona turn: the prompt is the simulator system prompt with the
 persona definition, then ``[PERSONA: id]`` and the history up to that turn; the
-completion is only the persona's next utterance. Conversational
+completion is only the persona's next utterance (the last one ends with ``[END]`` when the
+dialogue ended by a stop rule; the opening prompt names the topic). Conversational
 prompt/completion lists are what TRL's SFTTrainer trains on directly
 (completion-only loss).
 """
@@ -13,15 +14,17 @@ import json
 from pathlib import Path
 
 from .contracts import ChatMessage, Conversation, SftPair
-from .prompts import simulator_prompt
+from .prompts import END_MARK, simulator_prompt
 from .storage import atomic_path
 
 
 def unroll(conv: Conversation, definition: str) -> list[SftPair]:
     pairs = []
     history = [{"role": t.role, "content": t.content} for t in conv.turns]
-    for i in conv.persona_turn_indices():
-        prompt = simulator_prompt(conv.persona_id, definition, history[:i])
+    indices = conv.persona_turn_indices()
+    for i in indices:
+        prompt = simulator_prompt(conv.persona_id, definition, history[:i], topic=conv.topic)
+        line = conv.turns[i].content
         pairs.append(
             SftPair(
                 id=f"{conv.id}@{i}",
@@ -30,10 +33,18 @@ def unroll(conv: Conversation, definition: str) -> list[SftPair]:
                 conversation_id=conv.id,
                 turn_index=i,
                 prompt=[ChatMessage(**m) for m in prompt],
-                completion=[ChatMessage(role="assistant", content=conv.turns[i].content)],
+                completion=[ChatMessage(role="assistant", content=ended(line, conv, i == indices[-1]))],
             )
         )
     return pairs
+
+
+def ended(line: str, conv: Conversation, last: bool) -> str:
+    """The persona's last line keeps the end marker when the dialogue ended by a stop rule: the
+    simulator learns *when* to end (and ``simulate`` / ``chat`` / ``serve`` stop there)."""
+    if last and conv.metadata.ended_by_stop_rule and END_MARK not in line:
+        return f"{line.rstrip()} {END_MARK}"
+    return line
 
 
 def export_customjson(pairs: list[SftPair], path: Path) -> int:

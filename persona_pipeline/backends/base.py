@@ -20,6 +20,7 @@ class SamplingParams(BaseModel):
     top_p: float = Field(default=0.95, gt=0, le=1)
     seed: int | None = None
     stop: list[str] = Field(default_factory=list)
+    repetition_penalty: float = Field(default=1.0, ge=1.0, le=2.0)  # local models only; 1.0 = off
 
 
 class BackendError(RuntimeError):

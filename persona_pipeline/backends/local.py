@@ -72,6 +72,8 @@ class LocalBackend:
                 pad_token_id=self.tok.pad_token_id,
                 eos_token_id=self.tok.eos_token_id,
             )
+            if params.repetition_penalty != 1.0:
+                gen_kwargs["repetition_penalty"] = params.repetition_penalty
             if sample:
                 gen_kwargs.update(temperature=params.temperature, top_p=params.top_p)
             else:

@@ -243,7 +243,60 @@ def rl_reward_not_below_sft(rl_adapter: dict):
     )
 
 
+def _in_role(adapter: dict, conversations, persona_specs, surveys) -> dg.AssetCheckResult:
+    from persona_pipeline.scaffolding import role_audit
+
+    rows = _heldout(conversations, persona_specs, surveys, profile().check_prompts)
+    audit = role_audit(_lines(adapter["base_model"], adapter["path"], rows))
+    bad = audit["scaffolding_share"] > 0 or audit["assistant_share"] > 0.25
+    return dg.AssetCheckResult(
+        passed=not bad,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={k: v for k, v in audit.items() if k != "examples"}
+        | {"examples": dg.MetadataValue.md("\n".join(f"- {x!r}" for x in audit["examples"]) or "none")},
+    )
+
+
+@dg.asset_check(
+    asset="sft_adapter",
+    additional_ins=_MODEL_INS,
+    description="Held-out lines speak as the persona: none echoes the prompt scaffolding ([PERSONA:, [HISTORY], "
+    "a rendered history), at most a quarter speak as the assistant (warn).",
+)
+def sft_stays_in_role(sft_adapter: dict, conversations: list[dict], persona_specs: list[dict], surveys: dict):
+    return _in_role(sft_adapter, conversations, persona_specs, surveys)
+
+
+@dg.asset_check(
+    asset="rl_adapter",
+    additional_ins=_MODEL_INS,
+    description="As sft_stays_in_role, for the GRPO adapter (RL can learn to game a judge by leaving the role).",
+)
+def rl_stays_in_role(rl_adapter: dict, conversations: list[dict], persona_specs: list[dict], surveys: dict):
+    return _in_role(rl_adapter, conversations, persona_specs, surveys)
+
+
+@dg.asset_check(
+    asset="rl_adapter",
+    description="GRPO groups carry reward variance: under half of the groups gave every completion the same reward "
+    "(such a group has zero advantage and teaches nothing). Fix: more generations, a hotter temperature, a finer reward.",
+)
+def rl_groups_have_reward_variance(rl_adapter: dict):
+    share = rl_adapter.get("zero_variance_group_share")
+    return dg.AssetCheckResult(
+        passed=share is not None and share < 0.5,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "zero_variance_group_share": share,
+            "num_generations": rl_adapter.get("num_generations"),
+            "temperature": rl_adapter.get("temperature"),
+            "reward_terms": ", ".join(rl_adapter.get("reward_terms", [])) or "judge only",
+        },
+    )
+
+
 model_checks = [adapter_changes_outputs, eval_loss_below_base, adherence_vs_prompt_only, rl_reward_not_below_sft]
+model_checks += [sft_stays_in_role, rl_stays_in_role, rl_groups_have_reward_variance]
 model_checks.append(sft_split_leak_free)
 
 

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from persona_pipeline import curate as cur
+from persona_pipeline.backends import SamplingParams
 from persona_pipeline.contracts import Conversation, Survey, Topic
 from persona_pipeline.defs.assets._common import GPU, SINGLE_RUN, counts, md_table, persona_partitions
 from persona_pipeline.defs.resources import ModelResource
@@ -28,6 +29,7 @@ class SyntheticConfig(dg.Config):
     assistant_max_new_tokens: int | None = None
     max_line_retries: int | None = None
     temperature: float = 0.8
+    teacher_spec: str = "auto"  # full | compact | auto: the whole spec for an endpoint teacher, compact for the 135M
     seed: int = 0
 
     def resolved(self) -> tuple[int, SimConfig]:
@@ -69,6 +71,9 @@ def synthetic_conversations(
     assistant: ModelResource,
 ) -> dict:
     n, sim = config.resolved()
+    if config.teacher_spec not in ("auto", "full", "compact"):
+        raise ValueError(f"config teacher_spec={config.teacher_spec!r}: use auto, full or compact")
+    sim.full_spec = config.teacher_spec == "full" or (config.teacher_spec == "auto" and teacher.kind != "local")
     specs = {s.id: s for s in load_personas(data_root() / "personas")}
     unknown = [k for k in context.partition_keys if k not in specs]
     if unknown:
@@ -119,6 +124,7 @@ def hitl_conversations(context: dg.AssetExecutionContext, persona_specs: list[di
 class SurveyConfig(dg.Config):
     test_fraction: float = 0.2
     follow_up_items: int | None = None
+    generate_follow_ups: bool = True  # the teacher answers follow-ups in the person's voice (else their reasoning)
     seed: int = 0
 
 
@@ -127,20 +133,25 @@ class SurveyConfig(dg.Config):
     kinds={"parquet"},
     description="Survey items → conversations in the person's voice (+ follow-ups, identity), stratified 80/20 split.",
 )
-def survey_conversations(context: dg.AssetExecutionContext, config: SurveyConfig, surveys: dict) -> list[dict]:
+def survey_conversations(
+    context: dg.AssetExecutionContext, config: SurveyConfig, surveys: dict, teacher: ModelResource
+) -> list[dict]:
     if not 0 < config.test_fraction < 1:
         raise ValueError(f"config test_fraction={config.test_fraction}: must be between 0 and 1")
     fu = config.follow_up_items if config.follow_up_items is not None else profile().survey_follow_up_items
+    writer = teacher.backend() if config.generate_follow_ups and surveys else None
+    params = SamplingParams(max_new_tokens=profile().survey_answer_tokens * 2, temperature=0.7, seed=config.seed)
     convs = []
     for raw in surveys.values():
         s = Survey(**raw)
-        convs += survey_to_convs(s, split_items(s, config.test_fraction, config.seed), fu, config.seed)
+        convs += survey_to_convs(s, split_items(s, config.test_fraction, config.seed), fu, config.seed, writer, params)
     context.add_output_metadata(
         {
             "conversations": len(convs),
             "train": sum(c.metadata.split == "train" for c in convs),
             "test": sum(c.metadata.split == "test" for c in convs),
             "multi_turn": sum(len(c.turns) > 2 for c in convs),
+            "teacher_follow_ups": sum(c.metadata.generation_model != "survey" for c in convs),
         }
     )
     return _records(convs)

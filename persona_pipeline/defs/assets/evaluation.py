@@ -17,7 +17,7 @@ from persona_pipeline.defs.assets._common import ALL, GPU, md_table, png_meta
 from persona_pipeline.defs.assets.steering import _policy
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.dialogue_drift import consistency_drift
-from persona_pipeline.eval_dialogues import Contestant, persona_turns, run_dialogues
+from persona_pipeline.eval_dialogues import Contestant, endings, persona_turns, run_dialogues
 from persona_pipeline.judging import choose
 from persona_pipeline.leaderboard import CLASSIFIERS, EVALUATORS
 from persona_pipeline.prompts import neutral_user_chat, simulator_prompt, teacher_chat
@@ -69,7 +69,7 @@ def contestants(
     defs = definitions(persona_specs)
     out = []
     for pid in evaluated_personas(specs):
-        sim = lambda _topic, turns, pid=pid: simulator_prompt(pid, defs[pid], turns)
+        sim = lambda topic, turns, pid=pid: simulator_prompt(pid, defs[pid], turns, topic=topic)
         neutral = lambda topic, turns: neutral_user_chat(topic, turns)
         made = {
             "prompt": lambda pid=pid: Contestant(
@@ -237,6 +237,7 @@ def judge_scores(
                 ]
             ),
             "persona_id_classifiers": md_table(classifiers),
+            "endings": md_table(endings(convs)),  # share of test dialogues the persona ended by a stop rule, and when
         }
     )
     return rows

@@ -11,9 +11,10 @@ from persona_pipeline.defs.assets._common import GPU, md_table, persona_judge
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.modelio import EMBEDDED, convert_embedded, cuda_available, default_base_dir, resolve_quantize
 from persona_pipeline.plots import line_plot, markdown_image, save_png
+from persona_pipeline.rl_rollouts import RolloutSettings, make_rollout_func, rollout_seeds
 from persona_pipeline.settings import home, profile
 from persona_pipeline.simulator import definitions
-from persona_pipeline.train_rl import RlSettings, make_reward, mean_reward, rl_prompts, train_rl
+from persona_pipeline.train_rl import RlSettings, make_reward, mean_reward, multiturn_rewards, rl_prompts, train_rl
 from persona_pipeline.train_sft import (
     TARGET_MODULES,
     LoraSettings,
@@ -244,9 +245,13 @@ def _data_version(context: dg.AssetExecutionContext, asset: str) -> str:
 
 class RlConfig(dg.Config):
     beta: float = 0.1
-    learning_rate: float = 2e-5
+    learning_rate: float | None = None  # None → profile (rl_learning_rate)
     max_steps: int | None = None
     num_generations: int | None = None
+    temperature: float = 1.0  # GRPO groups need different lines: sample hot
+    multiturn: bool = True  # on-policy K-turn rollouts against the assistant; False: single-turn baseline
+    turns: int | None = None  # K persona turns per rollout; None → profile (rl_turns)
+    consistency_weights: dict[str, float] = RolloutSettings().weights
     prompts: int | None = None
     max_completion_length: int | None = None  # None → profile (rl_completion_tokens)
     r: int = 16
@@ -272,15 +277,19 @@ def rl_adapter(
     persona_specs: list[dict],
     surveys: dict,
     judge: ModelResource,
+    assistant: ModelResource,
 ) -> dict:
     p = profile()
-    judge_backend, method = persona_judge(config.judge_method, judge, persona_specs, surveys)
+    judge_backend, method = persona_judge(config.judge_method, judge, persona_specs, surveys, purpose="reward")
     s = RlSettings(
         lora=LoraSettings(config.r, config.alpha, 0.05),
         beta=config.beta,
-        learning_rate=config.learning_rate,
+        learning_rate=config.learning_rate or p.rl_learning_rate,
         max_steps=config.max_steps or p.rl_max_steps,
         num_generations=config.num_generations or p.rl_num_generations,
+        groups_per_step=p.rl_groups_per_step,
+        temperature=config.temperature,
+        multiturn=config.multiturn,
         max_completion_length=config.max_completion_length or p.rl_completion_tokens,
         judge_method=method,
         boring_share=config.boring_share,
@@ -303,20 +312,37 @@ def rl_adapter(
         convs, defs, p.check_prompts, True, s.seed, s.boring_share, judge_specs=full, max_depth=p.rl_max_depth
     )
     out = home() / "models" / "rl_adapter"
-    r = train_rl(
-        base_model["path"],
-        Path(sft_adapter["path"]),
-        train,
-        make_reward(judge_backend, s.judge_method),
-        s,
-        out,
-        {"base_model": base_model["path"], "sft_adapter": sft_adapter["path"], "judge": judge.describe()},
-    )
+    card = {"base_model": base_model["path"], "sft_adapter": sft_adapter["path"], "judge": judge.describe()}
+    if s.multiturn:
+        ro = RolloutSettings(
+            turns=config.turns or p.rl_turns,
+            persona_tokens=p.rl_completion_tokens,
+            assistant_tokens=p.rl_completion_tokens,
+            probe_tokens=p.rl_completion_tokens,
+            weights=config.consistency_weights,
+        )
+        train = rollout_seeds(convs, defs, config.prompts or p.rl_prompts, s.seed, judge_specs=full)
+        funcs, weights = multiturn_rewards(
+            judge_backend, s.judge_method, consistency_claims(persona_specs, full), ro.weights
+        )
+        rollout = make_rollout_func(train, defs, assistant.backend(), ro)
+        r = train_rl(base_model["path"], Path(sft_adapter["path"]), train, funcs, s, out, card, rollout, weights)
+    else:
+        r = train_rl(
+            base_model["path"],
+            Path(sft_adapter["path"]),
+            train,
+            make_reward(judge_backend, s.judge_method),
+            s,
+            out,
+            card,
+        )
     before = mean_reward(
         _policy(base_model, sft_adapter["path"]), heldout, judge_backend, s.judge_method, s.max_completion_length
     )
     after = mean_reward(_policy(base_model, str(out)), heldout, judge_backend, s.judge_method, s.max_completion_length)
-    curves = line_plot({"reward": _curve(r.log_history, "reward")}, "GRPO reward", "step", "mean reward")
+    terms = {k.split("/")[1]: _curve(r.log_history, k) for k in _reward_terms(r.log_history)}
+    curves = line_plot({"reward": _curve(r.log_history, "reward"), **terms}, "GRPO reward", "step", "mean reward")
     kl = line_plot({"KL": _curve(r.log_history, "kl")}, "KL to the SFT policy", "step", "KL")
     context.add_output_metadata(
         {
@@ -327,9 +353,14 @@ def rl_adapter(
             "beta": s.beta,
             "judge": judge.describe(),
             "judge_method": method,
+            "mode": f"multi-turn on-policy, K={config.turns or p.rl_turns}" if s.multiturn else "single-turn",
             "train_prompts": len(train),
-            "boring_prompts": sum(x["boring"] for x in train),
-            "max_depth": max(x["depth"] for x in train),
+            "steps_logged": len(_curve(r.log_history, "kl")[0]),
+            "zero_variance_group_share": round(r.zero_std_share, 3),
+            "num_generations": s.num_generations,
+            "temperature": s.temperature,
+            "final_kl": round(_curve(r.log_history, "kl")[1][-1], 6) if _curve(r.log_history, "kl")[1] else None,
+            "reward_terms": md_table(_term_rows(r.log_history)),
             **_png_meta(curves, out.parent / "rl_reward.png", "reward_curve"),
             **_png_meta(kl, out.parent / "rl_kl.png", "kl_curve"),
         }
@@ -341,7 +372,42 @@ def rl_adapter(
         "mean_reward_sft": before,
         "mean_reward_rl": after,
         "seconds_per_step": r.seconds_per_step,
+        "mode": "multiturn" if s.multiturn else "single-turn",
+        "zero_variance_group_share": r.zero_std_share,
+        "num_generations": s.num_generations,
+        "temperature": s.temperature,
+        "reward_terms": [k.split("/")[1] for k in _reward_terms(r.log_history)],
     }
+
+
+def _reward_terms(history: list[dict]) -> list[str]:
+    return sorted({k for h in history for k in h if k.startswith("rewards/") and k.endswith("/mean")})
+
+
+def _term_rows(history: list[dict]) -> list[dict]:
+    """Per reward term: first and last logged step mean, and the mean within-group std (0: no signal)."""
+    rows = []
+    for key in _reward_terms(history):
+        name, (_, ys) = key.split("/")[1], _curve(history, key)
+        _, std = _curve(history, key.replace("/mean", "/std"))
+        rows.append(
+            {
+                "term": name,
+                "first": round(ys[0], 4),
+                "last": round(ys[-1], 4),
+                "std": round(sum(std) / max(1, len(std)), 4),
+            }
+        )
+    return rows
+
+
+def consistency_claims(persona_specs: list[dict], full: dict[str, str]) -> dict[str, list[str]]:
+    """The spec claims prompt-to-line consistency compares with (survey people: their definition's lines)."""
+    from persona_pipeline.consistency import spec_sentences
+    from persona_pipeline.contracts import PersonaSpec
+
+    claims = {pid: [x for x in text.splitlines() if x.strip()] for pid, text in full.items()}
+    return claims | {s["id"]: spec_sentences(PersonaSpec(**s)) for s in persona_specs}
 
 
 def _policy(base_model: dict, adapter: str):
