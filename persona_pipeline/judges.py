@@ -1,8 +1,8 @@
 """Compatibility re-exports: the persona reward judges now live in :mod:`persona_pipeline.judging`.
 
-Kept so ``train_rl`` and older callers keep their import path; new code imports
-from ``persona_pipeline.judging``. Importing this module never imports
-``trait_judge`` (the old import cycle is gone).
+Kept so ``train_rl`` keeps its import path; new code imports from
+``persona_pipeline.judging``. (``trait_judge`` is gone: its judges are in
+``judging.embedding``, ``judging.llm`` and ``judging.likelihood`` — no import cycle.)
 """
 
 from .judging.base import JudgeItem

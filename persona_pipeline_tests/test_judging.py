@@ -44,9 +44,10 @@ def test_score_is_one_scale_with_an_explicit_failure():
 
 
 def test_no_import_cycle_and_no_judge_kind_decisions_in_asset_modules():
-    code = "import sys, persona_pipeline.judges; print('persona_pipeline.trait_judge' in sys.modules)"
+    code = "import sys, persona_pipeline.judges; print(sorted(m for m in sys.modules if m.startswith('persona_pipeline.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.strip() == "False"  # judges no longer reaches into trait_judge
+    assert "persona_pipeline.trait_judge" not in out.stdout  # the old judges <-> trait_judge cycle is gone
+    assert not (ROOT / "persona_pipeline" / "trait_judge.py").exists()
     for path in (ROOT / "persona_pipeline" / "defs").rglob("*.py"):
         assert not re.search(r"judge\w*\.kind\s*[!=]=", path.read_text()), f"{path.name} decides on judge.kind"
 
