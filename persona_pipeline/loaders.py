@@ -519,7 +519,7 @@ def load_conversations(folder: Path, persona_ids: set[str] | None = None, warn: 
 # ------------------------------------------------------------------ the whole folder
 
 
-TOP_LEVEL = ("personas", "topics.yaml", "traits", "roles", "surveys", "hitl", "conversations")
+TOP_LEVEL = ("personas", "topics.yaml", "traits", "roles", "surveys", "hitl", "conversations", "general_chat.jsonl")
 
 
 def check_root(root: Path, warn: Warn | None = None) -> None:
@@ -539,6 +539,8 @@ def check_root(root: Path, warn: Warn | None = None) -> None:
 
 def load_all(root: Path, warn: Warn | None = None) -> dict[str, int]:
     """Validate everything under ``root`` (what ``materialize`` does before any model loads); counts per kind."""
+    from .general_chat import load_general_chat
+
     check_root(root, warn)
     personas = load_personas(root / "personas", warn)
     ids = {p.id for p in personas}
@@ -552,6 +554,7 @@ def load_all(root: Path, warn: Warn | None = None) -> dict[str, int]:
         "surveys": len(load_surveys(root / "surveys", ids, warn)),
         "hitl_sessions": len(load_hitl(root / "hitl", ids, warn)),
         "source_conversations": len(load_conversations(root / "conversations", ids, warn)),
+        "general_chat": len(load_general_chat(root / "general_chat.jsonl")),
     }
 
 

@@ -107,7 +107,8 @@ def build_mixture(pairs: list[dict], retention: list[dict], s: SftSettings) -> t
         raise ValueError("sft_pairs come from one conversation/session: nothing can be held out for eval loss")
     train_src = [_row(p) for p in split.train]
     eval_rows = dedupe_rows([_row(p) for p in split.heldout])
-    rows = train_src + [{**r, "source": "retention", "persona_id": "none"} for r in retention]
+    # rows with no persona: the base model's own answers ("retention") and the shipped general chat ("general")
+    rows = train_src + [{**r, "source": r.get("source", "retention"), "persona_id": "none"} for r in retention]
     rng = random.Random(s.seed)
     train: list[dict] = []
     for r in rows:

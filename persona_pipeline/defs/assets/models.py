@@ -9,10 +9,11 @@ from persona_pipeline.backends import BackendSpec, SamplingParams, make_backend
 from persona_pipeline.contracts import Conversation
 from persona_pipeline.defs.assets._common import GPU, md_table, persona_judge
 from persona_pipeline.defs.resources import ModelResource
+from persona_pipeline.general_chat import load_general_chat, training_rows
 from persona_pipeline.modelio import EMBEDDED, convert_embedded, cuda_available, default_base_dir, resolve_quantize
 from persona_pipeline.plots import line_plot, markdown_image, save_png
 from persona_pipeline.rl_rollouts import RolloutSettings, make_rollout_func, rollout_seeds
-from persona_pipeline.settings import home, profile
+from persona_pipeline.settings import data_root, home, profile
 from persona_pipeline.simulator import definitions
 from persona_pipeline.train_rl import RlSettings, make_reward, mean_reward, multiturn_rewards, rl_prompts, train_rl
 from persona_pipeline.train_sft import (
@@ -96,7 +97,8 @@ class SftConfig(dg.Config):
     batch_size: int | None = None
     max_length: int | None = None  # None → profile (sft_max_length)
     eval_fraction: float = 0.1
-    weights: dict[str, float] = {"synthetic": 1.0, "hitl": 2.0, "survey": 2.0, "retention": 1.0}
+    weights: dict[str, float] = {"synthetic": 1.0, "hitl": 2.0, "survey": 2.0, "retention": 1.0, "general": 2.0}
+    logging_steps: int = 1  # a loss point per step: the demo's curve needs ≥ 20 points
     retention_prompts: int | None = None
     quantize: str = "auto"  # auto: NF4 (QLoRA) on CUDA, full precision on CPU; or "nf4" / "none"
     seed: int = 0
@@ -138,6 +140,7 @@ class SftConfig(dg.Config):
             eval_fraction=self.eval_fraction,
             max_eval_rows=profile().sft_eval_rows,
             weights=self.weights,
+            logging_steps=self.logging_steps,
             quantize=quant[self.quantize],
             seed=self.seed,
         )
@@ -165,7 +168,8 @@ def sft_adapter(
     s = config.settings()
     s.steer = config.steer(base_model.get("layers") or 30)
     n_ret = config.retention_prompts if config.retention_prompts is not None else profile().retention_prompts
-    retention = retention_rows(base_model["path"], role_specs["questions"], n_ret)
+    general = load_general_chat(data_root() / "general_chat.jsonl")
+    retention = retention_rows(base_model["path"], role_specs["questions"], n_ret) + training_rows(general)
     train, eval_rows, mixture = build_mixture(sft_pairs, retention, s)
     split = mixture.pop("split")  # re-read by the sft_split_leak_free check and the human-eval page
     out = home() / "models" / "sft_adapter"
@@ -177,6 +181,7 @@ def sft_adapter(
     }
     r = _train(config, base_model["path"], train, eval_rows, s, out, card)
     png = line_plot({"train loss": _curve(r.log_history, "loss")}, "SFT loss", "step", "loss")
+    kept = retention_check(base_model["path"], str(out), general, profile().check_prompts)
     context.add_output_metadata(
         {
             "path": dg.MetadataValue.path(str(out)),
@@ -189,6 +194,8 @@ def sft_adapter(
             "heldout_sessions": len(split["heldout_sessions"]),
             "heldout_pairs": len(split["heldout_ids"]),
             "mixture": md_table([{"source": k, **v} for k, v in mixture["sources"].items()]),
+            "loss_points": len(_curve(r.log_history, "loss")[0]),
+            "general_chat_retention": dg.MetadataValue.json(kept),
             **_png_meta(png, out.parent / "sft_loss.png", "loss_curve"),
         }
     )
@@ -200,7 +207,15 @@ def sft_adapter(
         "tokens_per_second": r.tokens_per_second,
         "mixture": mixture,
         "split": split,
+        "general_chat_retention": kept,
     }
+
+
+def retention_check(base: str, adapter: str, general: list, n: int) -> dict:
+    """Held-out general prompts, no persona: base vs adapter answers, similarity to the written answer."""
+    from persona_pipeline.general_chat import retention
+
+    return retention(_policy({"path": base}, None), _policy({"path": base}, adapter), general, n)
 
 
 def _train(config: SftConfig, base: str, train: list, eval_rows: list, s: SftSettings, out: Path, card: dict):
