@@ -13,7 +13,9 @@ import re
 
 from .quality import PERSONA_BREAK
 
-SCAFFOLDING = re.compile(r"\[(PERSONA|TOPIC|HISTORY|Definition)\b|<empty>|^\s*(user|assistant|system)\s*:", re.IGNORECASE | re.MULTILINE)
+SCAFFOLDING = re.compile(
+    r"\[(PERSONA|TOPIC|HISTORY|Definition)\b|<empty>|^\s*(user|assistant|system)\s*:", re.IGNORECASE | re.MULTILINE
+)
 
 
 def echoes_scaffolding(line: str) -> bool:
