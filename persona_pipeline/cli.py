@@ -3,6 +3,7 @@
 - ``chat``      you play the assistant, the model plays the persona (``--reverse``: the other way round)
 - ``simulate``  a full dialogue between the simulator and an assistant backend, saved as a Conversation
 - ``serve``     an OpenAI-compatible endpoint; model ``persona-simulator[-sft|-rl]:<persona>``
+- ``writing-room`` the persona writing room: labelers write gold persona lines (HITL sessions)
 - ``rate``      serve the human-evaluation page; submissions land where ``human_ratings`` reads them
 - ``materialize`` every asset (or a selection) through ``dagster asset materialize``, one run per partition set
 - ``import``    rewrite a peer-layout file (persona-vectors, Assistant-Axis, survey guide, pipeline doc) as our YAML
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -240,23 +242,52 @@ def _check_inputs() -> None:
 
 
 def _materialize(args) -> int:
-    """``make demo``: the whole DAG (or ``--select``) in dependency order, one CLI run per stage."""
-    from .defs.runplan import run
+    """``make demo``: the whole DAG (or ``--select``) in dependency order, one CLI run per stage.
+
+    The terminal shows a line per stage and step (``--verbose``: the raw Dagster output); each
+    stage's full output is kept under ``<home>/runs/<stamp>/``. It ends with a short summary.
+    """
+    from .defs.runplan import check_results, run
+    from .run_summary import summary
     from .storage import write_json
 
     if args.profile:
         os.environ["PERSONA_PIPELINE_PROFILE"] = args.profile  # the stage runs inherit it
     _check_inputs()
     selection = NAMED_JOBS[args.job] if args.job else args.select
-    timings = run(selection, dry_run=args.dry_run, log=lambda m: print(m, file=sys.stderr, flush=True))
+    log_dir = None if args.verbose else home() / "runs" / time.strftime("%Y%m%dT%H%M%S")
+    say = lambda m: print(m, file=sys.stderr, flush=True)
+    try:
+        timings = run(selection, dry_run=args.dry_run, log=say, log_dir=log_dir)
+    except subprocess.CalledProcessError as e:
+        raise CliError(f"a stage failed ({e.output or 'see the output above'})") from None
     if timings:
         total = sum(t["seconds"] for t in timings)
         write_json(
             home() / "runs" / f"materialize-{time.strftime('%Y%m%dT%H%M%S')}.json",
             {"stages": timings, "seconds": total},
         )
-        print(f"materialised {sum(len(t['assets']) for t in timings)} assets in {total:.0f} s", file=sys.stderr)
+        _export_quietly(say)
+        n_assets = sum(len(t["assets"]) for t in timings)
+        say("\n" + summary(home(), check_results(), total, n_assets, log_dir or home() / "runs"))
     return 0
+
+
+def _export_quietly(say) -> None:
+    """After a run: vectors as GGUF and datasets as JSONL/Parquet, one line each (a failure is reported, not fatal)."""
+    from .dataset_export import export_from_assets
+    from .gguf_export import export_all
+
+    try:
+        vectors = export_all(home())
+        datasets = export_from_assets(home())
+    except (OSError, ValueError, KeyError) as e:
+        say(f"warning: export after the run failed: {e}")
+        return
+    if vectors:
+        say(f"exports:     {len(vectors)} GGUF control vectors next to their .safetensors (llama.cpp --control-vector)")
+    if datasets:
+        say(f"exports:     datasets in {home() / 'exports'} (JSONL + Parquet; datasets.load_dataset / TRL SFTTrainer)")
 
 
 def _rate(args) -> int:
@@ -269,6 +300,33 @@ def _rate(args) -> int:
         raise CliError(f"{page}/index.html: materialise human_eval_page first (make demo)")
     print(f"rating page on http://{args.host}:{args.port}/ — ratings are saved to {ratings_dir()}", file=sys.stderr)
     serve_ratings(page, ratings_dir(), host=args.host, port=args.port, key=args.api_key)
+    return 0
+
+
+def _writing_room(args) -> int:
+    """The persona writing room: labelers write gold persona lines against the assistant model."""
+    from . import loaders
+    from .simulator import LazyBackend
+    from .writing_room import guard_for, serve_writing_room, writing_room_app
+
+    specs = loaders.load_personas(data_root() / "personas")
+    topics = loaders.load_topics(data_root() / "topics.yaml")
+    kind = args.simulator
+    if kind == "auto":
+        kind = "sft" if (home() / "models" / "sft_adapter" / "adapter_config.json").exists() else "none"
+    hitl_dir = Path(args.hitl_dir) if args.hitl_dir else data_root() / "hitl"
+    app = writing_room_app(
+        specs,
+        [t for t in topics if t.split == "train"],  # held-out topics stay unseen by training data
+        LazyBackend(_assistant, name="assistant"),
+        LazyBackend(lambda: policy_backend(kind), name=f"simulator-{kind}"),
+        hitl_dir,
+        _definitions(),
+        guard_for(args.host, args.api_key),
+        max_new_tokens=args.max_tokens,
+    )
+    print(f"writing room on http://{args.host}:{args.port}/ — sessions are saved to {hitl_dir}", file=sys.stderr)
+    serve_writing_room(app, args.host, args.port, args.api_key)
     return 0
 
 
@@ -384,6 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--port", type=int, default=8765)
     _server_security_options(rate)
     rate.set_defaults(fn=_rate)
+    room = sub.add_parser("writing-room", help="web page where labelers write gold persona lines (HITL sessions)")
+    room.add_argument("--host", default="127.0.0.1")
+    room.add_argument("--port", type=int, default=8766)
+    _server_security_options(room)
+    room.add_argument("--hitl-dir", help="where sessions are saved (default: data_assets/hitl/, watched by the sensor)")
+    room.add_argument("--simulator", choices=("auto", *ADAPTERS), default="auto", help="adapter proposing candidates")
+    room.add_argument("--max-tokens", type=int, default=96, help="longest assistant answer / candidate")
+    room.set_defaults(fn=_writing_room)
     mat = sub.add_parser("materialize", help="materialise assets via the dagster CLI, one run per partition set")
     mat.add_argument("--select", default="*", help="asset selection, e.g. '*' or 'persona_vectors*' (comma-separated)")
     mat.add_argument(
@@ -391,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mat.add_argument("--profile", choices=list(PROFILES), help="run sizes (default: $PERSONA_PIPELINE_PROFILE or demo)")
     mat.add_argument("--dry-run", action="store_true", help="print the stages without running them")
+    mat.add_argument("--verbose", action="store_true", help="show the raw Dagster output instead of the filtered view")
     mat.set_defaults(fn=_materialize)
     ts = sub.add_parser(
         "train-sft", help="train the SFT adapter from a job file (what sft_adapter hands to accelerate)"
