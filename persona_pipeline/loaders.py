@@ -60,6 +60,9 @@ def _validate(model: type[M], raw, path: Path, record: str | None = None) -> M:
         raise InputError(f"{_where(path, record)}: field '{field}': {err['msg']}{hint}") from None
 
 
+validate_record = _validate  # for other modules validating a record against a contract with our messages
+
+
 def _peer(path: Path, record: str | None, convert: Callable, *args):
     """Run a ``peer_formats`` conversion; its ``PeerError`` becomes our one-line error."""
     try:

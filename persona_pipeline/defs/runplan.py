@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -84,17 +85,60 @@ def command(stage: Stage, module: str = "persona_pipeline.defs.definitions") -> 
     return cmd + (["--partition-range", rng] if rng else [])
 
 
-def run(selection: str = "*", dry_run: bool = False, log=print) -> list[dict]:
-    """Run every stage; stop at the first failure. Returns per-stage wall times."""
+def quiet_dagster_notices() -> None:
+    """Dagster's API-stability notices (beta/preview parameters we chose, the superseded CLI we call)
+    are about our code, not the user's data or run."""
+    for category in (dg.BetaWarning, dg.PreviewWarning, dg.SupersessionWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
+def quiet_env() -> dict[str, str]:
+    """The stage processes' environment: library advisories off unless the user set them (logs keep the rest)."""
+    env = os.environ.copy()
+    env.setdefault("TRANSFORMERS_VERBOSITY", "error")  # deprecation notices logged by transformers
+    env.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    return env
+
+
+def _run_stage(cmd: list[str], log_path, show) -> None:
+    """Run one stage; every line goes to ``log_path``, the filtered view to ``show``. Raises on failure."""
+    from persona_pipeline.run_summary import StageView
+
+    view = StageView()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log_file:
+        proc = subprocess.Popen(
+            cmd, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        for line in proc.stdout:
+            log_file.write(line)
+            shown = view.show(line)
+            if shown is not None:
+                show(shown)
+    if proc.wait() != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, output=f"see {log_path}")
+
+
+def run(selection: str = "*", dry_run: bool = False, log=print, log_dir=None) -> list[dict]:
+    """Run every stage; stop at the first failure. Returns per-stage wall times.
+
+    With ``log_dir``, each stage's full output goes to ``stage-<n>.log`` there and ``log``
+    gets the filtered view (``run_summary.StageView``); without it, output passes through.
+    """
+    quiet_dagster_notices()
     from persona_pipeline.defs.definitions import defs
 
     timings = []
-    for n, stage in enumerate(plan(defs, selection), 1):
-        log(f"stage {n}: {stage.describe()}")
+    stages = plan(defs, selection)
+    for n, stage in enumerate(stages, 1):
+        log(f"stage {n}/{len(stages)}: {stage.describe()}")
         if dry_run:
             continue
         start = time.perf_counter()
-        subprocess.run(command(stage), check=True, env=os.environ.copy())
+        if log_dir is None:
+            subprocess.run(command(stage), check=True, env=os.environ.copy())
+        else:
+            _run_stage(command(stage), log_dir / f"stage-{n}.log", log)
         timings.append(
             {
                 "stage": n,
@@ -102,4 +146,30 @@ def run(selection: str = "*", dry_run: bool = False, log=print) -> list[dict]:
                 "seconds": round(time.perf_counter() - start, 1),
             }
         )
+        log(f"stage {n}/{len(stages)} done in {timings[-1]['seconds']:.0f} s")
     return timings
+
+
+def check_results() -> list[dict]:
+    """The latest evaluation of every asset check on the current instance: passed / failed / warned / errored."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    from persona_pipeline.defs.definitions import defs
+
+    keys = list(defs.resolve_asset_graph().asset_check_keys)
+    out = []
+    with dg.DagsterInstance.get() as instance:
+        latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    for key, rec in sorted(latest.items(), key=lambda kv: kv[0].to_user_string()):
+        if rec.status == AssetCheckExecutionRecordStatus.PLANNED:
+            continue
+        evaluation = rec.event.dagster_event.event_specific_data if rec.event and rec.event.dagster_event else None
+        if not hasattr(evaluation, "passed"):  # only the planned event: the check step itself failed
+            status, detail = "errored", "the check itself raised (see the run's logs)"
+        elif evaluation.passed:
+            status, detail = "passed", ""
+        else:
+            status = "warned" if evaluation.severity == dg.AssetCheckSeverity.WARN else "failed"
+            detail = evaluation.description or ""
+        out.append({"asset": key.asset_key.to_user_string(), "name": key.name, "status": status, "detail": detail})
+    return out

@@ -1,0 +1,121 @@
+"""What a newcomer sees while ``make demo`` runs, and the short summary it ends with.
+
+Each stage runs the Dagster CLI in a subprocess. Its output is kept whole in a log
+file; the terminal gets a filtered view: a line per finished or failed step, the
+pipeline's own progress and warnings, and everything it does not recognise (so the
+user's own errors and tracebacks always show). Only noise that is not the user's
+business is dropped, matched precisely: library deprecation / beta / supersession
+warnings raised inside site-packages, bitsandbytes' offline kernel notice,
+weight-loading progress bars, and Dagster's per-event DEBUG lines.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# "…/site-packages/x.py:12: BetaWarning: text" — the warnings module's first line; its second is indented source
+LIB_WARNING = re.compile(
+    r"^\S*site-packages/\S+\.py:\d+: "
+    r"(SupersessionWarning|BetaWarning|PreviewWarning|ExperimentalWarning|FutureWarning|DeprecationWarning|"
+    r"PendingDeprecationWarning): "
+)
+NOISE = [
+    re.compile(r"Failed to load CPU gemm_4bit_forward"),  # bitsandbytes asks the kernels hub; offline by design
+    re.compile(r"^\s*(Loading weights|Loading checkpoint shards|Writing model shards|Fetching \d+ files)\b.*\|"),
+]
+# "2026-… - dagster - DEBUG - JOB - run - pid - [step -] EVENT - message"; an asset's own log has no EVENT
+DAGSTER = re.compile(r"^\S+ \S+ \+\d{4} - dagster - (\w+) - [^ ]+ - [0-9a-f-]{36} - \d+ - (.*)$")
+EVENT = re.compile(r"^(?:(\S+) - )?([A-Z][A-Z_]+) - (.*)$")
+
+
+@dataclass
+class StageView:
+    """Turns one stage's raw output lines into what the terminal shows (``None``: hidden)."""
+
+    dropped: int = 0
+    failed_steps: list[str] = field(default_factory=list)
+    _skip_source_line: bool = False
+
+    def show(self, line: str) -> str | None:
+        line = line.rstrip("\n")
+        if self._skip_source_line:
+            self._skip_source_line = False
+            if line.startswith("  "):
+                return self._drop()
+        if LIB_WARNING.match(line):
+            self._skip_source_line = True
+            return self._drop()
+        if any(p.search(line) for p in NOISE):
+            return self._drop()
+        m = DAGSTER.match(line)
+        if not m:
+            return line  # not ours to judge: tracebacks, prints, the user's own errors
+        level, rest = m.groups()
+        step, event, msg = _parse(rest)
+        if event == "STEP_SUCCESS":
+            took = re.search(r" in ([\d.]+m?s)", msg)
+            return f"  ✓ {step}" + (f" ({took.group(1)})" if took else "")
+        if event in ("STEP_FAILURE", "RUN_FAILURE"):
+            self.failed_steps.append(step or "run")
+            return f"  ✗ {step or 'run'}: {msg}"
+        if level in ("INFO", "WARNING", "ERROR", "CRITICAL") and event not in ("ASSET_CHECK_EVALUATION",):
+            return f"    {step + ': ' if step else ''}{msg}" if level == "INFO" else f"  {level.lower()}: {msg}"
+        return self._drop()
+
+    def _drop(self) -> None:
+        self.dropped += 1
+
+
+def _parse(rest: str) -> tuple[str | None, str | None, str]:
+    """(step, EVENT, message) of a Dagster line's tail; an asset's own log line has no EVENT."""
+    e = EVENT.match(rest)
+    if e:
+        return e.group(1), e.group(2), e.group(3)
+    step, sep, msg = rest.partition(" - ")
+    return (step, None, msg) if sep else (None, None, rest)
+
+
+def leaderboard_top(home: Path, k: int = 5) -> list[dict]:
+    """The overall rows (persona ``ALL``) by mean adherence, best first."""
+    from .storage import read_records
+
+    path = home / "assets" / "leaderboard.parquet"
+    if not path.exists():
+        return []
+    rows = [r for r in read_records(path) if r.get("persona_id") == "ALL" and r.get("adherence_mean") is not None]
+    return sorted(rows, key=lambda r: -r["adherence_mean"])[:k]
+
+
+def _num(x, nd: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def summary(home: Path, checks: list[dict], seconds: float, n_assets: int, log_dir: Path) -> str:
+    """The closing lines: report, leaderboard top rows, checks that did not pass, and how to open the UI."""
+    out = [f"materialised {n_assets} assets in {seconds:.0f} s (full logs: {log_dir})", ""]
+    report = home / "reports" / "eval_report.html"
+    out.append(f"report:      {report.as_uri() if report.exists() else '(not built in this selection)'}")
+    top = leaderboard_top(home)
+    if top:
+        out.append("leaderboard (all personas, persona adherence, mean [95% CI], Δ vs prompt-only, n dialogues):")
+        for r in top:
+            ci = f"[{_num(r.get('adherence_ci_low'))}, {_num(r.get('adherence_ci_high'))}]"
+            diff = "" if r.get("adherence_diff") is None else f"  Δ {_num(r['adherence_diff'])}"
+            verdict = f" ({r['adherence_verdict']})" if diff and r.get("adherence_verdict") else ""
+            n = r.get("adherence_n_units") or r.get("adherence_n")
+            line = f"  {r['method']:<10} {_num(r['adherence_mean'])} {ci}{diff}{verdict}"
+            out.append(line + (f"  n={n}" if n else ""))
+    bad = [c for c in checks if c["status"] != "passed"]
+    if not checks:
+        out.append("checks:      none evaluated in this selection")
+    elif not bad:
+        out.append(f"checks:      all {len(checks)} passed")
+    else:
+        out.append(f"checks:      {len(checks) - len(bad)}/{len(checks)} passed; these did not:")
+        order = {"failed": 0, "errored": 1, "warned": 2}
+        for c in sorted(bad, key=lambda c: (order.get(c["status"], 3), c["name"])):
+            out.append(f"  {c['status']:<8} {c['asset']}.{c['name']}" + (f": {c['detail']}" if c.get("detail") else ""))
+    out += ["", "next:        make dev   (the Dagster UI: lineage, metadata, plots, checks)"]
+    return "\n".join(out)
