@@ -131,7 +131,7 @@ def run(selection: str = "*", dry_run: bool = False, log=print, log_dir=None) ->
     timings = []
     stages = plan(defs, selection)
     for n, stage in enumerate(stages, 1):
-        log(f"stage {n}/{len(stages)}: {stage.describe()}")
+        log(f"stage {n}: {stage.describe()} ({n} of {len(stages)})")
         if dry_run:
             continue
         start = time.perf_counter()
@@ -146,7 +146,7 @@ def run(selection: str = "*", dry_run: bool = False, log=print, log_dir=None) ->
                 "seconds": round(time.perf_counter() - start, 1),
             }
         )
-        log(f"stage {n}/{len(stages)} done in {timings[-1]['seconds']:.0f} s")
+        log(f"  done in {timings[-1]['seconds']:.0f} s")
     return timings
 
 
