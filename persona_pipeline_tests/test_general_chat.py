@@ -34,7 +34,7 @@ def test_general_chat_is_its_own_weighted_share_of_the_mixture():
 
 def test_a_bad_line_names_file_line_and_field(tmp_path):
     path = tmp_path / "general_chat.jsonl"
-    path.write_text('{"id": "a", "prompt": "Hello there", "answer": "Hi"}\n{"id": "b", "prompt": "Hi"}\n')
+    path.write_text('{"id": "a", "prompt": "Hello there", "answer": "Hi"}\n{"id": "b", "prompt": "Hello there"}\n')
     with pytest.raises(InputError, match=r"general_chat.jsonl, line 2.*answer"):
         load_general_chat(path)
     assert load_general_chat(tmp_path / "missing.jsonl") == []
