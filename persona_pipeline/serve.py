@@ -142,21 +142,20 @@ def _local_model(backend):
         backend = nxt
 
 
-def _model_chat(backend, chat: Chat) -> Chat:
-    """The chat the model itself sees: persona wrappers rewrite it into their simulator prompt."""
-    while hasattr(backend, "inner"):
-        if hasattr(backend, "model_chat"):
-            chat = backend.model_chat(chat)
-        backend = backend.inner
-    return chat
+def _unwrap(backend, chat: Chat) -> tuple[Backend, Chat]:
+    """(the backend that generates, the chat it sees). Persona wrappers rewrite the chat into their
+    simulator prompt; unwrapping them here lets requests for different personas of one model batch."""
+    while hasattr(backend, "model_chat"):
+        chat, backend = backend.model_chat(chat), backend.inner
+    return backend, chat
 
 
-def _budget(local, backend, chat: Chat, params: SamplingParams, given: bool) -> SamplingParams:
+def _budget(local, chat: Chat, params: SamplingParams, given: bool) -> SamplingParams:
     """``max_tokens ≤ context − prompt``, as vLLM checks it; an unset max_tokens shrinks to fit."""
     context = getattr(local.model.config, "max_position_embeddings", None)
     if not context:
         return params
-    text = local.tok.apply_chat_template(_model_chat(backend, chat), tokenize=False, add_generation_prompt=True)
+    text = local.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     prompt = len(local.tok(text, add_special_tokens=False)["input_ids"])
     room = context - prompt
     if given and params.max_new_tokens > room or room < 1:
@@ -210,18 +209,18 @@ def _job(backend: Backend, req: ChatRequest, defaults: SamplingParams, vectors) 
         raise APIError(
             400, "logprobs are only supported with max_tokens=1 (next-token scoring)", "unsupported_value", "logprobs"
         )
-    chat = [m.as_chat_turn() for m in req.messages]
-    local = _local_model(backend)
+    model, chat = _unwrap(backend, [m.as_chat_turn() for m in req.messages])
+    local = _local_model(model)
     if req.steering and local is None:
         raise APIError(
             400, f"{backend.name} cannot be steered (only local models can)", "unsupported_value", "steering"
         )
     if local is not None:
         given = (req.max_completion_tokens or req.max_tokens) is not None
-        params = _budget(local, backend, chat, params, given)
+        params = _budget(local, chat, params, given)
     steers = [_steer(local, i, s, vectors) for i, s in enumerate(req.steering)]
     top = (req.top_logprobs or 0) if req.logprobs else None
-    return Job(backend, local, chat, params, steers, top)
+    return Job(model, local, chat, params, steers, top)
 
 
 def _chunks(head: dict, text: str, logprobs: dict | None, end: dict | None = None) -> Iterator[str]:

@@ -142,3 +142,25 @@ def test_full_queue_is_a_503_with_retry_after_and_loses_nothing(tiny_backend):
     want = tiny_backend.complete([msgs], SamplingParams(max_new_tokens=4, temperature=1.0, top_p=1.0, seed=1))[0]
     assert first.status_code == second.status_code == 200
     assert first.json()["choices"][0]["message"]["content"] == second.json()["choices"][0]["message"]["content"] == want
+
+
+def test_different_personas_of_one_model_share_a_batch(tiny_backend):
+    from persona_pipeline.simulator import PersonaBackend
+
+    personas = {
+        f"persona-simulator:{pid}": PersonaBackend(tiny_backend, pid, f"You are {pid}, {what}.")
+        for pid, what in [("ana", "a nervous student"), ("ben", "a retired sailor"), ("cleo", "a busy chef")]
+    }
+    history = [{"role": "assistant", "content": "Hi! How can I help?"}]
+    alone = {name: b.next_token_logprobs([history], top_k=3)[0] for name, b in personas.items()}
+    assert alone["persona-simulator:ana"] != alone["persona-simulator:ben"]  # the persona prompt matters
+    app = create_app(personas, batch_window_s=1.0)
+    with serving(app) as url:
+        replies = at_once(
+            lambda name: post(url, name, history, max_tokens=1, logprobs=True, top_logprobs=3),
+            [(name,) for name in personas],
+        )
+    for name, r in zip(personas, replies):
+        got = {t["token"]: t["logprob"] for t in r.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]}
+        assert got == pytest.approx(alone[name], abs=1e-4)
+    assert batch_sizes(app) == [3]  # three personas, one forward pass of the shared model
