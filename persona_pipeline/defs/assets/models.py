@@ -116,7 +116,7 @@ class SftConfig(dg.Config):
             return None
         from persona_pipeline.vectors import resolver
 
-        v = resolver(home())(self.preventative_vector)
+        v = resolver(home(), paths=True)(self.preventative_vector)
         if v is None:
             raise ValueError(
                 f"sft_adapter config preventative_vector={self.preventative_vector!r}: no such vector under "
