@@ -91,3 +91,31 @@ def test_summary_names_report_leaderboard_checks_and_next_step(tmp_path: Path):
 def test_summary_without_results(tmp_path: Path):
     text = summary(tmp_path, [], 3.0, 2, tmp_path / "runs")
     assert "(not built in this selection)" in text and "none evaluated" in text and "leaderboard" not in text
+
+
+def test_check_results_read_from_a_real_instance(tmp_path, monkeypatch):
+    """The summary's check list comes from the instance's latest evaluations: passed / warned / failed."""
+    import dagster as dg
+
+    from persona_pipeline.defs.runplan import check_results
+
+    (tmp_path / "dagster.yaml").write_text("")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    key = dg.AssetKey("conversations")
+    with dg.DagsterInstance.get() as instance:
+        for name, passed, severity in [
+            ("min_turns", False, dg.AssetCheckSeverity.WARN),
+            ("no_empty_turn", True, dg.AssetCheckSeverity.ERROR),
+            ("no_persona_break", False, dg.AssetCheckSeverity.ERROR),
+        ]:
+            instance.report_runless_asset_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=key, check_name=name, passed=passed, severity=severity, description=f"{name} said so"
+                )
+            )
+    got = {c["name"]: (c["status"], c["detail"]) for c in check_results()}
+    assert got == {
+        "min_turns": ("warned", "min_turns said so"),
+        "no_empty_turn": ("passed", ""),
+        "no_persona_break": ("failed", "no_persona_break said so"),
+    }
