@@ -77,15 +77,42 @@ def _parse(rest: str) -> tuple[str | None, str | None, str]:
     return (step, None, msg) if sep else (None, None, rest)
 
 
-def leaderboard_top(home: Path, k: int = 5) -> list[dict]:
-    """The overall rows (persona ``ALL``) by mean adherence, best first."""
+# The summary leads with an evaluator no method was optimised on: the character n-gram
+# persona-identification classifier (trained on gold and spec lines only). The primary
+# ``adherence`` judge is the GRPO reward / CMA-ES fitness with a local judge, so it is shown
+# only when no independent evaluator ran, and then flagged.
+INDEPENDENT = "eval_persona_id_ngram"
+
+
+def leaderboard_top(home: Path, k: int = 5) -> tuple[str, list[dict]]:
+    """(metric, overall rows by that metric's mean, best first): the independent evaluator when it ran."""
     from .storage import read_records
 
     path = home / "assets" / "leaderboard.parquet"
     if not path.exists():
-        return []
-    rows = [r for r in read_records(path) if r.get("persona_id") == "ALL" and r.get("adherence_mean") is not None]
-    return sorted(rows, key=lambda r: -r["adherence_mean"])[:k]
+        return "adherence", []
+    rows = [r for r in read_records(path) if r.get("persona_id") == "ALL"]
+    metric = INDEPENDENT if any(r.get(f"{INDEPENDENT}_mean") is not None for r in rows) else "adherence"
+    rows = [r for r in rows if r.get(f"{metric}_mean") is not None]
+    return metric, sorted(rows, key=lambda r: -r[f"{metric}_mean"])[:k]
+
+
+def _leaderboard_lines(metric: str, top: list[dict]) -> list[str]:
+    title = (
+        "persona-id classifier score (independent: no method was optimised on it)"
+        if metric == INDEPENDENT
+        else "primary judge adherence (NOT independent: marked rows were optimised on it)"
+    )
+    out = [f"leaderboard (all personas, {title}; mean [95% CI], Δ vs prompt-only, n dialogues):"]
+    for r in top:
+        ci = f"[{_num(r.get(f'{metric}_ci_low'))}, {_num(r.get(f'{metric}_ci_high'))}]"
+        diff = "" if r.get(f"{metric}_diff") is None else f"  Δ {_num(r[f'{metric}_diff'])}"
+        verdict = f" ({r[f'{metric}_verdict']})" if diff and r.get(f"{metric}_verdict") else ""
+        n = r.get(f"{metric}_n_units") or r.get(f"{metric}_n")
+        circular = metric != INDEPENDENT and r.get("optimised_on")
+        line = f"  {r['method']:<10} {_num(r[f'{metric}_mean'])} {ci}{diff}{verdict}"
+        out.append(line + (f"  n={n}" if n else "") + ("  [optimised on this judge]" if circular else ""))
+    return out
 
 
 def _num(x, nd: int = 3) -> str:
@@ -97,16 +124,9 @@ def summary(home: Path, checks: list[dict], seconds: float, n_assets: int, log_d
     out = [f"materialised {n_assets} assets in {seconds:.0f} s (full logs: {log_dir})", ""]
     report = home / "reports" / "eval_report.html"
     out.append(f"report:      {report.as_uri() if report.exists() else '(not built in this selection)'}")
-    top = leaderboard_top(home)
+    metric, top = leaderboard_top(home)
     if top:
-        out.append("leaderboard (all personas, persona adherence, mean [95% CI], Δ vs prompt-only, n dialogues):")
-        for r in top:
-            ci = f"[{_num(r.get('adherence_ci_low'))}, {_num(r.get('adherence_ci_high'))}]"
-            diff = "" if r.get("adherence_diff") is None else f"  Δ {_num(r['adherence_diff'])}"
-            verdict = f" ({r['adherence_verdict']})" if diff and r.get("adherence_verdict") else ""
-            n = r.get("adherence_n_units") or r.get("adherence_n")
-            line = f"  {r['method']:<10} {_num(r['adherence_mean'])} {ci}{diff}{verdict}"
-            out.append(line + (f"  n={n}" if n else ""))
+        out += _leaderboard_lines(metric, top)
     bad = [c for c in checks if c["status"] != "passed"]
     if not checks:
         out.append("checks:      none evaluated in this selection")

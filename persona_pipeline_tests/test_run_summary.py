@@ -119,3 +119,26 @@ def test_check_results_read_from_a_real_instance(tmp_path, monkeypatch):
         "no_empty_turn": ("passed", ""),
         "no_persona_break": ("failed", "no_persona_break said so"),
     }
+
+
+def test_summary_leads_with_the_independent_evaluator(tmp_path: Path):
+    """RL is optimised on the primary judge: the summary ranks by the persona-id classifier when it ran."""
+    home = tmp_path / "home"
+    rows = [
+        {"persona_id": "ALL", "method": "rl", "adherence_mean": 0.9, "optimised_on": "reward"},
+        {"persona_id": "ALL", "method": "prompt", "adherence_mean": 0.5, "optimised_on": None},
+    ]
+    ngram = {"rl": 0.2, "prompt": 0.4}
+    write_records(
+        home / "assets" / "leaderboard.parquet",
+        [{**r, "eval_persona_id_ngram_mean": ngram[r["method"]], "eval_persona_id_ngram_n_units": 2} for r in rows],
+    )
+    lines = summary(home, [], 1.0, 1, home / "runs").splitlines()
+    board = lines.index(next(x for x in lines if x.startswith("leaderboard")))
+    assert "independent" in lines[board] and "NOT independent" not in lines[board]
+    assert lines[board + 1].split()[:2] == ["prompt", "0.400"] and lines[board + 2].split()[:2] == ["rl", "0.200"]
+
+    write_records(home / "assets" / "leaderboard.parquet", rows)  # no independent evaluator ran
+    lines = summary(home, [], 1.0, 1, home / "runs").splitlines()
+    board = lines.index(next(x for x in lines if x.startswith("leaderboard")))
+    assert "NOT independent" in lines[board] and lines[board + 1].endswith("[optimised on this judge]")
