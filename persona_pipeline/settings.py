@@ -74,6 +74,7 @@ class Profile(BaseModel):
     eval_persona_tokens: int
     eval_assistant_tokens: int
     human_eval_items: int  # contexts per persona on the human-eval page
+    capability_items: int = 0  # multiple-choice items in the capability_retention probe (0: all shipped)
 
 
 PROFILES = {
@@ -122,6 +123,7 @@ PROFILES = {
         eval_persona_tokens=16,
         eval_assistant_tokens=16,
         human_eval_items=1,
+        capability_items=20,
     ),
     "demo": Profile(  # every asset on 2 CPU cores in about ten minutes: a tour, not a study
         name="demo",
@@ -169,6 +171,7 @@ PROFILES = {
         eval_persona_tokens=12,
         eval_assistant_tokens=12,
         human_eval_items=1,
+        capability_items=40,  # a stratified subset: the probe is ~4 loglikelihoods per item
     ),
     "full": Profile(
         name="full",
