@@ -176,7 +176,6 @@ def test_one_bad_item_is_one_failure_and_the_rest_of_the_batch_is_kept():
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.timeout(60)
 def test_judges_record_one_failed_judgement_for_the_one_item_the_endpoint_refuses():
     """The JSON verdict judge and the JSON reward judge, over HTTP: the refused item fails with the
     endpoint's error, the other items of the same batch are judged."""
@@ -206,6 +205,47 @@ def test_judges_record_one_failed_judgement_for_the_one_item_the_endpoint_refuse
     assert [r.value for r in rewards] == [0.25, None, 0.25]
     assert "HTTP 400" in rewards[1].error and "context too long" in rewards[1].error
     assert app.state.asks == 3 + 3  # a 400 is not re-asked by the client (the verdict judge re-asks it once)
+
+
+def logprob_completion(top: dict[str, float]) -> dict:
+    """A one-token completion carrying OpenAI-format top logprobs (what vLLM sends)."""
+    tops = [{"token": t, "logprob": lp, "bytes": None} for t, lp in top.items()]
+    first = next(iter(top))
+    content = [{"token": first, "logprob": top[first], "bytes": None, "top_logprobs": tops}]
+    body = completion(first)
+    body["choices"][0]["logprobs"] = {"content": content}
+    return body
+
+
+@pytest.mark.timeout(60)
+def test_logprob_judges_fail_only_the_item_the_endpoint_refuses():
+    """Logprob judges (persona 0–10, trait 0–100 prompt, role 0–3) over HTTP: the refused item is one
+    failed judgement carrying the endpoint's error; the other items of the batch are scored."""
+    from persona_pipeline.contracts import RoleSpec
+    from persona_pipeline.judging import JudgeItem
+    from persona_pipeline.judging.llm import LogprobPersonaJudge, LogprobPromptJudge
+    from persona_pipeline.judging.roles import RoleJudge
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: dict):
+        if "poison-pill" in json.dumps(body["messages"]):
+            return JSONResponse({"error": {"message": "context too long", "type": "invalid_request_error"}}, 400)
+        return logprob_completion({"2": -0.1, "1": -2.5})
+
+    items = [JudgeItem("Dmitri.", [], "fine", "r"), JudgeItem("Dmitri.", [], "poison-pill", "r")]
+    role = RoleSpec(role="r", description="a role", system_prompts=["Be r.", "Play r.", "You are r."])
+    with serving(app) as url:
+        remote = backend(url, max_retries=0)
+        judged = [
+            LogprobPersonaJudge(remote).score(items),
+            LogprobPromptJudge(remote, "Q: {question} A: {answer} 0-100?", "trait").score(items),
+            RoleJudge({"r": role}, "logprob", remote).score(items),
+        ]
+    for fine, bad in judged:
+        assert fine.value is not None and 0 < fine.value < 1
+        assert bad.value is None and "HTTP 400" in bad.error and "context too long" in bad.error
 
 
 def test_backoff_is_exponential_jittered_and_bounded():

@@ -256,6 +256,14 @@ class OpenAIBackend:
         return self._each(self._chat(params), chats)
 
     def next_token_logprobs(self, chats: list[Chat], top_k: int = 20) -> list[dict[str, float]]:
+        """Top-k next-token logprobs per chat; the first item that fails for good raises its BackendError."""
+        return self._all(self._logprobs(top_k), chats)
+
+    def next_token_logprobs_each(self, chats: list[Chat], top_k: int = 20) -> list[dict[str, float] | BackendError]:
+        """Per chat its distribution or its BackendError: one bad item is one failed judgement."""
+        return self._each(self._logprobs(top_k), chats)
+
+    def _logprobs(self, top_k: int):
         def one(chat: Chat) -> dict[str, float]:
             resp = self.client.chat.completions.create(
                 model=self.model,
@@ -273,7 +281,7 @@ class OpenAIBackend:
                 )
             return _merge_stripped((t.token, t.logprob) for t in content[0].top_logprobs)
 
-        return self._all(one, chats)
+        return one
 
 
 def complete_each(backend, chats: list[Chat], params: SamplingParams) -> list[str | BackendError]:
@@ -283,6 +291,22 @@ def complete_each(backend, chats: list[Chat], params: SamplingParams) -> list[st
         return backend.complete_each(chats, params)
     try:
         return list(backend.complete(chats, params))
+    except BackendError as e:
+        return [e] * len(chats)
+
+
+def next_token_logprobs_each(backend, chats: list[Chat], top_k: int = 20) -> list[dict[str, float] | BackendError]:
+    """Per-item next-token logprobs from any backend (see :func:`complete_each`). An endpoint without
+    logprobs raises :class:`NoLogprobs` for the whole call: that is a missing feature, not a bad item."""
+    if hasattr(backend, "next_token_logprobs_each"):
+        out = backend.next_token_logprobs_each(chats, top_k=top_k)
+        if out and all(isinstance(r, NoLogprobs) for r in out):
+            raise out[0]
+        return out
+    try:
+        return list(backend.next_token_logprobs(chats, top_k=top_k))
+    except NoLogprobs:
+        raise
     except BackendError as e:
         return [e] * len(chats)
 

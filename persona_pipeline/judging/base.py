@@ -71,6 +71,12 @@ def scaled(values: Sequence[float | None], lo: float, hi: float, why: str) -> li
     ]
 
 
+def scaled_each(values: Sequence, lo: float, hi: float, why: str) -> list[Score]:
+    """:func:`scaled` where an item may be an exception (its backend call failed): that item alone fails."""
+    out = scaled([None if isinstance(v, Exception) else v for v in values], lo, hi, why)
+    return [Score(None, error=f"backend error: {v}") if isinstance(v, Exception) else s for v, s in zip(values, out)]
+
+
 def values(scores: Sequence[Score], lo: float = 0.0, hi: float = 1.0) -> list[float | None]:
     """Scores mapped back onto [lo, hi] (e.g. the [-1, 1] reward scale, 0–100 trait scores); failures stay None."""
     return [None if s.failed else round(lo + s.value * (hi - lo), 6) for s in scores]

@@ -18,10 +18,10 @@ import re
 from collections.abc import Sequence
 
 from ..backends import Backend, BackendError, SamplingParams
-from ..backends.openai_compat import NoLogprobs, complete_each
+from ..backends.openai_compat import NoLogprobs, complete_each, next_token_logprobs_each
 from ..prompts import render_history
 from ..verdicts import VerdictError, parse_score, read_score  # noqa: F401  (parse_score re-exported)
-from .base import JudgeItem, Score, scaled
+from .base import JudgeItem, Score, scaled_each
 
 REWARD_SYSTEM = "You are a strict evaluator for an AI persona simulation."
 
@@ -88,10 +88,10 @@ class LogprobPersonaJudge:
         if not items:
             return []
         try:
-            dists = self.backend.next_token_logprobs([reward_chat(i, LOGPROB_USER) for i in items], top_k=20)
+            dists = next_token_logprobs_each(self.backend, [reward_chat(i, LOGPROB_USER) for i in items], top_k=20)
         except NoLogprobs as e:
             return without_logprobs(self.name, len(items), e)
-        return scaled([logprob_score(d, 0, 10) for d in dists], 0, 10, NO_DIGITS)
+        return scaled_each([read_logprobs(d, 0, 10) for d in dists], 0, 10, NO_DIGITS)
 
 
 class JsonRewardJudge:
@@ -132,19 +132,31 @@ def number_tokens(backend: Backend) -> int:
     return n
 
 
-def score_prompts(backend: Backend, prompts: list[str], top_k: int = 20) -> list[float | None]:
-    """0–100 per judge prompt (None where the judge put < 25 % of its mass on numbers)."""
+def read_logprobs(dist: dict[str, float] | BackendError, lo: int, hi: int) -> float | None | BackendError:
+    """:func:`logprob_score` of one item's distribution; a failed item passes its error through."""
+    return dist if isinstance(dist, BackendError) else logprob_score(dist, lo, hi)
+
+
+def score_prompts_each(backend: Backend, prompts: list[str], top_k: int = 20) -> list[float | None | BackendError]:
+    """0–100 per judge prompt (None where the judge put < 25 % of its mass on numbers; the item's
+    BackendError where its call failed for good)."""
     top = number_tokens(backend)
     digits = top < 100
     chats = [[{"role": "user", "content": p + (DIGIT_SCALE if digits else "")}] for p in prompts]
-    dists = backend.next_token_logprobs(chats, top_k=top_k)
     hi = 9 if digits else 100
-    scores = [logprob_score(d, 0, hi) for d in dists]
-    return [None if s is None else round(s * 100 / hi, 3) for s in scores]
+    out = []
+    for d in next_token_logprobs_each(backend, chats, top_k=top_k):
+        s = read_logprobs(d, 0, hi)
+        out.append(s if s is None or isinstance(s, BackendError) else round(s * 100 / hi, 3))
+    return out
 
 
-def judge_answers(backend: Backend, template: str, qa: list[tuple[str, str]]) -> list[float | None]:
-    return score_prompts(backend, [template.format(question=q, answer=a) for q, a in qa])
+def score_prompts(backend: Backend, prompts: list[str], top_k: int = 20) -> list[float | None]:
+    """:func:`score_prompts_each` for callers that need every item: the first failed item raises."""
+    out = score_prompts_each(backend, prompts, top_k)
+    if errors := [v for v in out if isinstance(v, BackendError)]:
+        raise errors[0]
+    return out  # type: ignore[return-value]
 
 
 class LogprobPromptJudge:
@@ -156,9 +168,9 @@ class LogprobPromptJudge:
         self.signal = f"llm_logprob:{getattr(backend, 'name', type(backend).__name__)}"
 
     def score(self, items: Sequence[JudgeItem]) -> list[Score]:
-        qa = [(i.question, i.response) for i in items]
+        prompts = [self.template.format(question=i.question, answer=i.response) for i in items]
         try:
-            raw = judge_answers(self.backend, self.template, qa) if qa else []
+            raw = score_prompts_each(self.backend, prompts) if prompts else []
         except NoLogprobs as e:
-            return without_logprobs(self.name, len(qa), e)
-        return scaled(raw, 0, 100, NO_DIGITS)
+            return without_logprobs(self.name, len(prompts), e)
+        return scaled_each(raw, 0, 100, NO_DIGITS)

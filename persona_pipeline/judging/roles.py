@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from ..backends.openai_compat import next_token_logprobs_each
 from ..contracts import RoleSpec
-from .base import JudgeItem, Score, scaled, values
+from .base import JudgeItem, Score, scaled_each, values
 from .embedding import embedding_judge
-from .llm import NO_DIGITS, logprob_score
+from .llm import NO_DIGITS, read_logprobs
 
 ROLE_JUDGE = """You are judging a role-play. The model was asked to play this role:
 {role}: {description}
@@ -59,8 +60,8 @@ class RoleJudge:
             ]
             for i in items
         ]
-        dists = self.backend.next_token_logprobs(chats) if chats else []
-        return scaled([logprob_score(d, 0, 3) for d in dists], 0, 3, NO_DIGITS)
+        dists = next_token_logprobs_each(self.backend, chats) if chats else []
+        return scaled_each([read_logprobs(d, 0, 3) for d in dists], 0, 3, NO_DIGITS)
 
     def _embedding(self, items: list[JudgeItem]) -> list[Score]:
         texts = {name: [r.description, *r.system_prompts] for name, r in self.roles.items()}
