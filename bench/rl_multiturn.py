@@ -42,7 +42,7 @@ def main() -> None:
     convs, defs, pairs = real_pairs()
     specs = [s.model_dump() for s in loaders.load_personas(data_root() / "personas")]
     full = definitions(specs, compact=False)
-    from persona_pipeline.defs.assets.models import consistency_claims
+    from persona_pipeline.train_rl import consistency_claims
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -122,3 +122,69 @@ def spread_layers(n_layers: int, k: int) -> list[int]:
     if k <= 1:
         return [n_layers // 2]
     return sorted({round(lo + i * (hi - lo) / (k - 1)) for i in range(k)})
+
+
+def parse_layers(spec: str, n: int) -> list[int]:
+    """``all`` | ``middle`` | comma-separated indices → layer indices of an ``n``-layer model."""
+    if spec == "all":
+        return list(range(n))
+    if spec == "middle":
+        return [n // 2]
+    try:
+        layers = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"config layers={spec!r}: use all, middle or comma-separated integers") from None
+    if any(not 0 <= x < n for x in layers):
+        raise ValueError(f"config layers={spec!r}: the model has layers 0..{n - 1}")
+    return layers
+
+
+def _chat_item(r: dict) -> Item:
+    return Item(
+        [{"role": "system", "content": r["system_prompt"]}, {"role": "user", "content": r["question"]}], r["response"]
+    )
+
+
+def activation_items(role_rows: list[dict], trait_rows: list[dict]) -> tuple[list[Item], list[dict]]:
+    """The same texts for every checkpoint: role rollouts then trait answers, with a joinable index."""
+    items = [_chat_item(r) for r in [*role_rows, *trait_rows]]
+    index = [
+        {
+            "source": "role",
+            "name": r["role"],
+            "polarity": "",
+            "prompt_idx": r["system_prompt_idx"],
+            "question_idx": r["question_idx"],
+            "sample_idx": r["rollout_idx"],
+            "score": r.get("score"),
+        }
+        for r in role_rows
+    ] + [
+        {
+            "source": "trait",
+            "name": r["trait"],
+            "polarity": r["polarity"],
+            "prompt_idx": r["instruction_idx"],
+            "question_idx": r["question_idx"],
+            "sample_idx": r["sample_idx"],
+            "score": r.get("trait_score"),
+        }
+        for r in trait_rows
+    ]
+    return items, index
+
+
+def checkpoint(manifests: dict, key: str) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
+    """(tensors, index, manifest) of one captured checkpoint; a clear error if it was never captured."""
+    if key not in manifests:
+        raise ValueError(f"activations[{key}] is not materialised; materialise that checkpoint first")
+    tensors, index = load(manifests[key]["path"])
+    return tensors, index, manifests[key]
+
+
+def layer_position(layers: list[int], layer: int | None) -> tuple[int, int]:
+    """(layer index in the model, position in the stored tensor); default: the middle captured layer."""
+    layer = layers[len(layers) // 2] if layer is None else layer
+    if layer not in layers:
+        raise ValueError(f"config layer={layer}: activations hold layers {layers}")
+    return layer, layers.index(layer)

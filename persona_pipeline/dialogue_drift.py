@@ -65,3 +65,11 @@ def _finite(v: float) -> float | None:
 def drift_points(scores: Iterable[JudgeScore], metric: str = "adherence") -> list[tuple[int, float | None]]:
     """(turn_index, metric) from judge scores that carry a turn index (failed ones give None)."""
     return [(s.turn_index, getattr(s, metric)) for s in scores if s.turn_index is not None]
+
+
+def projection_slope(rows: list[dict]) -> float | None:
+    """Least-squares slope of ``axis_projection`` per persona turn (None with fewer than two turns)."""
+    import numpy as np
+
+    pts = [(r["turn"], r["axis_projection"]) for r in rows]
+    return round(float(np.polyfit(*zip(*pts), 1)[0]), 4) if len({t for t, _ in pts}) > 1 else None

@@ -364,3 +364,50 @@ def write_page(
         (tmp / KEY_FILE).write_text(json_text(doc), encoding="utf-8")
         (tmp / PAGE_FILE).write_text(page, encoding="utf-8")
     return doc
+
+
+def heldout_contexts(hitl: list[dict], per_persona: int, trained_sessions: set[str]) -> list[dict]:
+    """Contexts with a human gold line: persona turns (after the opening) of the first path of each HITL
+    session the adapters never trained on (``trained_sessions`` comes from the split sft_adapter recorded)."""
+    from .contracts import Conversation
+    from .splits import base_key
+
+    out, taken = [], {}
+    for raw in hitl:
+        c = Conversation(**raw)
+        if c.metadata.path != 0 or base_key(c.id) in trained_sessions:
+            continue
+        for i in c.persona_turn_indices():
+            if i >= 2 and taken.get(c.persona_id, 0) < per_persona:
+                taken[c.persona_id] = taken.get(c.persona_id, 0) + 1
+                out.append(
+                    {
+                        "id": f"{c.id}@{i}",
+                        "persona_id": c.persona_id,
+                        "topic": c.topic,
+                        "history": [{"role": t.role, "content": t.content} for t in c.turns[:i]],
+                        "reference": c.turns[i].content,
+                    }
+                )
+    return out
+
+
+def judge_candidates(items: list, persona_specs: list[dict], judge) -> dict:
+    """The judge's adherence for every candidate line, so human ratings can be compared with it."""
+    from . import eval_judges as ej
+    from .judging import choose
+
+    flat = [
+        ej.EvalItem(
+            id=f"{it.id}|{m}",
+            persona_id=it.persona_id,
+            history=[h.model_dump() for h in it.history],
+            candidate=line,
+            method=m,
+        )
+        for it in items
+        for m, line in it.candidates.items()
+    ]
+    primary = choose.primary_evaluator(judge, persona_specs)
+    scores = primary(flat)
+    return {s.item_id: s.adherence for s in scores}

@@ -105,3 +105,20 @@ def method_rank_agreement(overall: Sequence[dict]) -> list[dict]:
 
 def _ok(x) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def brief(row: dict) -> dict:
+    """One leaderboard row as people read it: the primary judge's adherence with its CI, Δ vs prompt-only,
+    Holm p, verdict, persona breaks, n, and which evaluators are circular for this method."""
+    return {
+        "persona": row["persona_id"],
+        "method": row["method"],
+        "adherence (95% CI)": _ci(row, "adherence"),
+        "Δ vs prompt": _r(row.get("adherence_diff")),
+        "p (Holm)": _r(row.get("adherence_p_holm")),
+        "verdict": row.get("adherence_verdict"),
+        "breaks": _r(row.get("persona_break_mean")),
+        "n turns": row.get("adherence_n"),
+        "n dialogues": row.get("adherence_n_units"),
+        "circular evaluators": row.get("circular_evaluators") or None,
+    }

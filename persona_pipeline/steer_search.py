@@ -81,7 +81,7 @@ def run_sweep(
         return backend.complete([r["chat"] for r in rows], params)
 
 
-def _mean(xs) -> float | None:
+def mean(xs) -> float | None:
     vals = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
     return sum(vals) / len(vals) if vals else None
 
@@ -95,8 +95,8 @@ def summarise_sweep(rows: list[dict]) -> list[dict]:
         {
             "layer": k[0],
             "rel_coef": k[1],
-            "trait": _mean(r["trait_score"] for r in v),
-            "coherence": _mean(r["coherence"] for r in v),
+            "trait": mean(r["trait_score"] for r in v),
+            "coherence": mean(r["coherence"] for r in v),
             "n": len(v),
         }
         for k, v in sorted(cells.items())
@@ -116,6 +116,43 @@ def rank_correlation(summary: list[dict], layer: int) -> float | None:
         return None
     rho = spearmanr([s["rel_coef"] for s in cells], [s["trait"] for s in cells]).statistic
     return None if math.isnan(rho) else round(float(rho), 3)
+
+
+def sweep_layers(requested: list[int] | None, captured: list[int], k: int) -> list[int]:
+    """The layers to sweep: ``requested``, else ``k`` spread over the middle of the captured ones."""
+    from .activations import spread_layers
+
+    layers = requested or [captured[min(len(captured) - 1, i)] for i in spread_layers(len(captured), k)]
+    missing = [x for x in layers if x not in captured]
+    if missing:
+        raise ValueError(f"config layers={missing}: activations were captured at {captured}")
+    return layers
+
+
+def cell(summary: list[dict], layer: int, coef: float) -> float | None:
+    """The mean trait score at one (layer, coef) of a summarised sweep, rounded; None if absent or failed."""
+    hit = [s["trait"] for s in summary if s["layer"] == layer and s["rel_coef"] == coef]
+    return round(hit[0], 1) if hit and hit[0] is not None else None
+
+
+def sweep_result(trait: str, rows: list[dict], layers: list[int], min_coherence: float, reliable: bool) -> dict:
+    """One trait's sweep in a line: the best coherent point, the coef→trait rank correlation at the best
+    (or middle) layer, the unsteered score there, and the prompt-only baseline on the same questions."""
+    summary = summarise_sweep(rows)
+    best = best_point(summary, min_coherence)
+    layer = best["layer"] if best else layers[len(layers) // 2]
+    prompt = [r for r in rows if r["condition"] == "prompt"]
+    return {
+        "trait": trait,
+        "vector_reliable": reliable,
+        "best_layer": best and best["layer"],
+        "best_coef": best and best["rel_coef"],
+        "best_trait": best and round(best["trait"], 1),
+        "rank_corr": rank_correlation(summary, layer),
+        "unsteered": cell(summary, layer, 0.0),
+        "prompt_only": mean(r["trait_score"] for r in prompt),
+        "prompt_coherence": mean(r["coherence"] for r in prompt),
+    }
 
 
 # ---------------------------------------------------------------- CMA-ES
@@ -199,7 +236,7 @@ def evaluate(
     return per, texts
 
 
-def _vector(weights, units, s: SearchSettings) -> torch.Tensor:
+def weighted_vector(weights, units, s: SearchSettings) -> torch.Tensor:
     return s.alpha * s.layer_norm * direction(np.asarray(weights), units)
 
 
@@ -242,8 +279,8 @@ def cmaes_search(
     for gen in range(s.generations):
         asks = {t.persona_id: es[t.persona_id].ask() for t in targets}
         randoms = {t.persona_id: rng.uniform(-s.bound, s.bound, size=(s.popsize, k)) for t in targets}
-        cands = [(t, _vector(w, units, s), t.search_chats) for t in targets for w in asks[t.persona_id]]
-        cands += [(t, _vector(w, units, s), t.search_chats) for t in targets for w in randoms[t.persona_id]]
+        cands = [(t, weighted_vector(w, units, s), t.search_chats) for t in targets for w in asks[t.persona_id]]
+        cands += [(t, weighted_vector(w, units, s), t.search_chats) for t in targets for w in randoms[t.persona_id]]
         scores, _ = evaluate_fn(backend, judge_fn, cands, s)
         fit = [sum(x) / len(x) for x in scores]
         i = 0

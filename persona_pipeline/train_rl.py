@@ -243,3 +243,36 @@ def combine_adapters(base: str | Path, sft: Path, rl_delta: Path, out: Path) -> 
             shutil.copy(f, out / f.name)
     shutil.rmtree(staging)
     make_portable(out, base)
+
+
+def reward_terms(history: list[dict]) -> list[str]:
+    """The per-term reward means TRL logged (``rewards/<term>/mean``)."""
+    return sorted({k for h in history for k in h if k.startswith("rewards/") and k.endswith("/mean")})
+
+
+def term_rows(history: list[dict]) -> list[dict]:
+    """Per reward term: first and last logged step mean, and the mean within-group std (0: no signal)."""
+    from .train_sft import log_curve
+
+    rows = []
+    for key in reward_terms(history):
+        name, (_, ys) = key.split("/")[1], log_curve(history, key)
+        _, std = log_curve(history, key.replace("/mean", "/std"))
+        rows.append(
+            {
+                "term": name,
+                "first": round(ys[0], 4),
+                "last": round(ys[-1], 4),
+                "std": round(sum(std) / max(1, len(std)), 4),
+            }
+        )
+    return rows
+
+
+def consistency_claims(persona_specs: list[dict], full: dict[str, str]) -> dict[str, list[str]]:
+    """The spec claims prompt-to-line consistency compares with (survey people: their definition's lines)."""
+    from .consistency import spec_sentences
+    from .contracts import PersonaSpec
+
+    claims = {pid: [x for x in text.splitlines() if x.strip()] for pid, text in full.items()}
+    return claims | {s["id"]: spec_sentences(PersonaSpec(**s)) for s in persona_specs}

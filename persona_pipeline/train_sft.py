@@ -341,3 +341,83 @@ def run_job(path: Path) -> TrainResult:
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(out.parent / f"{out.name}.result.json", asdict(result))
     return result
+
+
+def train_sft_processes(
+    base: str, train: list, eval_rows: list, s: SftSettings, out: Path, card: dict, num_processes: int = 1
+) -> TrainResult:
+    """In this process, or — with ``num_processes`` > 1 — data-parallel under ``accelerate launch``
+    (``deploy/accelerate.yaml``, or ``PERSONA_PIPELINE_ACCELERATE_CONFIG``), one process per GPU."""
+    if num_processes <= 1:
+        return train_sft(base, train, eval_rows, s, out, card)
+    import os
+    import subprocess
+    import sys
+
+    job = out.parent / f"{out.name}.job.json"
+    write_job(job, base, train, eval_rows, s, out, card)
+    accelerate = Path(sys.executable).parent / "accelerate"
+    config_file = os.environ.get(
+        "PERSONA_PIPELINE_ACCELERATE_CONFIG", Path(__file__).resolve().parents[1] / "deploy" / "accelerate.yaml"
+    )
+    subprocess.run(
+        [
+            str(accelerate),
+            "launch",
+            "--config_file",
+            str(config_file),
+            "--num_processes",
+            str(num_processes),
+            "-m",
+            "persona_pipeline.cli",
+            "train-sft",
+            "--job",
+            str(job),
+        ],
+        check=True,
+    )
+    return TrainResult(**json.loads((out.parent / f"{out.name}.result.json").read_text()))
+
+
+def retention_rows(base_path: str, questions: list[str], n: int) -> list[dict]:
+    """The base model's own answers to general questions: the "stay a normal assistant" set."""
+    from .backends import SamplingParams
+    from .policy import policy_backend
+
+    chats = [[{"role": "user", "content": q}] for q in questions[:n]]
+    answers = policy_backend(base_path).complete(chats, SamplingParams(max_new_tokens=64, temperature=0))
+    return [
+        {"prompt": c, "completion": [{"role": "assistant", "content": a}]} for c, a in zip(chats, answers) if a.strip()
+    ]
+
+
+def retention_check(base: str, adapter: str, general: list, n: int) -> dict:
+    """Held-out general prompts, no persona: base vs adapter answers, similarity to the written answer."""
+    from .general_chat import retention
+    from .policy import policy_backend
+
+    return retention(policy_backend(base), policy_backend(base, adapter), general, n)
+
+
+def preventive_steer(name: str | None, layer: int | None, coef: float, mode: str, n_layers: int):
+    """Training-time steering from a vector name of a previous run (e.g. ``impolite``, ``persona:skeptic``,
+    ``assistant_axis``) or a ``.safetensors`` path, at ``layer`` (default: the middle one); None when off."""
+    if not name:
+        return None
+    from .settings import home
+    from .vectors import resolver
+
+    v = resolver(home(), paths=True)(name)
+    if v is None:
+        raise ValueError(
+            f"sft_adapter config preventative_vector={name!r}: no such vector under "
+            f"{home()} (materialise persona_vectors first, or give a .safetensors path)"
+        )
+    layer = layer if layer is not None else n_layers // 2
+    return PreventiveSteer(v[layer] if v.dim() == 2 else v, layer, coef, mode)
+
+
+def log_curve(history: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of one logged metric in a trainer's ``log_history``."""
+    pts = [(h["step"], h[key]) for h in history if key in h and "step" in h]
+    return [p[0] for p in pts], [float(p[1]) for p in pts]

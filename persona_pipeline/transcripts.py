@@ -137,3 +137,41 @@ def trait_rows(trait: Trait, n_pairs: int, n_questions: int, samples: int, quest
                         }
                     )
     return rows
+
+
+def mean_score(xs) -> float | None:
+    """Mean of the scores a judge gave (None where it failed), rounded for tables; None if it gave none."""
+    vals = [x for x in xs if x is not None]
+    return round(sum(vals) / len(vals), 3) if vals else None
+
+
+def score_answers(rows: list[dict], trait: Trait, judge, choice: str, backend) -> str:
+    """Add ``trait_score`` and ``coherence`` (0–100, None where the judge failed) in place; returns
+    the trait judge's method. Both are ``filter`` judges chosen by ``judging.choose``: for the
+    small local judge the trait score is MiniLM similarity to the trait's instructions and
+    coherence the local model's own likelihood of the answer; with an endpoint, the LLM prompts.
+    """
+    from .judging import JudgeItem, choose
+    from .judging.base import values
+    from .loaders import load_coherence_prompt
+    from .settings import data_root
+
+    items = [JudgeItem("", [{"role": "user", "content": r["question"]}], r["response"]) for r in rows]
+    trait_judge = choose.trait_judge(judge, trait, choice, backend)
+    prompt = None if hasattr(backend, "tok") else load_coherence_prompt(data_root() / "traits")
+    coherence = choose.coherence_judge(backend, prompt)
+    for r, t, c in zip(rows, values(trait_judge.score(items), 0, 100), values(coherence.score(items), 0, 100)):
+        r["trait_score"], r["coherence"] = t, c
+    return choose.method("filter", judge, choice)
+
+
+def trait_separation(rows: list[dict]) -> dict:
+    """Mean trait score of positive vs negative answers; ``separates`` only when positive scores higher."""
+    pos = mean_score([r["trait_score"] for r in rows if r["polarity"] == "pos"])
+    neg = mean_score([r["trait_score"] for r in rows if r["polarity"] == "neg"])
+    return {
+        "pos_trait": pos,
+        "neg_trait": neg,
+        "coherence": mean_score([r["coherence"] for r in rows]),
+        "separates": pos is not None and neg is not None and pos > neg,
+    }

@@ -130,6 +130,37 @@ def default_vs_roles(
     return group_mean(acts, index, "role", "default", keep), others
 
 
+def role_space(acts: torch.Tensor, index: list[dict], pos: int, min_role_score: float, components: int) -> dict:
+    """The persona space of one checkpoint's response activations [n, layers, hidden] at stored layer ``pos``:
+    PCA of the standardised per-role means (PC1 oriented so the default assistant sits on its positive side),
+    the Assistant Axis at every layer (``axes``) and at ``pos`` (``axis``), and PC1's cosine with it."""
+    roles = sorted({r["name"] for r in index if r["source"] == "role"})
+    keep, fallback = role_filter(index, min_role_score)
+    means = torch.stack([group_mean(acts[:, pos], index, "role", r, keep) for r in roles])
+    comps, ratio, mu, sigma = pca(means, components)
+    axes = torch.stack(
+        [assistant_axis(*default_vs_roles(acts[:, i], index, roles, keep)) for i in range(acts.shape[1])]
+    )
+    coords = ((means - mu) / sigma) @ comps.T
+    d = roles.index("default")
+    if orient_pc1(comps, coords[d], torch.cat([coords[:d], coords[d + 1 :]])):
+        coords[:, 0] = -coords[:, 0]
+    pc1_cos = float(torch.nn.functional.cosine_similarity(axes[pos] / sigma, comps[0], dim=0))
+    return {
+        "roles": roles,
+        "keep": keep,
+        "fallback": fallback,
+        "pcs": comps,
+        "ratio": ratio,
+        "mu": mu,
+        "sigma": sigma,
+        "axes": axes,
+        "axis": axes[pos],
+        "coords": coords,
+        "pc1_cos": pc1_cos,
+    }
+
+
 def checkpoint_projections(
     manifests: dict,
     roles: list[str],
@@ -197,6 +228,19 @@ def trait_pairs(
         [n for _, n, _ in use],
         {"pairs": len(pairs), "kept": len(good), "fallback": fallback},
     )
+
+
+def vector_issues(separation: dict, pair_stats: dict) -> list[str]:
+    """Why a persona vector should not be trusted: the judge cannot tell its positive answers from its
+    negative ones, or too few pairs passed the filter so every pair was used."""
+    issues = []
+    if not separation["separates"]:
+        issues.append(
+            f"positive answers do not score above negative ones ({separation['pos_trait']} vs {separation['neg_trait']})"
+        )
+    if pair_stats.get("fallback"):
+        issues.append(f"filter kept {pair_stats['kept']}/{pair_stats['pairs']} pairs; fell back to all pairs")
+    return issues
 
 
 def save_tensors(path, tensors: dict[str, torch.Tensor]) -> None:

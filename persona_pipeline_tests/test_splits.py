@@ -101,7 +101,7 @@ def test_rl_prompts_hold_out_the_same_conversations_as_sft(convs, pairs):
 
 
 def test_human_eval_contexts_come_only_from_untrained_sessions(convs, pairs):
-    from persona_pipeline.defs.assets.human import _contexts
+    from persona_pipeline.human_eval import heldout_contexts as _contexts
 
     _, _, mixture = build_mixture(pairs, [], SftSettings(eval_fraction=0.1))
     trained = set(mixture["split"]["train_sessions"])

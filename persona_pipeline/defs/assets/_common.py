@@ -6,7 +6,7 @@ import dagster as dg
 
 from persona_pipeline.defs.executors import gpu_tags
 from persona_pipeline.plots import markdown_image, save_png
-from persona_pipeline.settings import data_root, home
+from persona_pipeline.settings import data_root, home, profile
 
 
 def _stems(folder: str, skip: tuple[str, ...] = ()) -> list[str]:
@@ -38,6 +38,18 @@ SINGLE_RUN = dg.BackfillPolicy.single_run()
 
 # Model steps: the `gpu` concurrency pool (dagster.yaml) and, under dagster-k8s, a GPU pod.
 GPU = {"pool": "gpu", "op_tags": gpu_tags()}
+
+
+def pick(value, name: str):
+    """A run-config value, or — where it is None — the active profile's ``name``."""
+    return value if value is not None else getattr(profile(), name)
+
+
+STEERING_INS = {
+    "steering_sweep": dg.AssetIn(partition_mapping=ALL),
+    "persona_vectors": dg.AssetIn(partition_mapping=ALL),
+    "cmaes_steering": dg.AssetIn(partition_mapping=ALL),
+}
 
 
 def md_table(rows: list[dict], limit: int = 30) -> dg.MetadataValue:

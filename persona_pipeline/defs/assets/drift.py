@@ -13,6 +13,7 @@ from persona_pipeline import vectors as vec
 from persona_pipeline.activations import Item, extract
 from persona_pipeline.defs.assets._common import ALL, md_table, png_meta
 from persona_pipeline.defs.assets.evaluation import GROUP
+from persona_pipeline.dialogue_drift import projection_slope
 from persona_pipeline.plots import line_plot
 from persona_pipeline.prompts import simulator_prompt
 from persona_pipeline.simulator import definitions
@@ -87,7 +88,7 @@ def _drift_meta(rows: list[dict]) -> dict:
         {
             "method": m,
             "persona": p,
-            "axis_slope_per_turn": _slope(per[(m, p)]),
+            "axis_slope_per_turn": projection_slope(per[(m, p)]),
             "spearman_axis_vs_adherence": _round(
                 agreement([r["axis_projection"] for r in per[(m, p)]], [r["adherence"] for r in per[(m, p)]])[
                     "spearman"
@@ -121,11 +122,6 @@ def _drift_meta(rows: list[dict]) -> dict:
             "drift_plot",
         ),
     }
-
-
-def _slope(rows: list[dict]) -> float | None:
-    pts = [(r["turn"], r["axis_projection"]) for r in rows]
-    return round(float(np.polyfit(*zip(*pts), 1)[0]), 4) if len({t for t, _ in pts}) > 1 else None
 
 
 def _round(x, nd: int = 3):

@@ -1,91 +1,33 @@
 """Evaluation group: judged test dialogues per method, survey replication, the leaderboard,
 the HTML report, and the human-evaluation page whose ratings flow back in."""
 
-import hashlib
 import json
-from pathlib import Path
 
 import dagster as dg
-import torch
 
 from persona_pipeline import eval_judges as ej
 from persona_pipeline import stats
-from persona_pipeline import steer_search as ss
-from persona_pipeline import vectors as vec
 from persona_pipeline.contracts import PersonaSpec, Survey, Topic
-from persona_pipeline.defs.assets._common import ALL, GPU, md_table, png_meta
-from persona_pipeline.defs.assets.steering import _policy
+from persona_pipeline.defs.assets._common import GPU, STEERING_INS, md_table, png_meta
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.dialogue_drift import consistency_drift
-from persona_pipeline.eval_dialogues import Contestant, endings, persona_turns, run_dialogues
+from persona_pipeline.eval_dialogues import endings, persona_turns, run_dialogues
+from persona_pipeline.eval_methods import (
+    METHODS,
+    contestants,
+    evaluated_personas,
+    file_version,
+    gold_lines,
+    optimised_on,
+    turn_row,
+)
 from persona_pipeline.judging import choose
-from persona_pipeline.leaderboard import CLASSIFIERS, EVALUATORS
-from persona_pipeline.prompts import neutral_user_chat, simulator_prompt, teacher_chat
-from persona_pipeline.quality import PERSONA_BREAK, text_safety_flags
+from persona_pipeline.leaderboard import CLASSIFIERS, brief
+from persona_pipeline.policy import checkpoint_backends, policy_backend
 from persona_pipeline.settings import profile
 from persona_pipeline.simulate import plan_dialogues
-from persona_pipeline.simulator import definitions
 
 GROUP = "evaluation"
-METHODS = ("prompt", "sft", "rl", "steering", "cmaes")
-
-
-def file_version(path: str | Path) -> str:
-    """Short content hash of an artifact (adapter weights, vectors): what exactly was scored."""
-    p = Path(path)
-    target = p / "adapter_model.safetensors" if p.is_dir() else p
-    if not target.exists():
-        return "missing"
-    return hashlib.sha256(target.read_bytes()).hexdigest()[:12]
-
-
-def _steering_vector(pid: str, cmaes: dict, sweep_rows: list[dict], persona_vectors: dict) -> tuple[torch.Tensor, int]:
-    """The single trait most weighted for this persona, at its sweep's best (layer, coef), signed by the weight."""
-    weights = cmaes[pid]["weights"]
-    trait = max(weights, key=lambda t: abs(weights[t]))
-    summary = ss.summarise_sweep([r for r in sweep_rows if r["trait"] == trait])
-    best = ss.best_point(summary) or min(
-        (s for s in summary if s["rel_coef"] > 0), key=lambda s: (s["rel_coef"], s["layer"])
-    )
-    v = persona_vectors[trait]
-    i = v["layers"].index(best["layer"])
-    unit = vec.load_tensors(v["path"])["mean_diff_response_avg"][i]
-    sign = 1.0 if weights[trait] >= 0 else -1.0
-    return sign * best["rel_coef"] * v["layer_norms"][i] * unit / unit.norm(), best["layer"]
-
-
-def evaluated_personas(ids) -> list[str]:
-    """Every persona, or — where the profile caps ``eval_personas`` (the 2-core demo) — a fixed,
-    seeded spread of them, so held-out dialogues stay affordable and the choice is reproducible."""
-    ids, n = sorted(ids), profile().eval_personas
-    return ids if not n or n >= len(ids) else sorted(ss.seeded_sample(ids, n, "eval-personas"))
-
-
-def contestants(
-    persona_specs: list[dict], cmaes: dict, sweep_rows: list[dict], persona_vectors: dict, methods: list[str]
-) -> list[Contestant]:
-    """Every (method, persona): which model speaks, with which prompt and steering."""
-    specs = {s["id"]: PersonaSpec(**s) for s in persona_specs}
-    defs = definitions(persona_specs)
-    out = []
-    for pid in evaluated_personas(specs):
-        sim = lambda topic, turns, pid=pid: simulator_prompt(pid, defs[pid], turns, topic=topic)
-        neutral = lambda topic, turns: neutral_user_chat(topic, turns)
-        made = {
-            "prompt": lambda pid=pid: Contestant(
-                "prompt", pid, "base", lambda t, h, s=specs[pid]: teacher_chat(s, t, h)
-            ),
-            "sft": lambda pid=pid, sim=sim: Contestant("sft", pid, "sft", sim),
-            "rl": lambda pid=pid, sim=sim: Contestant("rl", pid, "rl", sim),
-            "steering": lambda pid=pid, neutral=neutral: Contestant(
-                "steering", pid, "base", neutral, *_steering_vector(pid, cmaes, sweep_rows, persona_vectors)
-            ),
-            "cmaes": lambda pid=pid, neutral=neutral: Contestant(
-                "cmaes", pid, "base", neutral, vec.load_tensors(cmaes[pid]["path"])["vector"], cmaes[pid]["layer"]
-            ),
-        }
-        out += [made[m]() for m in methods if pid in cmaes or m in ("prompt", "sft", "rl")]
-    return out
 
 
 class JudgeScoresConfig(dg.Config):
@@ -100,45 +42,11 @@ class JudgeScoresConfig(dg.Config):
     seed: int = 0
 
 
-def gold_lines(persona_specs: list[dict], conversations: list[dict], sft_adapter: dict) -> dict[str, list[str]]:
-    """What the persona-id classifiers learn from: each persona's spec example lines plus its own lines in
-    the conversations SFT held out (whole sessions, as the adapter's recorded split says) — never a line
-    any evaluated method generated, never a line an adapter trained on."""
-    from persona_pipeline.contracts import Conversation
-    from persona_pipeline.splits import base_key, heldout_conversations
-
-    convs = [Conversation(**c) for c in conversations]
-    held_sessions = set((sft_adapter.get("split") or {}).get("heldout_sessions") or [])
-    held = (
-        {c.id for c in convs if base_key(c.id) in held_sessions} if held_sessions else heldout_conversations(convs, 0.1)
-    )
-    out = {s["id"]: list(PersonaSpec(**s).example_lines) for s in persona_specs}
-    for pid in out:
-        out[pid] += ej.persona_lines([c for c in convs if c.id in held], pid)
-    return out
-
-
-def optimised_on(judge: ModelResource, persona_specs: list[dict], rl_adapter: dict, cmaes: dict) -> dict:
-    """method → the judge signal it was optimised against (None: not optimised against any judge)."""
-    cma = {v.get("judge_signal") for v in cmaes.values()} - {None}
-    return {
-        "prompt": None,
-        "sft": None,  # next-token loss on gold lines, no judge
-        "rl": rl_adapter.get("judge_signal") or choose.optimised_signal("reward", judge, persona_specs),
-        "steering": choose.optimised_signal("filter", judge, persona_specs),  # sweep point picked by the trait judge
-        "cmaes": cma.pop() if len(cma) == 1 else choose.optimised_signal("search_fitness", judge, persona_specs),
-    }
-
-
 @dg.asset(
     group_name=GROUP,
     kinds={"pytorch", "parquet"},
     **GPU,
-    ins={
-        "steering_sweep": dg.AssetIn(partition_mapping=ALL),
-        "persona_vectors": dg.AssetIn(partition_mapping=ALL),
-        "cmaes_steering": dg.AssetIn(partition_mapping=ALL),
-    },
+    ins=STEERING_INS,
     description="≥10-turn held-out dialogues per persona × method (prompt-only, SFT, RL, best steering, CMA-ES), "
     "every persona turn judged; adherence by turn index and its slope; judge agreement.",
 )
@@ -167,11 +75,7 @@ def judge_scores(
         pid: [d.topic for d in plan_dialogues(s, all_topics, config.topics or p.eval_topics, config.seed, "heldout")]
         for pid, s in specs.items()
     }
-    backends = {
-        "base": _policy(base_model),
-        "sft": _policy(base_model, sft_adapter["path"]),
-        "rl": _policy(base_model, rl_adapter["path"]),
-    }
+    backends = checkpoint_backends(base_model, sft_adapter, rl_adapter)
     convs = run_dialogues(
         contestants(persona_specs, cmaes_steering, steering_sweep, persona_vectors, config.methods),
         held,
@@ -211,7 +115,7 @@ def judge_scores(
     topic = {c.id: c.topic for c in convs}
     provenance = {"optimised_on": optimised, "circular": circular, "signals": signals, "personas": len(gold)}
     rows = [
-        _row(t, {name: v[i] for name, v in verdicts.items()}, versions, topic[t["conversation_id"]], provenance)
+        turn_row(t, {name: v[i] for name, v in verdicts.items()}, versions, topic[t["conversation_id"]], provenance)
         for i, t in enumerate(turns)
     ]
     classifiers = [
@@ -241,49 +145,6 @@ def judge_scores(
         }
     )
     return rows
-
-
-def _row(turn: dict, verdicts: dict, versions: dict, topic: str, provenance: dict) -> dict:
-    """One judged persona turn. Every evaluator has its own ``eval_<name>`` column (0–1; None where it
-    did not run or failed) and the classifiers a ``top1_<name>`` (predicted persona == true persona).
-    ``dialogue`` (persona × topic) is the same for every method: the unit the leaderboard pairs and
-    resamples. ``adherence`` is the primary judge's (the seed's JSON judge with an endpoint, else the
-    voice score) for the drift curves; ``circular_evaluators`` names the evaluators that share the
-    signal this method was optimised against."""
-    main = verdicts.get("persona_judge")
-    primary = main if main is not None else verdicts["voice"]
-    version = versions["base"] if turn["method"] in ("prompt", "steering", "cmaes") else versions[turn["method"]]
-    top1 = lambda name: (
-        None
-        if verdicts[name].predicted_persona is None
-        else float(verdicts[name].predicted_persona == turn["persona_id"])
-    )
-    return {
-        "persona_id": turn["persona_id"],
-        "method": turn["method"],
-        "conversation_id": turn["conversation_id"],
-        "topic": topic,
-        "dialogue": f"{turn['persona_id']}|{topic}",
-        "turn": turn["turn"],
-        "line": turn["line"],
-        "history": json.dumps(turn["history"]),
-        "adherence": primary.adherence,
-        "primary_judge": primary.judge,
-        **{f"eval_{n}": verdicts[n].adherence if n in verdicts else None for n in EVALUATORS},
-        **{f"top1_{n}": top1(n) for n in CLASSIFIERS},
-        "persona_id_classes": provenance["personas"],
-        "optimised_on": provenance["optimised_on"][turn["method"]],
-        "circular_evaluators": ", ".join(provenance["circular"][turn["method"]]),
-        "consistency": main.consistency if main else None,
-        "quality": main.quality if main else None,
-        "safety_pass": (main.safety_pass if main and main.ok else not text_safety_flags(turn["line"])),
-        "persona_break": bool(PERSONA_BREAK.search(turn["line"])),
-        "reasoning": main.reasoning if main else "",
-        "judge_ok": all(v.ok for v in verdicts.values()),
-        "judge_errors": "; ".join(f"{k}: {v.error}" for k, v in verdicts.items() if not v.ok),
-        "model_version": version,
-        "judge": versions["judge"],
-    }
 
 
 def _judge_meta(rows: list[dict], verdicts: dict, tolerance: float) -> dict:
@@ -364,9 +225,9 @@ def survey_replication(
 
     encoder = minilm_encoder()
     runs = {
-        "sft": (_policy(base_model, sft_adapter["path"]), "trained"),
-        "rl": (_policy(base_model, rl_adapter["path"]), "trained"),
-        "prompt": (_policy(base_model), "baseline"),
+        "sft": (policy_backend(base_model, sft_adapter["path"]), "trained"),
+        "rl": (policy_backend(base_model, rl_adapter["path"]), "trained"),
+        "prompt": (policy_backend(base_model), "baseline"),
     }
     out, table = {}, []
     for sid, raw in surveys.items():
@@ -445,24 +306,8 @@ def leaderboard(
             ),
             "evaluator_rank_agreement": md_table(lb.method_rank_agreement(overall)),
             "min_dialogues_for_significance": config.min_dialogues,
-            "overall": md_table([_brief(r) for r in overall]),
-            "per_persona": md_table([_brief(r) for r in per_persona], limit=60),
+            "overall": md_table([brief(r) for r in overall]),
+            "per_persona": md_table([brief(r) for r in per_persona], limit=60),
         }
     )
     return rows
-
-
-def _brief(r: dict) -> dict:
-    ci = lambda m: f"{_r(r.get(m + '_mean'), 3)} [{_r(r.get(m + '_ci_low'), 3)}, {_r(r.get(m + '_ci_high'), 3)}]"
-    return {
-        "persona": r["persona_id"],
-        "method": r["method"],
-        "adherence (95% CI)": ci("adherence"),
-        "Δ vs prompt": _r(r.get("adherence_diff"), 3),
-        "p (Holm)": _r(r.get("adherence_p_holm"), 3),
-        "verdict": r.get("adherence_verdict"),
-        "breaks": _r(r.get("persona_break_mean"), 3),
-        "n turns": r.get("adherence_n"),
-        "n dialogues": r.get("adherence_n_units"),
-        "circular evaluators": r.get("circular_evaluators") or None,
-    }

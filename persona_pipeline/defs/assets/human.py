@@ -6,17 +6,15 @@ import math
 
 import dagster as dg
 
-from persona_pipeline import eval_judges as ej
 from persona_pipeline import human_eval as he
 from persona_pipeline import human_ratings as hr
 from persona_pipeline import stats
-from persona_pipeline.contracts import Conversation
-from persona_pipeline.defs.assets._common import ALL, GPU, md_table
-from persona_pipeline.defs.assets.evaluation import GROUP, METHODS, contestants
-from persona_pipeline.defs.assets.steering import _policy
+from persona_pipeline.defs.assets._common import GPU, STEERING_INS, md_table
+from persona_pipeline.defs.assets.evaluation import GROUP
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.eval_dialogues import next_lines
-from persona_pipeline.judging import choose
+from persona_pipeline.eval_methods import METHODS, contestants
+from persona_pipeline.policy import checkpoint_backends
 from persona_pipeline.settings import home, profile, ratings_dir
 from persona_pipeline.splits import base_key
 
@@ -28,38 +26,11 @@ class HumanEvalConfig(dg.Config):
     seed: int = 0
 
 
-def _contexts(hitl: list[dict], per_persona: int, trained_sessions: set[str]) -> list[dict]:
-    """Contexts with a human gold line: persona turns (after the opening) of the first path of each HITL
-    session the adapters never trained on (``trained_sessions`` comes from the split sft_adapter recorded)."""
-    out, taken = [], {}
-    for raw in hitl:
-        c = Conversation(**raw)
-        if c.metadata.path != 0 or base_key(c.id) in trained_sessions:
-            continue
-        for i in c.persona_turn_indices():
-            if i >= 2 and taken.get(c.persona_id, 0) < per_persona:
-                taken[c.persona_id] = taken.get(c.persona_id, 0) + 1
-                out.append(
-                    {
-                        "id": f"{c.id}@{i}",
-                        "persona_id": c.persona_id,
-                        "topic": c.topic,
-                        "history": [{"role": t.role, "content": t.content} for t in c.turns[:i]],
-                        "reference": c.turns[i].content,
-                    }
-                )
-    return out
-
-
 @dg.asset(
     group_name=GROUP,
     kinds={"html"},
     **GPU,
-    ins={
-        "steering_sweep": dg.AssetIn(partition_mapping=ALL),
-        "persona_vectors": dg.AssetIn(partition_mapping=ALL),
-        "cmaes_steering": dg.AssetIn(partition_mapping=ALL),
-    },
+    ins=STEERING_INS,
     description="A blind rating page: HITL history + the human's own line + every method's line under shuffled "
     "labels, 1–5 each. `persona-pipeline rate` serves it and saves submissions for `human_ratings`.",
 )
@@ -77,13 +48,9 @@ def human_eval_page(
     judge: ModelResource,
 ) -> dict:
     trained = set(sft_adapter["split"]["train_sessions"])
-    ctx = _contexts(hitl_conversations, config.items_per_persona or profile().human_eval_items, trained)
+    ctx = he.heldout_contexts(hitl_conversations, config.items_per_persona or profile().human_eval_items, trained)
     racers = contestants(persona_specs, cmaes_steering, steering_sweep, persona_vectors, config.methods)
-    backends = {
-        "base": _policy(base_model),
-        "sft": _policy(base_model, sft_adapter["path"]),
-        "rl": _policy(base_model, rl_adapter["path"]),
-    }
+    backends = checkpoint_backends(base_model, sft_adapter, rl_adapter)
     lines = next_lines(racers, ctx, backends, config.max_new_tokens or profile().eval_persona_tokens, config.seed)
     items = [
         he.EvalItem(
@@ -98,7 +65,7 @@ def human_eval_page(
     ]
     page_dir = home() / "human_eval"
     key = he.write_page(page_dir, items, config.seed)
-    judged = _judge_candidates(items, persona_specs, judge)
+    judged = he.judge_candidates(items, persona_specs, judge)
     context.add_output_metadata(
         {
             "items": len(items),
@@ -117,24 +84,6 @@ def human_eval_page(
         "judge": judged,
         "items": [it.model_dump() for it in items],
     }
-
-
-def _judge_candidates(items: list, persona_specs: list[dict], judge: ModelResource) -> dict:
-    """The judge's adherence for every candidate line, so human ratings can be compared with it."""
-    flat = [
-        ej.EvalItem(
-            id=f"{it.id}|{m}",
-            persona_id=it.persona_id,
-            history=[h.model_dump() for h in it.history],
-            candidate=line,
-            method=m,
-        )
-        for it in items
-        for m, line in it.candidates.items()
-    ]
-    primary = choose.primary_evaluator(judge, persona_specs)
-    scores = primary(flat)
-    return {s.item_id: s.adherence for s in scores}
 
 
 class HumanRatingsConfig(dg.Config):

@@ -5,24 +5,37 @@ from pathlib import Path
 
 import dagster as dg
 
-from persona_pipeline.backends import BackendSpec, SamplingParams, make_backend
 from persona_pipeline.contracts import Conversation
 from persona_pipeline.defs.assets._common import GPU, md_table, persona_judge
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.general_chat import load_general_chat, training_rows
 from persona_pipeline.modelio import EMBEDDED, convert_embedded, cuda_available, default_base_dir, resolve_quantize
 from persona_pipeline.plots import line_plot, markdown_image, save_png
+from persona_pipeline.policy import policy_backend
 from persona_pipeline.rl_rollouts import RolloutSettings, make_rollout_func, rollout_seeds
 from persona_pipeline.settings import data_root, home, profile
 from persona_pipeline.simulator import definitions
-from persona_pipeline.train_rl import RlSettings, make_reward, mean_reward, multiturn_rewards, rl_prompts, train_rl
+from persona_pipeline.train_rl import (
+    RlSettings,
+    consistency_claims,
+    make_reward,
+    mean_reward,
+    multiturn_rewards,
+    reward_terms,
+    rl_prompts,
+    term_rows,
+    train_rl,
+)
 from persona_pipeline.train_sft import (
     TARGET_MODULES,
     LoraSettings,
-    PreventiveSteer,
     SftSettings,
     build_mixture,
-    train_sft,
+    log_curve,
+    preventive_steer,
+    retention_check,
+    retention_rows,
+    train_sft_processes,
 )
 
 GROUP = "models"
@@ -79,11 +92,6 @@ def _png_meta(png: bytes, path: Path, alt: str) -> dict:
     return {alt: dg.MetadataValue.md(markdown_image(png, alt)), f"{alt}_png": dg.MetadataValue.path(str(path))}
 
 
-def _curve(history: list[dict], key: str) -> tuple[list[float], list[float]]:
-    pts = [(h["step"], h[key]) for h in history if key in h and "step" in h]
-    return [p[0] for p in pts], [float(p[1]) for p in pts]
-
-
 class SftConfig(dg.Config):
     """LoRA hyperparameters as in the seed (r 32, α 64, dropout 0.1, all projections); None → profile."""
 
@@ -112,18 +120,9 @@ class SftConfig(dg.Config):
     num_processes: int = 1
 
     def steer(self, n_layers: int):
-        if not self.preventative_vector:
-            return None
-        from persona_pipeline.vectors import resolver
-
-        v = resolver(home(), paths=True)(self.preventative_vector)
-        if v is None:
-            raise ValueError(
-                f"sft_adapter config preventative_vector={self.preventative_vector!r}: no such vector under "
-                f"{home()} (materialise persona_vectors first, or give a .safetensors path)"
-            )
-        layer = self.preventative_layer if self.preventative_layer is not None else n_layers // 2
-        return PreventiveSteer(v[layer] if v.dim() == 2 else v, layer, self.preventative_coef, self.preventative_mode)
+        return preventive_steer(
+            self.preventative_vector, self.preventative_layer, self.preventative_coef, self.preventative_mode, n_layers
+        )
 
     def settings(self) -> SftSettings:
         quant = {"auto": "nf4" if cuda_available() else None, "nf4": "nf4", "none": None}
@@ -144,16 +143,6 @@ class SftConfig(dg.Config):
             quantize=quant[self.quantize],
             seed=self.seed,
         )
-
-
-def retention_rows(base_path: str, questions: list[str], n: int) -> list[dict]:
-    """The base model's own answers to general questions: the "stay a normal assistant" set."""
-    backend = make_backend(BackendSpec(model=base_path), home())
-    chats = [[{"role": "user", "content": q}] for q in questions[:n]]
-    answers = backend.complete(chats, SamplingParams(max_new_tokens=64, temperature=0))
-    return [
-        {"prompt": c, "completion": [{"role": "assistant", "content": a}]} for c, a in zip(chats, answers) if a.strip()
-    ]
 
 
 @dg.asset(
@@ -179,8 +168,8 @@ def sft_adapter(
         "data_version": _data_version(context, "sft_pairs"),
         "personas": sorted({p["persona_id"] for p in sft_pairs}),
     }
-    r = _train(config, base_model["path"], train, eval_rows, s, out, card)
-    png = line_plot({"train loss": _curve(r.log_history, "loss")}, "SFT loss", "step", "loss")
+    r = train_sft_processes(base_model["path"], train, eval_rows, s, out, card, config.num_processes)
+    png = line_plot({"train loss": log_curve(r.log_history, "loss")}, "SFT loss", "step", "loss")
     kept = retention_check(base_model["path"], str(out), general, profile().check_prompts)
     context.add_output_metadata(
         {
@@ -194,7 +183,7 @@ def sft_adapter(
             "heldout_sessions": len(split["heldout_sessions"]),
             "heldout_pairs": len(split["heldout_ids"]),
             "mixture": md_table([{"source": k, **v} for k, v in mixture["sources"].items()]),
-            "loss_points": len(_curve(r.log_history, "loss")[0]),
+            "loss_points": len(log_curve(r.log_history, "loss")[0]),
             "general_chat_retention": dg.MetadataValue.json(kept),
             **_png_meta(png, out.parent / "sft_loss.png", "loss_curve"),
         }
@@ -209,48 +198,6 @@ def sft_adapter(
         "split": split,
         "general_chat_retention": kept,
     }
-
-
-def retention_check(base: str, adapter: str, general: list, n: int) -> dict:
-    """Held-out general prompts, no persona: base vs adapter answers, similarity to the written answer."""
-    from persona_pipeline.general_chat import retention
-
-    return retention(_policy({"path": base}, None), _policy({"path": base}, adapter), general, n)
-
-
-def _train(config: SftConfig, base: str, train: list, eval_rows: list, s: SftSettings, out: Path, card: dict):
-    """In this process, or — with ``num_processes`` > 1 — data-parallel under ``accelerate launch``."""
-    if config.num_processes <= 1:
-        return train_sft(base, train, eval_rows, s, out, card)
-    import json
-    import subprocess
-    import sys
-
-    from persona_pipeline.train_sft import TrainResult, write_job
-
-    job = out.parent / f"{out.name}.job.json"
-    write_job(job, base, train, eval_rows, s, out, card)
-    accelerate = Path(sys.executable).parent / "accelerate"
-    config_file = os.environ.get(
-        "PERSONA_PIPELINE_ACCELERATE_CONFIG", Path(__file__).resolve().parents[2] / "deploy" / "accelerate.yaml"
-    )
-    subprocess.run(
-        [
-            str(accelerate),
-            "launch",
-            "--config_file",
-            str(config_file),
-            "--num_processes",
-            str(config.num_processes),
-            "-m",
-            "persona_pipeline.cli",
-            "train-sft",
-            "--job",
-            str(job),
-        ],
-        check=True,
-    )
-    return TrainResult(**json.loads((out.parent / f"{out.name}.result.json").read_text()))
 
 
 def _data_version(context: dg.AssetExecutionContext, asset: str) -> str:
@@ -353,12 +300,14 @@ def rl_adapter(
             card,
         )
     before = mean_reward(
-        _policy(base_model, sft_adapter["path"]), heldout, judge_backend, s.judge_method, s.max_completion_length
+        policy_backend(base_model, sft_adapter["path"]), heldout, judge_backend, s.judge_method, s.max_completion_length
     )
-    after = mean_reward(_policy(base_model, str(out)), heldout, judge_backend, s.judge_method, s.max_completion_length)
-    terms = {k.split("/")[1]: _curve(r.log_history, k) for k in _reward_terms(r.log_history)}
-    curves = line_plot({"reward": _curve(r.log_history, "reward"), **terms}, "GRPO reward", "step", "mean reward")
-    kl = line_plot({"KL": _curve(r.log_history, "kl")}, "KL to the SFT policy", "step", "KL")
+    after = mean_reward(
+        policy_backend(base_model, str(out)), heldout, judge_backend, s.judge_method, s.max_completion_length
+    )
+    terms = {k.split("/")[1]: log_curve(r.log_history, k) for k in reward_terms(r.log_history)}
+    curves = line_plot({"reward": log_curve(r.log_history, "reward"), **terms}, "GRPO reward", "step", "mean reward")
+    kl = line_plot({"KL": log_curve(r.log_history, "kl")}, "KL to the SFT policy", "step", "KL")
     context.add_output_metadata(
         {
             "path": dg.MetadataValue.path(str(out)),
@@ -370,12 +319,12 @@ def rl_adapter(
             "judge_method": method,
             "mode": f"multi-turn on-policy, K={config.turns or p.rl_turns}" if s.multiturn else "single-turn",
             "train_prompts": len(train),
-            "steps_logged": len(_curve(r.log_history, "kl")[0]),
+            "steps_logged": len(log_curve(r.log_history, "kl")[0]),
             "zero_variance_group_share": round(r.zero_std_share, 3),
             "num_generations": s.num_generations,
             "temperature": s.temperature,
-            "final_kl": round(_curve(r.log_history, "kl")[1][-1], 6) if _curve(r.log_history, "kl")[1] else None,
-            "reward_terms": md_table(_term_rows(r.log_history)),
+            "final_kl": round(log_curve(r.log_history, "kl")[1][-1], 6) if log_curve(r.log_history, "kl")[1] else None,
+            "reward_terms": md_table(term_rows(r.log_history)),
             **_png_meta(curves, out.parent / "rl_reward.png", "reward_curve"),
             **_png_meta(kl, out.parent / "rl_kl.png", "kl_curve"),
         }
@@ -391,39 +340,5 @@ def rl_adapter(
         "zero_variance_group_share": r.zero_std_share,
         "num_generations": s.num_generations,
         "temperature": s.temperature,
-        "reward_terms": [k.split("/")[1] for k in _reward_terms(r.log_history)],
+        "reward_terms": [k.split("/")[1] for k in reward_terms(r.log_history)],
     }
-
-
-def _reward_terms(history: list[dict]) -> list[str]:
-    return sorted({k for h in history for k in h if k.startswith("rewards/") and k.endswith("/mean")})
-
-
-def _term_rows(history: list[dict]) -> list[dict]:
-    """Per reward term: first and last logged step mean, and the mean within-group std (0: no signal)."""
-    rows = []
-    for key in _reward_terms(history):
-        name, (_, ys) = key.split("/")[1], _curve(history, key)
-        _, std = _curve(history, key.replace("/mean", "/std"))
-        rows.append(
-            {
-                "term": name,
-                "first": round(ys[0], 4),
-                "last": round(ys[-1], 4),
-                "std": round(sum(std) / max(1, len(std)), 4),
-            }
-        )
-    return rows
-
-
-def consistency_claims(persona_specs: list[dict], full: dict[str, str]) -> dict[str, list[str]]:
-    """The spec claims prompt-to-line consistency compares with (survey people: their definition's lines)."""
-    from persona_pipeline.consistency import spec_sentences
-    from persona_pipeline.contracts import PersonaSpec
-
-    claims = {pid: [x for x in text.splitlines() if x.strip()] for pid, text in full.items()}
-    return claims | {s["id"]: spec_sentences(PersonaSpec(**s)) for s in persona_specs}
-
-
-def _policy(base_model: dict, adapter: str):
-    return make_backend(BackendSpec(model=base_model["path"], adapter=adapter), home())

@@ -5,7 +5,8 @@ import json
 import dagster as dg
 
 from persona_pipeline.defs.assets._common import ALL, md_table
-from persona_pipeline.defs.assets.evaluation import GROUP, _brief
+from persona_pipeline.defs.assets.evaluation import GROUP
+from persona_pipeline.leaderboard import brief
 from persona_pipeline.report import Report
 from persona_pipeline.settings import home
 
@@ -45,7 +46,7 @@ def eval_report(
     from persona_pipeline import leaderboard as lb
 
     board = [x for x in leaderboard if x["persona_id"] == "ALL"]
-    overall = [_brief(x) for x in board]
+    overall = [brief(x) for x in board]
     classes = judge_scores[0].get("persona_id_classes") if judge_scores else None
     r.section(
         "Leaderboard by evaluator",
@@ -63,9 +64,7 @@ def eval_report(
         "bootstrap 95 % CI over dialogues; Δ and p are against prompt-only (Holm-corrected).",
     )
     r.table(overall, highlight_best={"breaks": "min"})
-    r.section("Per persona").table(
-        [_brief(x) for x in leaderboard if x["persona_id"] != "ALL" and x.get("adherence_n")]
-    )
+    r.section("Per persona").table([brief(x) for x in leaderboard if x["persona_id"] != "ALL" and x.get("adherence_n")])
     r.section("Survey replication", "Held-out items of the surveyed person; fidelity as in the survey guide.")
     r.table(
         [

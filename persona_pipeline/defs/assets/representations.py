@@ -7,7 +7,7 @@ import torch
 from persona_pipeline import activations as act
 from persona_pipeline import transcripts as tr
 from persona_pipeline import vectors as vec
-from persona_pipeline.backends import BackendSpec, SamplingParams, make_backend
+from persona_pipeline.backends import SamplingParams
 from persona_pipeline.contracts import RoleSet, Trait
 from persona_pipeline.defs.assets._common import (
     ALL,
@@ -16,23 +16,20 @@ from persona_pipeline.defs.assets._common import (
     checkpoint_partitions,
     extra_checkpoints,
     md_table,
+    pick,
     png_meta,
     role_partitions,
     trait_partitions,
 )
 from persona_pipeline.defs.resources import ModelResource
-from persona_pipeline.judging import JudgeItem, choose
-from persona_pipeline.judging.base import values
+from persona_pipeline.judging import choose
 from persona_pipeline.judging.roles import score_roles
-from persona_pipeline.loaders import load_coherence_prompt
 from persona_pipeline.plots import bar_plot, heatmap, line_plot, scatter_plot
-from persona_pipeline.settings import data_root, home, profile
+from persona_pipeline.policy import policy_backend
+from persona_pipeline.settings import home
+from persona_pipeline.transcripts import mean_score, score_answers, trait_separation
 
 GROUP = "representations"
-
-
-def _pick(value, name: str):
-    return value if value is not None else getattr(profile(), name)
 
 
 class TranscriptConfig(dg.Config):
@@ -48,12 +45,11 @@ class TranscriptConfig(dg.Config):
     seed: int = 0
 
 
-def _generator(base_model: dict):
-    return make_backend(BackendSpec(model=base_model["path"]), home())
-
-
-def _progress(context, what: str):
-    return lambda done, total: context.log.info(f"{what}: {done}/{total} generated")
+def _generate(context, asset: str, what: str, rows: list, params: SamplingParams, base_model: dict, key, **kw) -> list:
+    """Every row's ``response`` from the policy base, resumable from ``work/<asset>`` (see ``transcripts``)."""
+    work = tr.ResumableRows(home() / "work" / asset, tr.fingerprint(rows, params, base_model["path"]), key)
+    progress = lambda done, total: context.log.info(f"{what}: {done}/{total} generated")
+    return tr.generate_rows(policy_backend(base_model), rows, params, work, on_chunk=progress, **kw)
 
 
 @dg.asset(
@@ -73,20 +69,17 @@ def role_transcripts(
 ) -> dict:
     roles = {r.role: r for r in RoleSet(**role_specs).roles}
     sizes = [
-        _pick(config.system_prompts, "role_system_prompts"),
-        _pick(config.questions, "role_questions"),
-        _pick(config.rollouts, "role_rollouts"),
+        pick(config.system_prompts, "role_system_prompts"),
+        pick(config.questions, "role_questions"),
+        pick(config.rollouts, "role_rollouts"),
     ]
     rows = [row for key in context.partition_keys for row in tr.role_rows(roles[key], role_specs["questions"], *sizes)]
     params = SamplingParams(
-        max_new_tokens=_pick(config.max_new_tokens, "role_max_new_tokens"),
+        max_new_tokens=pick(config.max_new_tokens, "role_max_new_tokens"),
         temperature=config.temperature,
         seed=config.seed,
     )
-    work = tr.ResumableRows(
-        home() / "work" / "role_transcripts", tr.fingerprint(rows, params, base_model["path"]), tr.ROLE_KEY
-    )
-    rows = tr.generate_rows(_generator(base_model), rows, params, work, config.chunk, _progress(context, "rollouts"))
+    rows = _generate(context, "role_transcripts", "rollouts", rows, params, base_model, tr.ROLE_KEY, chunk=config.chunk)
     method = choose.role_method(judge, config.judge_method)
     backend = judge.backend() if method == "logprob" else None  # the MiniLM role judge needs no model
     for row, score in zip(rows, score_roles(backend, rows, roles, method)):
@@ -102,7 +95,7 @@ def role_transcripts(
                     {
                         "role": k,
                         "rollouts": len(v),
-                        "mean_score": _mean([r["score"] for r in v]),
+                        "mean_score": mean_score([r["score"] for r in v]),
                         "fully_in_role": sum((r["score"] or 0) >= 2.5 for r in v),
                     }
                     for k, v in by_role.items()
@@ -124,11 +117,6 @@ def role_transcripts(
     return by_role
 
 
-def _mean(xs) -> float | None:
-    vals = [x for x in xs if x is not None]
-    return round(sum(vals) / len(vals), 3) if vals else None
-
-
 class TraitResponseConfig(dg.Config):
     instruction_pairs: int | None = None
     questions: int | None = None
@@ -137,21 +125,6 @@ class TraitResponseConfig(dg.Config):
     temperature: float = 0.8
     judge_method: str = "auto"  # auto: embedding judge with a local judge model, logprob judge with an endpoint
     seed: int = 0
-
-
-def score_answers(rows: list[dict], trait: Trait, judge: ModelResource, choice: str, backend) -> str:
-    """Add ``trait_score`` and ``coherence`` (0–100, None where the judge failed) in place; returns
-    the trait judge's method. Both are ``filter`` judges chosen by ``judging.choose``: for the
-    small local judge the trait score is MiniLM similarity to the trait's instructions and
-    coherence the local model's own likelihood of the answer; with an endpoint, the LLM prompts.
-    """
-    items = [JudgeItem("", [{"role": "user", "content": r["question"]}], r["response"]) for r in rows]
-    trait_judge = choose.trait_judge(judge, trait, choice, backend)
-    prompt = None if hasattr(backend, "tok") else load_coherence_prompt(data_root() / "traits")
-    coherence = choose.coherence_judge(backend, prompt)
-    for r, t, c in zip(rows, values(trait_judge.score(items), 0, 100), values(coherence.score(items), 0, 100)):
-        r["trait_score"], r["coherence"] = t, c
-    return choose.method("filter", judge, choice)
 
 
 @dg.asset(
@@ -171,20 +144,17 @@ def trait_responses(
 ) -> dict:
     traits = {t["trait"]: Trait(**t) for t in trait_specs}
     sizes = [
-        _pick(config.instruction_pairs, "trait_instruction_pairs"),
-        _pick(config.questions, "trait_questions"),
-        _pick(config.samples, "trait_samples"),
+        pick(config.instruction_pairs, "trait_instruction_pairs"),
+        pick(config.questions, "trait_questions"),
+        pick(config.samples, "trait_samples"),
     ]
     rows = [row for key in context.partition_keys for row in tr.trait_rows(traits[key], *sizes)]
     params = SamplingParams(
-        max_new_tokens=_pick(config.max_new_tokens, "trait_max_new_tokens"),
+        max_new_tokens=pick(config.max_new_tokens, "trait_max_new_tokens"),
         temperature=config.temperature,
         seed=config.seed,
     )
-    work = tr.ResumableRows(
-        home() / "work" / "trait_responses", tr.fingerprint(rows, params, base_model["path"]), tr.TRAIT_KEY
-    )
-    rows = tr.generate_rows(_generator(base_model), rows, params, work, on_chunk=_progress(context, "answers"))
+    rows = _generate(context, "trait_responses", "answers", rows, params, base_model, tr.TRAIT_KEY)
     judge_backend, method = judge.backend(), "n/a"
     out = {}
     for key in context.partition_keys:
@@ -210,18 +180,6 @@ def trait_responses(
     return out
 
 
-def trait_separation(rows: list[dict]) -> dict:
-    """Mean trait score of positive vs negative answers; ``separates`` only when positive scores higher."""
-    pos = _mean([r["trait_score"] for r in rows if r["polarity"] == "pos"])
-    neg = _mean([r["trait_score"] for r in rows if r["polarity"] == "neg"])
-    return {
-        "pos_trait": pos,
-        "neg_trait": neg,
-        "coherence": _mean([r["coherence"] for r in rows]),
-        "separates": pos is not None and neg is not None and pos > neg,
-    }
-
-
 class ActivationsConfig(dg.Config):
     layers: str = "all"  # all | middle | comma-separated layer indices
     response_agg: str = "mean"  # mean | last (none keeps every token: use the core API for that)
@@ -233,62 +191,6 @@ def _checkpoint(key: str, base_model: dict, sft_adapter: dict, rl_adapter: dict)
     if key in adapters:
         return base_model["path"], adapters[key]
     return extra_checkpoints()[key], None
-
-
-def _layers(spec: str, n: int) -> list[int]:
-    if spec == "all":
-        return list(range(n))
-    if spec == "middle":
-        return [n // 2]
-    try:
-        layers = [int(x) for x in spec.split(",")]
-    except ValueError:
-        raise ValueError(f"config layers={spec!r}: use all, middle or comma-separated integers") from None
-    if any(not 0 <= x < n for x in layers):
-        raise ValueError(f"config layers={spec!r}: the model has layers 0..{n - 1}")
-    return layers
-
-
-def activation_items(role_rows: list[dict], trait_rows: list[dict]) -> tuple[list[act.Item], list[dict]]:
-    """The same texts for every checkpoint: role rollouts then trait answers, with a joinable index."""
-    items, index = [], []
-    for r in role_rows:
-        items.append(
-            act.Item(
-                [{"role": "system", "content": r["system_prompt"]}, {"role": "user", "content": r["question"]}],
-                r["response"],
-            )
-        )
-        index.append(
-            {
-                "source": "role",
-                "name": r["role"],
-                "polarity": "",
-                "prompt_idx": r["system_prompt_idx"],
-                "question_idx": r["question_idx"],
-                "sample_idx": r["rollout_idx"],
-                "score": r.get("score"),
-            }
-        )
-    for r in trait_rows:
-        items.append(
-            act.Item(
-                [{"role": "system", "content": r["system_prompt"]}, {"role": "user", "content": r["question"]}],
-                r["response"],
-            )
-        )
-        index.append(
-            {
-                "source": "trait",
-                "name": r["trait"],
-                "polarity": r["polarity"],
-                "prompt_idx": r["instruction_idx"],
-                "question_idx": r["question_idx"],
-                "sample_idx": r["sample_idx"],
-                "score": r.get("trait_score"),
-            }
-        )
-    return items, index
 
 
 @dg.asset(
@@ -312,11 +214,11 @@ def activations(
 ) -> dict:
     from persona_pipeline.modelio import load_model
 
-    items, index = activation_items(role_transcripts, trait_responses)
+    items, index = act.activation_items(role_transcripts, trait_responses)
     out = {}
     for key in context.partition_keys:
         model, tok = load_model(*_checkpoint(key, base_model, sft_adapter, rl_adapter))
-        layers = _layers(config.layers, len(act.decoder_layers(model)))
+        layers = act.parse_layers(config.layers, len(act.decoder_layers(model)))
         tensors = act.extract(model, tok, items, layers, config.batch_size, config.response_agg)
         folder = home() / "activations" / key
         act.save(folder, tensors, index)
@@ -351,22 +253,6 @@ def activations(
     return out
 
 
-def _at(manifests: dict, key: str) -> tuple[dict, list[dict], dict]:
-    if key not in manifests:
-        raise ValueError(f"activations[{key}] is not materialised; materialise that checkpoint first")
-    tensors, index = act.load(manifests[key]["path"])
-    return tensors, index, manifests[key]
-
-
-def _position(manifest: dict, layer: int | None) -> tuple[int, int]:
-    """(layer index in the model, position in the stored tensor); default: the middle captured layer."""
-    layers = manifest["layers"]
-    layer = layers[len(layers) // 2] if layer is None else layer
-    if layer not in layers:
-        raise ValueError(f"config layer={layer}: activations hold layers {layers}")
-    return layer, layers.index(layer)
-
-
 class SpaceConfig(dg.Config):
     layer: int | None = None  # default: the middle captured layer
     min_role_score: float = 2.5  # keep fully-expressed rollouts (0–3 judge); roles with none fall back to all
@@ -383,28 +269,17 @@ class SpaceConfig(dg.Config):
 def persona_space(
     context: dg.AssetExecutionContext, config: SpaceConfig, activations: dict, role_transcripts: list[dict]
 ) -> dict:
-    tensors, index, manifest = _at(activations, "base")
-    layer, pos = _position(manifest, config.layer)
-    roles = sorted({r["name"] for r in index if r["source"] == "role"})
-    keep, fallback = vec.role_filter(index, config.min_role_score)
-    means = torch.stack([vec.group_mean(tensors["response_avg"][:, pos], index, "role", r, keep) for r in roles])
-    comps, ratio, mu, sigma = vec.pca(means, config.components)
-    axes = {
-        layer_i: vec.assistant_axis(*vec.default_vs_roles(tensors["response_avg"][:, i], index, roles, keep))
-        for i, layer_i in enumerate(manifest["layers"])
-    }
-    axis = axes[layer]
-    coords = ((means - mu) / sigma) @ comps.T
-    d = roles.index("default")
-    if vec.orient_pc1(comps, coords[d], torch.cat([coords[:d], coords[d + 1 :]])):
-        coords[:, 0] = -coords[:, 0]
-    pc1_cos = float(torch.nn.functional.cosine_similarity(axis / sigma, comps[0], dim=0))
+    tensors, index, manifest = act.checkpoint(activations, "base")
+    layer, pos = act.layer_position(manifest["layers"], config.layer)
+    space = vec.role_space(tensors["response_avg"], index, pos, config.min_role_score, config.components)
+    roles, keep, fallback, coords, pc1_cos = (space[k] for k in ("roles", "keep", "fallback", "coords", "pc1_cos"))
+    comps, ratio, mu, sigma, axis = (space[k] for k in ("pcs", "ratio", "mu", "sigma", "axis"))
     movement = vec.checkpoint_projections(activations, roles, pos, axis, comps, mu, sigma, keep)
     axis_path = home() / "persona_space" / "assistant_axis.safetensors"
     vec.save_tensors(
         axis_path,
         {
-            "axis": torch.stack([axes[layer_i] for layer_i in manifest["layers"]]),
+            "axis": space["axes"],
             "pcs": comps,
             "mu": mu,
             "sigma": sigma,
@@ -472,7 +347,7 @@ class VectorConfig(dg.Config):
 def persona_vectors(
     context: dg.AssetExecutionContext, config: VectorConfig, activations: dict, trait_responses: list[dict]
 ) -> dict:
-    tensors, index, manifest = _at(activations, config.checkpoint)
+    tensors, index, manifest = act.checkpoint(activations, config.checkpoint)
     out, table, files = {}, [], {}
     for key in context.partition_keys:
         pos, neg, stats = vec.trait_pairs(
@@ -493,7 +368,7 @@ def persona_vectors(
         files[key] = found
         norms = [round(float(x), 3) for x in found["mean_diff_response_avg"].norm(dim=-1)]
         sep = trait_separation([r for r in trait_responses if r["trait"] == key])
-        issues = vector_issues(sep, stats)
+        issues = vec.vector_issues(sep, stats)
         out[key] = {
             "trait": key,
             "path": str(path),
@@ -534,19 +409,6 @@ def persona_vectors(
     return out
 
 
-def vector_issues(separation: dict, pair_stats: dict) -> list[str]:
-    """Why a persona vector should not be trusted: the judge cannot tell its positive answers from its
-    negative ones, or too few pairs passed the filter so every pair was used."""
-    issues = []
-    if not separation["separates"]:
-        issues.append(
-            f"positive answers do not score above negative ones ({separation['pos_trait']} vs {separation['neg_trait']})"
-        )
-    if pair_stats.get("fallback"):
-        issues.append(f"filter kept {pair_stats['kept']}/{pair_stats['pairs']} pairs; fell back to all pairs")
-    return issues
-
-
 class InterferenceConfig(dg.Config):
     layer: int | None = None
 
@@ -560,7 +422,7 @@ class InterferenceConfig(dg.Config):
 )
 def trait_interference(context: dg.AssetExecutionContext, config: InterferenceConfig, persona_vectors: dict) -> dict:
     traits = sorted(persona_vectors)
-    layer, pos = _position(persona_vectors[traits[0]], config.layer)
+    layer, pos = act.layer_position(persona_vectors[traits[0]]["layers"], config.layer)
     stack = torch.stack([vec.load_tensors(persona_vectors[t]["path"])["mean_diff_response_avg"][pos] for t in traits])
     cos = vec.cosine_matrix(stack)
     span = {t: round(vec.span_share(stack[i], torch.cat([stack[:i], stack[i + 1 :]])), 3) for i, t in enumerate(traits)}
@@ -586,12 +448,12 @@ def trait_interference(context: dg.AssetExecutionContext, config: InterferenceCo
     description="How far each checkpoint moved along each persona vector vs base, on the same texts (fine-tuning shift).",
 )
 def finetuning_shift(context: dg.AssetExecutionContext, activations: dict, persona_vectors: dict) -> list[dict]:
-    base, _, manifest = _at(activations, "base")
+    base, _, manifest = act.checkpoint(activations, "base")
     rows = []
     for key in sorted(activations):
-        tensors, _, _ = _at(activations, key)
+        tensors, _, _ = act.checkpoint(activations, key)
         for trait, v in sorted(persona_vectors.items()):
-            layer, pos = _position(manifest, None)
+            layer, pos = act.layer_position(manifest["layers"], None)
             vector = vec.load_tensors(v["path"])["mean_diff_response_avg"][pos]
             shift = vec.project(tensors["response_avg"][:, pos], vector) - vec.project(
                 base["response_avg"][:, pos], vector
