@@ -5,8 +5,10 @@ file; the terminal gets a filtered view: a line per finished or failed step, the
 pipeline's own progress and warnings, and everything it does not recognise (so the
 user's own errors and tracebacks always show). Only noise that is not the user's
 business is dropped, matched precisely: library deprecation / beta / supersession
-warnings raised inside site-packages, bitsandbytes' offline kernel notice,
-weight-loading progress bars, and Dagster's per-event DEBUG lines.
+warnings raised inside site-packages (UserWarnings there included: advice to us, not
+to the user), bitsandbytes' offline kernel notice, weight-loading and trainer progress
+bars, the trainers' printed log dicts (their curves are in the asset metadata), and
+Dagster's per-event DEBUG lines.
 """
 
 from __future__ import annotations
@@ -15,18 +17,23 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .layout import layout
+
 # "…/site-packages/x.py:12: BetaWarning: text" — the warnings module's first line; its second is indented source
 LIB_WARNING = re.compile(
     r"^\S*site-packages/\S+\.py:\d+: "
     r"(SupersessionWarning|BetaWarning|PreviewWarning|ExperimentalWarning|FutureWarning|DeprecationWarning|"
-    r"PendingDeprecationWarning): "
+    r"PendingDeprecationWarning|UserWarning): "
 )
 NOISE = [
     re.compile(r"Failed to load CPU gemm_4bit_forward"),  # bitsandbytes asks the kernels hub; offline by design
     re.compile(r"^\s*(Loading weights|Loading checkpoint shards|Writing model shards|Fetching \d+ files)\b.*\|"),
+    re.compile(r"\d+%\|[^|]*\| *\d+/\d+ \["),  # a trainer's progress bar (the curve is in the asset metadata)
+    re.compile(r"^\{'(loss|eval_loss|train_runtime)': "),  # a trainer's printed log dict (same: in the metadata)
 ]
 # "2026-… - dagster - DEBUG - JOB - run - pid - [step -] EVENT - message"; an asset's own log has no EVENT
-DAGSTER = re.compile(r"^\S+ \S+ \+\d{4} - dagster - (\w+) - [^ ]+ - [0-9a-f-]{36} - \d+ - (.*)$")
+# (an asset's own context.log line carries no pid)
+DAGSTER = re.compile(r"^\S+ \S+ \+\d{4} - dagster - (\w+) - [^ ]+ - [0-9a-f-]{36} - (?:\d+ - )?(.*)$")
 EVENT = re.compile(r"^(?:(\S+) - )?([A-Z][A-Z_]+) - (.*)$")
 
 
@@ -88,7 +95,7 @@ def leaderboard_top(home: Path, k: int = 5) -> tuple[str, list[dict]]:
     """(metric, overall rows by that metric's mean, best first): the independent evaluator when it ran."""
     from .storage import read_records
 
-    path = home / "assets" / "leaderboard.parquet"
+    path = layout(home).assets / "leaderboard.parquet"
     if not path.exists():
         return "adherence", []
     rows = [r for r in read_records(path) if r.get("persona_id") == "ALL"]
@@ -122,7 +129,7 @@ def _num(x, nd: int = 3) -> str:
 def summary(home: Path, checks: list[dict], seconds: float, n_assets: int, log_dir: Path) -> str:
     """The closing lines: report, leaderboard top rows, checks that did not pass, and how to open the UI."""
     out = [f"materialised {n_assets} assets in {seconds:.0f} s (full logs: {log_dir})", ""]
-    report = home / "reports" / "eval_report.html"
+    report = layout(home).eval_report
     out.append(f"report:      {report.as_uri() if report.exists() else '(not built in this selection)'}")
     metric, top = leaderboard_top(home)
     if top:

@@ -24,6 +24,11 @@ RAW = [
     RUN.format(level="INFO") + "synthetic_conversations - step 3: 4/8 dialogues finished",
     RUN.format(level="DEBUG") + 'synthetic_conversations - STEP_SUCCESS - Finished execution of step "x" in 41.2s.',
     RUN.format(level="WARNING") + "trait_responses - humorous: positive and negative answers do not separate",
+    RUN.format(level="INFO").replace("20812 - ", "") + "role_transcripts - rollouts: 30/30 generated",  # no pid
+    f"{SITE}/peft/utils/save_and_load.py:313: UserWarning: Could not find a config file in HF/x.",
+    "  warnings.warn(",
+    "{'loss': '1.823', 'grad_norm': '3.353', 'learning_rate': '6.667e-05', 'epoch': '0.0301'}",
+    " 33%|███▎      | 1/3 [01:00<02:01, 60.99s/it]",
     "/work/main/persona_pipeline/simulate.py:40: UserWarning: your own code warned",  # not a library: kept
     "Traceback (most recent call last):",
     '  File "/work/main/persona_pipeline/x.py", line 3, in f',
@@ -40,6 +45,8 @@ def test_stage_view_drops_library_noise_and_keeps_everything_else():
         assert noise not in text
     assert "  ✓ synthetic_conversations (41.2s)" in shown
     assert "    synthetic_conversations: step 3: 4/8 dialogues finished" in shown
+    assert "    role_transcripts: rollouts: 30/30 generated" in shown
+    assert not any("Could not find a config" in s or "'loss'" in s or "s/it]" in s for s in shown)
     assert any(s.startswith("  warning: trait_responses") or "do not separate" in s for s in shown)
     assert "UserWarning: your own code warned" in text  # the user's own warning
     assert (
@@ -48,7 +55,7 @@ def test_stage_view_drops_library_noise_and_keeps_everything_else():
     )
     assert '  File "/work/main/persona_pipeline/x.py", line 3, in f' in shown  # a traceback's indented lines stay
     assert any(s.startswith("  ✗ sft_adapter") for s in shown) and view.failed_steps == ["sft_adapter"]
-    assert view.dropped == 10
+    assert view.dropped == 14
 
 
 def test_summary_names_report_leaderboard_checks_and_next_step(tmp_path: Path):

@@ -97,6 +97,7 @@ def quiet_env() -> dict[str, str]:
     env = os.environ.copy()
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")  # deprecation notices logged by transformers
     env.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    env.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # GRPO's rollout_func is "experimental" in TRL 1.x
     return env
 
 
