@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from .importers import KINDS
+from .layout import layout
 from .settings import NAMED_JOBS, PROFILES, data_root, home, profile
 
 ADAPTERS = ("sft", "rl", "none")
@@ -47,7 +48,7 @@ def adapter_path(kind: str) -> Path | None:
     """Where the trained adapter lives; a clear error if it has not been trained yet."""
     if kind == "none":
         return None
-    path = home() / "models" / f"{kind}_adapter"
+    path = layout().adapter(kind)
     if not (path / "adapter_config.json").exists():
         raise CliError(f"no {kind} adapter at {path}: materialise `{kind}_adapter` first (make demo)")
     return path
@@ -172,7 +173,7 @@ def _simulate(args) -> int:
         print(f"{args.persona if t.role == 'user' else 'assistant'}> {t.content}")
     if conv.metadata.ended_by_stop_rule:
         print(f"({args.persona} ended the conversation at turn {len(conv.turns)})", file=sys.stderr)
-    out = Path(args.out) if args.out else home() / "simulations" / f"{conv.id}.json"
+    out = Path(args.out) if args.out else layout().simulations / f"{conv.id}.json"
     write_json(out, conv.model_dump(mode="json"))
     print(f"saved {out}", file=sys.stderr)
     return 0
@@ -255,7 +256,7 @@ def _materialize(args) -> int:
         os.environ["PERSONA_PIPELINE_PROFILE"] = args.profile  # the stage runs inherit it
     _check_inputs()
     selection = NAMED_JOBS[args.job] if args.job else args.select
-    log_dir = None if args.verbose else home() / "runs" / time.strftime("%Y%m%dT%H%M%S")
+    log_dir = None if args.verbose else layout().runs / time.strftime("%Y%m%dT%H%M%S")
     say = lambda m: print(m, file=sys.stderr, flush=True)
     try:
         timings = run(selection, dry_run=args.dry_run, log=say, log_dir=log_dir)
@@ -264,12 +265,12 @@ def _materialize(args) -> int:
     if timings:
         total = sum(t["seconds"] for t in timings)
         write_json(
-            home() / "runs" / f"materialize-{time.strftime('%Y%m%dT%H%M%S')}.json",
+            layout().runs / f"materialize-{time.strftime('%Y%m%dT%H%M%S')}.json",
             {"stages": timings, "seconds": total},
         )
         _export_quietly(say)
         n_assets = sum(len(t["assets"]) for t in timings)
-        say("\n" + summary(home(), check_results(), total, n_assets, log_dir or home() / "runs"))
+        say("\n" + summary(home(), check_results(), total, n_assets, log_dir or layout().runs))
     return 0
 
 
@@ -287,7 +288,7 @@ def _export_quietly(say) -> None:
     if vectors:
         say(f"exports:     {len(vectors)} GGUF control vectors next to their .safetensors (llama.cpp --control-vector)")
     if datasets:
-        say(f"exports:     datasets in {home() / 'exports'} (JSONL + Parquet; datasets.load_dataset / TRL SFTTrainer)")
+        say(f"exports:     datasets in {layout().exports} (JSONL + Parquet; datasets.load_dataset / TRL SFTTrainer)")
 
 
 def _rate(args) -> int:
@@ -295,7 +296,7 @@ def _rate(args) -> int:
     from .rating_server import serve_ratings
     from .settings import ratings_dir
 
-    page = home() / "human_eval"
+    page = layout().human_eval
     if not (page / "index.html").exists():
         raise CliError(f"{page}/index.html: materialise human_eval_page first (make demo)")
     print(f"rating page on http://{args.host}:{args.port}/ — ratings are saved to {ratings_dir()}", file=sys.stderr)
@@ -313,7 +314,7 @@ def _writing_room(args) -> int:
     topics = loaders.load_topics(data_root() / "topics.yaml")
     kind = args.simulator
     if kind == "auto":
-        kind = "sft" if (home() / "models" / "sft_adapter" / "adapter_config.json").exists() else "none"
+        kind = "sft" if (layout().adapter("sft") / "adapter_config.json").exists() else "none"
     hitl_dir = Path(args.hitl_dir) if args.hitl_dir else data_root() / "hitl"
     app = writing_room_app(
         specs,
@@ -369,7 +370,7 @@ def _export_datasets(_args) -> int:
 
     out = export_from_assets(home())
     if not out:
-        raise CliError(f"{home() / 'assets'}: no conversations or sft_pairs yet; materialise the data stage first")
+        raise CliError(f"{layout().assets}: no conversations or sft_pairs yet; materialise the data stage first")
     print(json.dumps({k: {f: str(p) for f, p in v.items()} for k, v in out.items()}, indent=2))
     return 0
 

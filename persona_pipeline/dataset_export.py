@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from .contracts import Conversation, SftPair
+from .layout import layout
 from .storage import atomic_path, write_records
 
 
@@ -67,11 +68,11 @@ def export_from_assets(home: Path) -> dict[str, dict[str, Path]]:
     """Export the stored ``conversations`` and ``sft_pairs`` asset values to ``<home>/exports/``."""
     from .storage import read_records
 
-    assets, out = home / "assets", {}
+    assets, out, exports = layout(home).assets, {}, layout(home).exports
     if (assets / "conversations.parquet").exists():
         convs = [Conversation(**r) for r in read_records(assets / "conversations.parquet")]
-        out["conversations"] = write_dataset(conversation_rows(convs), home / "exports", "conversations")
+        out["conversations"] = write_dataset(conversation_rows(convs), exports, "conversations")
     if (assets / "sft_pairs.parquet").exists():
         pairs = [SftPair(**r) for r in read_records(assets / "sft_pairs.parquet")]
-        out["sft_pairs"] = write_dataset(sft_rows(pairs), home / "exports", "sft_pairs")
+        out["sft_pairs"] = write_dataset(sft_rows(pairs), exports, "sft_pairs")
     return out

@@ -18,6 +18,7 @@ from . import eval_judges as ej
 from . import steer_search as ss
 from . import vectors as vec
 from .contracts import PersonaSpec
+from .control_vector import ControlVector
 from .eval_dialogues import Contestant
 from .leaderboard import CLASSIFIERS, EVALUATORS
 from .prompts import neutral_user_chat, simulator_prompt, teacher_chat
@@ -45,11 +46,8 @@ def steering_vector(pid: str, cmaes: dict, sweep_rows: list[dict], persona_vecto
     best = ss.best_point(summary) or min(
         (s for s in summary if s["rel_coef"] > 0), key=lambda s: (s["rel_coef"], s["layer"])
     )
-    v = persona_vectors[trait]
-    i = v["layers"].index(best["layer"])
-    unit = vec.load_tensors(v["path"])["mean_diff_response_avg"][i]
     sign = 1.0 if weights[trait] >= 0 else -1.0
-    return sign * best["rel_coef"] * v["layer_norms"][i] * unit / unit.norm(), best["layer"]
+    return ControlVector.load(persona_vectors[trait]).push(best["layer"], sign * best["rel_coef"]), best["layer"]
 
 
 def evaluated_personas(ids) -> list[str]:

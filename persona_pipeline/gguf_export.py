@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .layout import layout
 from .storage import atomic_path
 
 ARCH = "controlvector"
@@ -104,7 +105,7 @@ def read_control_vector(path: Path) -> tuple[str, dict[int, np.ndarray]]:
 
 def model_hint(home: Path) -> str:
     """The base model's ``model_type`` (``llama`` for SmolLM2), which both readers use as a hint."""
-    config = home / "models" / "base" / "config.json"
+    config = layout(home).base_model / "config.json"
     return json.loads(config.read_text())["model_type"] if config.exists() else "llama"
 
 
@@ -125,7 +126,7 @@ def _per_layer(matrix: np.ndarray, layers: list[int], path: Path) -> dict[int, n
 
 def sources(home: Path) -> list[tuple[str, Path, dict[int, np.ndarray]]]:
     """(name, safetensors file, {layer: direction}) for every vector the pipeline has produced so far."""
-    assets, found = home / "assets", []
+    assets, found = layout(home).assets, []
     for value_file in sorted((assets / "persona_vectors").glob("*.json")):
         v = json.loads(value_file.read_text())
         path = Path(v["path"])

@@ -107,7 +107,9 @@ def describe(model) -> dict:
 
 
 def default_base_dir(home: Path) -> Path:
-    return home / "models" / "base"
+    from .layout import layout
+
+    return layout(home).base_model
 
 
 def resolve_base(model: str, home: Path) -> Path | str:
@@ -146,7 +148,9 @@ def make_portable(adapter: Path, base: Path | str) -> str:
 
 def local_folder_for(name: str, home: Path) -> Path | None:
     """The converted local folder holding model ``name`` (an adapter's canonical base), if any."""
-    for manifest in sorted((home / "models").glob(f"*/{MANIFEST}")):
+    from .layout import layout
+
+    for manifest in sorted(layout(home).models.glob(f"*/{MANIFEST}")):
         if json.loads(manifest.read_text()).get("model_id") == name:
             return manifest.parent
     return resolve_base(EMBEDDED, home) if name == EMBEDDED_ID else None
@@ -170,7 +174,9 @@ def resolve_adapter(adapter: str | None, home: Path) -> Path | None:
     """A role's adapter: ``sft`` / ``rl`` name the pipeline's trained adapters; anything else is a folder."""
     if not adapter:
         return None
-    path = home / "models" / f"{adapter}_adapter" if adapter in PIPELINE_ADAPTERS else Path(adapter)
+    from .layout import layout
+
+    path = layout(home).adapter(adapter) if adapter in PIPELINE_ADAPTERS else Path(adapter)
     if not (path / "adapter_config.json").exists():
         raise FileNotFoundError(
             f"adapter {adapter!r}: {path} has no adapter_config.json (train it first, or give a PEFT adapter folder)"

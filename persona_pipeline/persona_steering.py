@@ -14,6 +14,7 @@ import torch
 
 from . import steer_search as ss
 from .contracts import PersonaSpec, Topic
+from .control_vector import ControlVector
 from .prompts import neutral_user_chat, teacher_chat
 from .simulate import plan_dialogues
 from .simulator import definitions
@@ -92,7 +93,7 @@ def persona_baselines(backend, contrast: dict, s: ss.SearchSettings, warn: Calla
         warn("persona-specific baselines need a local model's activations; skipped on this backend")
         return {}
     return {
-        pid: {k: s.alpha * s.layer_norm * v for k, v in ss.persona_directions(backend, *c, s.layer).items()}
+        pid: {k: ss.unit_push(v, s) for k, v in ss.persona_directions(backend, *c, s.layer).items()}
         for pid, c in contrast.items()
     }
 
@@ -132,6 +133,9 @@ def wins(out: dict) -> tuple[int, int]:
     return beats, sum(r["heldout"]["cmaes"] > r["heldout"]["unsteered"] for r in out.values())
 
 
-def stack_units(rows: list[torch.Tensor]) -> torch.Tensor:
-    """Trait vectors at one layer → unit rows [k, hidden] (the CMA-ES weights' basis)."""
-    return ss.unit_rows(torch.stack(rows))
+def trait_basis(vectors: dict[str, ControlVector], layer: int) -> tuple[torch.Tensor, float]:
+    """The CMA-ES weights' basis at ``layer``: unit trait directions [k, hidden] (sorted trait order)
+    and the layer's typical residual norm (the first trait's: every vector comes from one capture)."""
+    traits = sorted(vectors)
+    units = ss.unit_rows(torch.stack([vectors[t].direction(layer) for t in traits]))
+    return units, vectors[traits[0]].layer_norm(layer)

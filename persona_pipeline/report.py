@@ -8,7 +8,7 @@ attachment or in a CI artifact viewer. Every piece of text is HTML-escaped.
     r.table(rows, caption="per method", highlight_best={"adherence": "max", "loss": "min"})
     r.image(png_bytes, caption="steering sweep")
     r.examples(worst, caption="worst 5 by adherence")
-    r.write(home() / "reports" / "eval_report.html")
+    r.write(layout().eval_report)
 """
 
 from __future__ import annotations

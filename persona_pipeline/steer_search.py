@@ -28,6 +28,7 @@ import torch
 from scipy.stats import spearmanr
 
 from .backends import SamplingParams
+from .control_vector import push
 from .hooks import Steer
 
 # ---------------------------------------------------------------- sweeps
@@ -62,8 +63,9 @@ def sweep_rows(
 def sweep_steers(rows: list[dict], vectors: dict[int, torch.Tensor], layer_norms: dict[int, float]) -> list[Steer]:
     """One add-steer per layer; each row's coefficient is zero except at its own layer.
 
-    A relative coef c means a push of c × the layer's typical residual norm
-    along the unit vector. Rows with ``layer`` None (baselines) are never steered.
+    A relative coef c means a push of c × the layer's typical residual norm along the unit vector
+    (``control_vector.push``, here in its per-row form: one unit vector, one coefficient per row).
+    Rows with ``layer`` None (baselines) are never steered.
     """
     steers = []
     for layer in sorted({r["layer"] for r in rows if r["layer"] is not None}):
@@ -237,7 +239,13 @@ def evaluate(
 
 
 def weighted_vector(weights, units, s: SearchSettings) -> torch.Tensor:
+    """v(w) = α · ‖h_L‖ · Σ wᵢ ûᵢ: one unit weight pushes as hard as ``push(direction, α, ‖h_L‖)``."""
     return s.alpha * s.layer_norm * direction(np.asarray(weights), units)
+
+
+def unit_push(unit: torch.Tensor, s: SearchSettings) -> torch.Tensor:
+    """A fixed direction with the push of one unit weight (α × the layer's typical norm)."""
+    return push(unit, s.alpha, s.layer_norm)
 
 
 def cmaes_search(
@@ -316,8 +324,8 @@ def baseline_vectors(units: torch.Tensor, s: SearchSettings) -> dict[str, torch.
     eq = direction(np.ones(k) / math.sqrt(k), units)
     return {
         "unsteered": None,
-        "mean_diff_equal": s.alpha * s.layer_norm * eq / eq.norm(),
-        "pca": s.alpha * s.layer_norm * pca_direction(units),
+        "mean_diff_equal": unit_push(eq, s),
+        "pca": unit_push(pca_direction(units), s),
     }
 
 

@@ -193,6 +193,31 @@ def checkpoint_projections(
     return rows
 
 
+def finetuning_shift(manifests: dict, vectors: dict) -> list[dict]:
+    """How far each checkpoint's activations moved along each trait's vector (``ControlVector``) vs base,
+    on the same texts, at the middle captured layer: mean and std of the per-text projection shift."""
+    from .activations import checkpoint, layer_position
+
+    base, _, manifest = checkpoint(manifests, "base")
+    rows = []
+    for key in sorted(manifests):
+        tensors, _, _ = checkpoint(manifests, key)
+        for trait, v in sorted(vectors.items()):
+            layer, pos = layer_position(manifest["layers"], None)
+            vector = v.direction(layer)
+            shift = project(tensors["response_avg"][:, pos], vector) - project(base["response_avg"][:, pos], vector)
+            rows.append(
+                {
+                    "checkpoint": key,
+                    "trait": trait,
+                    "layer": layer,
+                    "mean_shift": round(float(shift.mean()), 4),
+                    "std_shift": round(float(shift.std()), 4) if len(shift) > 1 else 0.0,
+                }
+            )
+    return rows
+
+
 def trait_pairs(
     index: list[dict], trait: str, threshold: float, coherence: float, min_pairs: int, scores: dict[tuple, dict]
 ) -> tuple[list[int], list[int], dict]:
@@ -289,14 +314,16 @@ _NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 
 def _vector_location(root, name: str):
     """(file, tensor key) for a vector *name*; ``VectorError`` for anything that is not a plain name."""
+    from .layout import layout
+
     trait, _, kind = name.partition(":")
     if trait == "assistant_axis" and not kind:
-        return root / "persona_space" / "assistant_axis.safetensors", "axis"
+        return layout(root).assistant_axis, "axis"
     if trait == "persona" and _NAME_PART.fullmatch(kind):
-        return root / "cmaes_steering" / f"{kind}.safetensors", "vector"
+        return layout(root).cmaes_vector(kind), "vector"
     if _NAME_PART.fullmatch(trait) and kind in ("", "svd"):
         key = "svd_response_avg" if kind == "svd" else "mean_diff_response_avg"
-        return root / "persona_vectors" / f"{trait}.safetensors", key
+        return layout(root).persona_vector(trait), key
     raise VectorError(f"{name!r} is not a vector name (<trait>, <trait>:svd, persona:<id> or assistant_axis)")
 
 

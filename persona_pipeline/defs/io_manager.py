@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from persona_pipeline.settings import home
+from persona_pipeline.layout import layout
 from persona_pipeline.storage import read_records, write_json, write_records
 
 
@@ -18,7 +18,7 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     root: str = ""
 
     def _base(self) -> Path:
-        return Path(self.root) if self.root else home() / "assets"
+        return Path(self.root) if self.root else layout().assets
 
     def _path(self, key: dg.AssetKey, partition: str | None, suffix: str) -> Path:
         name = "/".join(key.path)

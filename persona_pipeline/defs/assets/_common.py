@@ -5,8 +5,9 @@ from collections import Counter
 import dagster as dg
 
 from persona_pipeline.defs.executors import gpu_tags
+from persona_pipeline.layout import layout
 from persona_pipeline.plots import markdown_image, save_png
-from persona_pipeline.settings import data_root, home, profile
+from persona_pipeline.settings import data_root, profile
 
 
 def _stems(folder: str, skip: tuple[str, ...] = ()) -> list[str]:
@@ -68,9 +69,28 @@ def counts(values) -> dg.MetadataValue:
     return md_table([{"value": k, "count": v} for k, v in Counter(values).most_common()])
 
 
-def png_meta(png: bytes, name: str, alt: str) -> dict:
-    """A plot as inline markdown (renders in the UI) plus its PNG on disk under ``plots/``."""
-    path = save_png(png, home() / "plots" / f"{name}.png")
+# Plots of assets whose value is a table (no room for paths in it): one name shared by the asset that
+# draws the plot and by ``eval_report``, which fails when the file is missing.
+TABLE_PLOTS = {
+    "finetuning_shift": "finetuning_shift",
+    "judge_scores": "consistency_by_turn",
+    "drift_monitor": "drift_monitor",
+}
+
+
+def sweep_plot(trait: str, what: str) -> str:
+    """The name of one trait's sweep plot (``what``: ``trait`` or ``coherence``)."""
+    return f"sweep_{trait}_{what}"
+
+
+def png_meta(png: bytes, name: str, alt: str, path=None, plots: dict | None = None) -> dict:
+    """A plot as inline markdown (renders in the UI) plus its PNG on disk (default ``plots/<name>.png``).
+
+    ``plots``, when given, gets ``name → path``: the asset returns it so ``eval_report`` reads its
+    plots from its inputs (a renamed or missing plot fails the report instead of vanishing from it)."""
+    path = save_png(png, path or layout().plot(name))
+    if plots is not None:
+        plots[name] = str(path)
     return {alt: dg.MetadataValue.md(markdown_image(png, alt)), f"{alt}_png": dg.MetadataValue.path(str(path))}
 
 

@@ -8,8 +8,9 @@ from persona_pipeline.contracts import Conversation, Survey, Topic
 from persona_pipeline.defs.assets._common import GPU, SINGLE_RUN, counts, md_table, persona_partitions
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.hitl import expand_paths
+from persona_pipeline.layout import layout
 from persona_pipeline.loaders import load_conversations, load_hitl, load_personas
-from persona_pipeline.settings import data_root, home, profile
+from persona_pipeline.settings import data_root, profile
 from persona_pipeline.simulate import SimConfig, WorkCache, fingerprint, plan_dialogues, simulate
 from persona_pipeline.simulator import definitions
 from persona_pipeline.survey import split_items
@@ -82,7 +83,7 @@ def synthetic_conversations(
     plans = {pid: plan_dialogues(specs[pid], all_topics, n, sim.seed) for pid in context.partition_keys}
     ids = (teacher.describe(), assistant.describe())
     cache = WorkCache(
-        home() / "work" / "synthetic_conversations",
+        layout().work("synthetic_conversations"),
         {pid: fingerprint(specs[pid], [d.topic for d in plans[pid]], sim, ids) for pid in plans},
     )
     dialogues = [d for pid in context.partition_keys for d in plans[pid]]
@@ -225,7 +226,7 @@ def sft_pairs(
         "per_persona": counts(p.persona_id for p in pairs),
     }
     if config.export_customjson:
-        path = home() / "exports" / "sft_pairs.customjson.jsonl"
+        path = layout().exports / "sft_pairs.customjson.jsonl"
         export_customjson(pairs, path)
         meta["customjson"] = dg.MetadataValue.path(str(path))
     context.add_output_metadata(meta)

@@ -11,7 +11,7 @@ import numpy as np
 from persona_pipeline import stats
 from persona_pipeline import vectors as vec
 from persona_pipeline.activations import Item, extract
-from persona_pipeline.defs.assets._common import ALL, md_table, png_meta
+from persona_pipeline.defs.assets._common import ALL, TABLE_PLOTS, md_table, png_meta
 from persona_pipeline.defs.assets.evaluation import GROUP
 from persona_pipeline.dialogue_drift import projection_slope
 from persona_pipeline.plots import line_plot
@@ -118,7 +118,7 @@ def _drift_meta(rows: list[dict]) -> dict:
                 "persona turn",
                 "projection",
             ),
-            "drift_monitor",
+            TABLE_PLOTS["drift_monitor"],
             "drift_plot",
         ),
     }

@@ -8,7 +8,7 @@ import dagster as dg
 from persona_pipeline import eval_judges as ej
 from persona_pipeline import stats
 from persona_pipeline.contracts import PersonaSpec, Survey, Topic
-from persona_pipeline.defs.assets._common import GPU, STEERING_INS, md_table, png_meta
+from persona_pipeline.defs.assets._common import GPU, STEERING_INS, TABLE_PLOTS, md_table, png_meta
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.dialogue_drift import consistency_drift
 from persona_pipeline.eval_dialogues import endings, persona_turns, run_dialogues
@@ -180,7 +180,7 @@ def _judge_meta(rows: list[dict], verdicts: dict, tolerance: float) -> dict:
         "evaluator_agreement_per_turn": md_table(
             ej.judge_agreement(verdicts, metrics=("adherence",), tolerance=tolerance)
         ),
-        **png_meta(_plot_curve(curve), "consistency_by_turn", "consistency_by_turn"),
+        **png_meta(_plot_curve(curve), TABLE_PLOTS["judge_scores"], "consistency_by_turn"),
     }
 
 

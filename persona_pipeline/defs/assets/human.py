@@ -14,8 +14,9 @@ from persona_pipeline.defs.assets.evaluation import GROUP
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.eval_dialogues import next_lines
 from persona_pipeline.eval_methods import METHODS, contestants
+from persona_pipeline.layout import layout
 from persona_pipeline.policy import checkpoint_backends
-from persona_pipeline.settings import home, profile, ratings_dir
+from persona_pipeline.settings import profile, ratings_dir
 from persona_pipeline.splits import base_key
 
 
@@ -63,7 +64,7 @@ def human_eval_page(
         for c in ctx
         if lines.get(c["id"])
     ]
-    page_dir = home() / "human_eval"
+    page_dir = layout().human_eval
     key = he.write_page(page_dir, items, config.seed)
     judged = he.judge_candidates(items, persona_specs, judge)
     context.add_output_metadata(

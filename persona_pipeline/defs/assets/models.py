@@ -6,14 +6,15 @@ from pathlib import Path
 import dagster as dg
 
 from persona_pipeline.contracts import Conversation
-from persona_pipeline.defs.assets._common import GPU, md_table, persona_judge
+from persona_pipeline.defs.assets._common import GPU, md_table, persona_judge, png_meta
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.general_chat import load_general_chat, training_rows
-from persona_pipeline.modelio import EMBEDDED, convert_embedded, cuda_available, default_base_dir, resolve_quantize
-from persona_pipeline.plots import line_plot, markdown_image, save_png
+from persona_pipeline.layout import layout
+from persona_pipeline.modelio import EMBEDDED, convert_embedded, cuda_available, resolve_quantize
+from persona_pipeline.plots import line_plot
 from persona_pipeline.policy import policy_backend
 from persona_pipeline.rl_rollouts import RolloutSettings, make_rollout_func, rollout_seeds
-from persona_pipeline.settings import data_root, home, profile
+from persona_pipeline.settings import data_root, profile
 from persona_pipeline.simulator import definitions
 from persona_pipeline.train_rl import (
     RlSettings,
@@ -70,7 +71,7 @@ def _describe_remote(model: str) -> dict:
 )
 def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig) -> dict:
     if config.model == EMBEDDED:
-        dest = default_base_dir(home())
+        dest = layout().base_model
         manifest = {**convert_embedded(dest), "path": str(dest)}
     elif Path(config.model).exists():
         manifest = {**_describe_remote(str(Path(config.model).resolve())), "path": str(Path(config.model).resolve())}
@@ -85,11 +86,6 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig) -> di
         | {"location": dg.MetadataValue.path(manifest["path"])}
     )
     return manifest
-
-
-def _png_meta(png: bytes, path: Path, alt: str) -> dict:
-    save_png(png, path)
-    return {alt: dg.MetadataValue.md(markdown_image(png, alt)), f"{alt}_png": dg.MetadataValue.path(str(path))}
 
 
 class SftConfig(dg.Config):
@@ -161,7 +157,7 @@ def sft_adapter(
     retention = retention_rows(base_model["path"], role_specs["questions"], n_ret) + training_rows(general)
     train, eval_rows, mixture = build_mixture(sft_pairs, retention, s)
     split = mixture.pop("split")  # re-read by the sft_split_leak_free check and the human-eval page
-    out = home() / "models" / "sft_adapter"
+    out = layout().adapter("sft")
     card = {
         "name": "persona-pipeline SFT persona simulator",
         "base_model": base_model.get("model_id", base_model["path"]),
@@ -171,6 +167,7 @@ def sft_adapter(
     r = train_sft_processes(base_model["path"], train, eval_rows, s, out, card, config.num_processes)
     png = line_plot({"train loss": log_curve(r.log_history, "loss")}, "SFT loss", "step", "loss")
     kept = retention_check(base_model["path"], str(out), general, profile().check_prompts)
+    plots: dict[str, str] = {}
     context.add_output_metadata(
         {
             "path": dg.MetadataValue.path(str(out)),
@@ -185,7 +182,7 @@ def sft_adapter(
             "mixture": md_table([{"source": k, **v} for k, v in mixture["sources"].items()]),
             "loss_points": len(log_curve(r.log_history, "loss")[0]),
             "general_chat_retention": dg.MetadataValue.json(kept),
-            **_png_meta(png, out.parent / "sft_loss.png", "loss_curve"),
+            **png_meta(png, "sft_loss", "loss_curve", layout().training_plot("sft_loss"), plots),
         }
     )
     return {
@@ -197,6 +194,7 @@ def sft_adapter(
         "mixture": mixture,
         "split": split,
         "general_chat_retention": kept,
+        "plots": plots,
     }
 
 
@@ -273,7 +271,7 @@ def rl_adapter(
     heldout = rl_prompts(
         convs, defs, p.check_prompts, True, s.seed, s.boring_share, judge_specs=full, max_depth=p.rl_max_depth
     )
-    out = home() / "models" / "rl_adapter"
+    out = layout().adapter("rl")
     card = {"base_model": base_model["path"], "sft_adapter": sft_adapter["path"], "judge": judge.describe()}
     if s.multiturn:
         ro = RolloutSettings(
@@ -308,6 +306,7 @@ def rl_adapter(
     terms = {k.split("/")[1]: log_curve(r.log_history, k) for k in reward_terms(r.log_history)}
     curves = line_plot({"reward": log_curve(r.log_history, "reward"), **terms}, "GRPO reward", "step", "mean reward")
     kl = line_plot({"KL": log_curve(r.log_history, "kl")}, "KL to the SFT policy", "step", "KL")
+    plots: dict[str, str] = {}
     context.add_output_metadata(
         {
             "path": dg.MetadataValue.path(str(out)),
@@ -325,8 +324,8 @@ def rl_adapter(
             "temperature": s.temperature,
             "final_kl": round(log_curve(r.log_history, "kl")[1][-1], 6) if log_curve(r.log_history, "kl")[1] else None,
             "reward_terms": md_table(term_rows(r.log_history)),
-            **_png_meta(curves, out.parent / "rl_reward.png", "reward_curve"),
-            **_png_meta(kl, out.parent / "rl_kl.png", "kl_curve"),
+            **png_meta(curves, "rl_reward", "reward_curve", layout().training_plot("rl_reward"), plots),
+            **png_meta(kl, "rl_kl", "kl_curve", layout().training_plot("rl_kl"), plots),
         }
     )
     return {
@@ -341,4 +340,5 @@ def rl_adapter(
         "num_generations": s.num_generations,
         "temperature": s.temperature,
         "reward_terms": [k.split("/")[1] for k in reward_terms(r.log_history)],
+        "plots": plots,
     }

@@ -1,47 +1,76 @@
 """Evaluation group: the one self-contained HTML report."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 
-from persona_pipeline.defs.assets._common import ALL, md_table
+from persona_pipeline.defs.assets._common import ALL, TABLE_PLOTS, md_table, sweep_plot
 from persona_pipeline.defs.assets.evaluation import GROUP
+from persona_pipeline.layout import layout
 from persona_pipeline.leaderboard import brief
 from persona_pipeline.report import Report
-from persona_pipeline.settings import home
 
-# Plots written by upstream assets (under the artifacts root), in reading order.
+# Plots in reading order: (section, plot name, caption). Names of plots an input returns are read from
+# its ``plots``; the others (assets whose value is a table) are declared once in ``TABLE_PLOTS``.
 PLOTS = [
-    ("Training", "models/sft_loss.png", "SFT training loss"),
-    ("Training", "models/rl_reward.png", "GRPO mean reward"),
-    ("Training", "models/rl_kl.png", "KL to the SFT policy"),
-    ("Persona space", "plots/persona_space_pca.png", "Roles in PCA space (red: the default assistant)"),
-    ("Persona space", "plots/persona_space_axis.png", "Checkpoints along the Assistant Axis"),
-    ("Persona vectors", "plots/trait_cosine.png", "Trait × trait cosine similarity"),
-    ("Persona vectors", "plots/finetuning_shift.png", "Fine-tuning shift along each vector"),
-    ("Steering", "plots/cmaes_convergence.png", "CMA-ES convergence"),
-    ("Consistency", "plots/consistency_by_turn.png", "Adherence by persona turn"),
-    ("Consistency", "plots/drift_monitor.png", "Assistant-Axis projection per turn (drift monitor)"),
+    ("Training", "sft_loss", "SFT training loss"),
+    ("Training", "rl_reward", "GRPO mean reward"),
+    ("Training", "rl_kl", "KL to the SFT policy"),
+    ("Persona space", "persona_space_pca", "Roles in PCA space (red: the default assistant)"),
+    ("Persona space", "persona_space_axis", "Checkpoints along the Assistant Axis"),
+    ("Persona vectors", "trait_cosine", "Trait × trait cosine similarity"),
+    ("Persona vectors", TABLE_PLOTS["finetuning_shift"], "Fine-tuning shift along each vector"),
+    ("Steering", "cmaes_convergence", "CMA-ES convergence"),
+    ("Consistency", TABLE_PLOTS["judge_scores"], "Adherence by persona turn"),
+    ("Consistency", TABLE_PLOTS["drift_monitor"], "Assistant-Axis projection per turn (drift monitor)"),
 ]
 
-UPSTREAM = ["sft_adapter", "rl_adapter", "persona_space", "trait_interference", "finetuning_shift", "drift_monitor"]
+
+def plot_files(inputs: list[dict], sweep_traits) -> list[tuple[str, Path, str]]:
+    """(section, file, caption) for every plot of the report; a plot that is not there is an error.
+
+    ``inputs``: the upstream values that return their ``plots`` (name → path); table-valued assets'
+    plots are at their declared names under the layout's ``plots/``; sweep plots are per trait."""
+    files = {name: Path(path) for value in inputs for name, path in value.get("plots", {}).items()}
+    files |= {name: layout().plot(name) for name in TABLE_PLOTS.values()}
+    sweeps = sorted(sweep_plot(t, what) for t in sweep_traits for what in ("trait", "coherence"))
+    files |= {name: layout().plot(name) for name in sweeps}
+    wanted = PLOTS + [("Steering", name, name.replace("sweep_", "").replace("_", " ")) for name in sweeps]
+    missing = [name for _, name, _ in wanted if name not in files or not files[name].exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"eval_report: plots {missing} are missing ({', '.join(str(files.get(n, n)) for n in missing)}); "
+            "rematerialise the assets that draw them"
+        )
+    return [(section, files[name], caption) for section, name, caption in wanted]
 
 
 @dg.asset(
     group_name=GROUP,
     kinds={"html"},
-    deps=[
-        *UPSTREAM,
-        dg.AssetDep("steering_sweep", partition_mapping=ALL),
-        dg.AssetDep("cmaes_steering", partition_mapping=ALL),
-    ],
+    ins={
+        "steering_sweep": dg.AssetIn(partition_mapping=ALL),
+        "cmaes_steering": dg.AssetIn(partition_mapping=ALL),
+    },
+    deps=["finetuning_shift", "drift_monitor"],
     description="One self-contained HTML report: leaderboard, per-persona breakdown, consistency curves, training "
     "curves, steering sweeps, PCA, vector similarity, CMA-ES convergence, worst examples with reasons.",
 )
 def eval_report(
-    context: dg.AssetExecutionContext, leaderboard: list[dict], judge_scores: list[dict], survey_replication: dict
+    context: dg.AssetExecutionContext,
+    leaderboard: list[dict],
+    judge_scores: list[dict],
+    survey_replication: dict,
+    sft_adapter: dict,
+    rl_adapter: dict,
+    persona_space: dict,
+    trait_interference: dict,
+    steering_sweep: list[dict],
+    cmaes_steering: dict,
 ) -> dict:
-    root = home()
+    sweep_traits = {r["trait"] for r in steering_sweep}
+    plots = plot_files([sft_adapter, rl_adapter, persona_space, trait_interference, *cmaes_steering.values()], sweep_traits)
     r = Report("persona-pipeline evaluation", subtitle=f"judge: {judge_scores[0]['judge'] if judge_scores else 'n/a'}")
     from persona_pipeline import leaderboard as lb
 
@@ -80,13 +109,11 @@ def eval_report(
         highlight_best={"fidelity": "max"},
     )
     opened = set()
-    for section, rel, caption in PLOTS + _sweep_plots(root):
-        path = root / rel
-        if path.exists():
-            if section not in opened:
-                opened.add(section)
-                r.section(section)
-            r.image(path.read_bytes(), caption)
+    for section, path, caption in plots:
+        if section not in opened:
+            opened.add(section)
+            r.section(section)
+        r.image(path.read_bytes(), caption)
     worst = sorted((x for x in judge_scores if x["adherence"] is not None), key=lambda x: x["adherence"])[:8]
     r.section(
         "Worst examples", "The lowest-adherence persona lines with the judge's reasoning (when the judge gives one)."
@@ -106,7 +133,7 @@ def eval_report(
         ],
         summary_keys=["persona", "method", "adherence"],
     )
-    path = r.write(root / "reports" / "eval_report.html")
+    path = r.write(layout().eval_report)
     context.add_output_metadata(
         {
             "report": dg.MetadataValue.path(str(path)),
@@ -116,10 +143,3 @@ def eval_report(
         }
     )
     return {"path": str(path)}
-
-
-def _sweep_plots(root) -> list[tuple[str, str, str]]:
-    return [
-        ("Steering", f"plots/{p.name}", p.stem.replace("sweep_", "").replace("_", " "))
-        for p in sorted((root / "plots").glob("sweep_*.png"))
-    ]

@@ -9,10 +9,12 @@ from persona_pipeline import transcripts as tr
 from persona_pipeline import vectors as vec
 from persona_pipeline.backends import SamplingParams
 from persona_pipeline.contracts import RoleSet, Trait
+from persona_pipeline.control_vector import ControlVector
 from persona_pipeline.defs.assets._common import (
     ALL,
     GPU,
     SINGLE_RUN,
+    TABLE_PLOTS,
     checkpoint_partitions,
     extra_checkpoints,
     md_table,
@@ -24,9 +26,9 @@ from persona_pipeline.defs.assets._common import (
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.judging import choose
 from persona_pipeline.judging.roles import score_roles
+from persona_pipeline.layout import layout
 from persona_pipeline.plots import bar_plot, heatmap, line_plot, scatter_plot
 from persona_pipeline.policy import policy_backend
-from persona_pipeline.settings import home
 from persona_pipeline.transcripts import mean_score, score_answers, trait_separation
 
 GROUP = "representations"
@@ -47,7 +49,7 @@ class TranscriptConfig(dg.Config):
 
 def _generate(context, asset: str, what: str, rows: list, params: SamplingParams, base_model: dict, key, **kw) -> list:
     """Every row's ``response`` from the policy base, resumable from ``work/<asset>`` (see ``transcripts``)."""
-    work = tr.ResumableRows(home() / "work" / asset, tr.fingerprint(rows, params, base_model["path"]), key)
+    work = tr.ResumableRows(layout().work(asset), tr.fingerprint(rows, params, base_model["path"]), key)
     progress = lambda done, total: context.log.info(f"{what}: {done}/{total} generated")
     return tr.generate_rows(policy_backend(base_model), rows, params, work, on_chunk=progress, **kw)
 
@@ -220,7 +222,7 @@ def activations(
         model, tok = load_model(*_checkpoint(key, base_model, sft_adapter, rl_adapter))
         layers = act.parse_layers(config.layers, len(act.decoder_layers(model)))
         tensors = act.extract(model, tok, items, layers, config.batch_size, config.response_agg)
-        folder = home() / "activations" / key
+        folder = layout().activations(key)
         act.save(folder, tensors, index)
         norms = act.layer_norms(tensors["response_avg"])
         out[key] = {
@@ -275,7 +277,7 @@ def persona_space(
     roles, keep, fallback, coords, pc1_cos = (space[k] for k in ("roles", "keep", "fallback", "coords", "pc1_cos"))
     comps, ratio, mu, sigma, axis = (space[k] for k in ("pcs", "ratio", "mu", "sigma", "axis"))
     movement = vec.checkpoint_projections(activations, roles, pos, axis, comps, mu, sigma, keep)
-    axis_path = home() / "persona_space" / "assistant_axis.safetensors"
+    axis_path = layout().assistant_axis
     vec.save_tensors(
         axis_path,
         {
@@ -286,6 +288,7 @@ def persona_space(
         },
     )
     points = [(float(coords[i, 0]), float(coords[i, 1]), r) for i, r in enumerate(roles)]
+    plots: dict[str, str] = {}
     context.add_output_metadata(
         {
             "layer": layer,
@@ -298,6 +301,7 @@ def persona_space(
                 scatter_plot(points, f"Persona space (layer {layer})", "PC1", "PC2", highlight="default"),
                 "persona_space_pca",
                 "pca_scatter",
+                plots=plots,
             ),
             **png_meta(
                 bar_plot(
@@ -311,6 +315,7 @@ def persona_space(
                 ),
                 "persona_space_axis",
                 "axis_movement",
+                plots=plots,
             ),
         }
     )
@@ -325,6 +330,7 @@ def persona_space(
         "coords": {r: coords[i].tolist() for i, r in enumerate(roles)},
         "roles_unfiltered": fallback,
         "role_rollouts": {r: sum(x["source"] == "role" and x["name"] == r for x in index) for r in roles},
+        "plots": plots,
     }
 
 
@@ -364,7 +370,7 @@ def persona_vectors(
         )
         found = {f"mean_diff_{view}": vec.mean_diff(tensors[view][pos], tensors[view][neg]) for view in act.VIEWS}
         found["svd_response_avg"] = vec.svd_direction(tensors["response_avg"][pos], tensors["response_avg"][neg])
-        path = home() / "persona_vectors" / f"{key}.safetensors"
+        path = layout().persona_vector(key)
         files[key] = found
         norms = [round(float(x), 3) for x in found["mean_diff_response_avg"].norm(dim=-1)]
         sep = trait_separation([r for r in trait_responses if r["trait"] == key])
@@ -389,7 +395,7 @@ def persona_vectors(
                 "peak_layer": manifest["layers"][max(range(len(norms)), key=norms.__getitem__)],
             }
         )
-    vec.save_tensor_files(home() / "persona_vectors", files)  # every trait of this run swapped in at once
+    vec.save_tensor_files(layout().persona_vectors, files)  # every trait of this run swapped in at once
     context.add_output_metadata(
         {
             "unreliable": ", ".join(f"{k} ({'; '.join(v['issues'])})" for k, v in out.items() if v["issues"]) or "none",
@@ -422,10 +428,12 @@ class InterferenceConfig(dg.Config):
 )
 def trait_interference(context: dg.AssetExecutionContext, config: InterferenceConfig, persona_vectors: dict) -> dict:
     traits = sorted(persona_vectors)
-    layer, pos = act.layer_position(persona_vectors[traits[0]]["layers"], config.layer)
-    stack = torch.stack([vec.load_tensors(persona_vectors[t]["path"])["mean_diff_response_avg"][pos] for t in traits])
+    vectors = {t: ControlVector.load(persona_vectors[t]) for t in traits}
+    layer, _ = act.layer_position(vectors[traits[0]].layers, config.layer)
+    stack = torch.stack([vectors[t].direction(layer) for t in traits])
     cos = vec.cosine_matrix(stack)
     span = {t: round(vec.span_share(stack[i], torch.cat([stack[:i], stack[i + 1 :]])), 3) for i, t in enumerate(traits)}
+    plots: dict[str, str] = {}
     context.add_output_metadata(
         {
             "layer": layer,
@@ -434,11 +442,19 @@ def trait_interference(context: dg.AssetExecutionContext, config: InterferenceCo
                 heatmap(cos.tolist(), traits, f"Persona vector cosine (layer {layer})"),
                 "trait_cosine",
                 "cosine_heatmap",
+                plots=plots,
             ),
         }
     )
     issues = {t: persona_vectors[t].get("issues", []) for t in traits}
-    return {"layer": layer, "traits": traits, "cosine": cos.tolist(), "span_share": span, "vector_issues": issues}
+    return {
+        "layer": layer,
+        "traits": traits,
+        "cosine": cos.tolist(),
+        "span_share": span,
+        "vector_issues": issues,
+        "plots": plots,
+    }
 
 
 @dg.asset(
@@ -448,25 +464,8 @@ def trait_interference(context: dg.AssetExecutionContext, config: InterferenceCo
     description="How far each checkpoint moved along each persona vector vs base, on the same texts (fine-tuning shift).",
 )
 def finetuning_shift(context: dg.AssetExecutionContext, activations: dict, persona_vectors: dict) -> list[dict]:
-    base, _, manifest = act.checkpoint(activations, "base")
-    rows = []
-    for key in sorted(activations):
-        tensors, _, _ = act.checkpoint(activations, key)
-        for trait, v in sorted(persona_vectors.items()):
-            layer, pos = act.layer_position(manifest["layers"], None)
-            vector = vec.load_tensors(v["path"])["mean_diff_response_avg"][pos]
-            shift = vec.project(tensors["response_avg"][:, pos], vector) - vec.project(
-                base["response_avg"][:, pos], vector
-            )
-            rows.append(
-                {
-                    "checkpoint": key,
-                    "trait": trait,
-                    "layer": layer,
-                    "mean_shift": round(float(shift.mean()), 4),
-                    "std_shift": round(float(shift.std()), 4) if len(shift) > 1 else 0.0,
-                }
-            )
+    vectors = {t: ControlVector.load(v) for t, v in persona_vectors.items()}
+    rows = vec.finetuning_shift(activations, vectors)
     traits = sorted(persona_vectors)
     series = {
         c: [next(r["mean_shift"] for r in rows if r["checkpoint"] == c and r["trait"] == t) for t in traits]
@@ -477,7 +476,9 @@ def finetuning_shift(context: dg.AssetExecutionContext, activations: dict, perso
         {
             "shift": md_table(rows),
             **png_meta(
-                bar_plot(traits, series, "Projection shift vs base", "Δ projection"), "finetuning_shift", "shift_plot"
+                bar_plot(traits, series, "Projection shift vs base", "Δ projection"),
+                TABLE_PLOTS["finetuning_shift"],
+                "shift_plot",
             ),
         }
     )

@@ -2,13 +2,13 @@
 
 import dagster as dg
 import numpy as np
-import torch
 
 from persona_pipeline import persona_steering as ps
 from persona_pipeline import steer_search as ss
 from persona_pipeline import vectors as vec
 from persona_pipeline.backends import SamplingParams
 from persona_pipeline.contracts import Trait
+from persona_pipeline.control_vector import ControlVector
 from persona_pipeline.defs.assets._common import (
     ALL,
     GPU,
@@ -17,22 +17,17 @@ from persona_pipeline.defs.assets._common import (
     persona_partitions,
     pick,
     png_meta,
+    sweep_plot,
     trait_partitions,
 )
 from persona_pipeline.defs.assets.representations import GROUP
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.judging import choose
+from persona_pipeline.layout import layout
 from persona_pipeline.plots import line_plot
 from persona_pipeline.policy import policy_backend
-from persona_pipeline.settings import home, profile
+from persona_pipeline.settings import profile
 from persona_pipeline.transcripts import score_answers, trait_system_prompt
-
-
-def _vectors_at(vectors: dict, name: str, layers: list[int]) -> dict[int, torch.Tensor]:
-    tensors = vec.load_tensors(vectors["path"])
-    if name not in tensors:
-        raise ValueError(f"config vector={name!r}: {vectors['path']} holds {sorted(tensors)}")
-    return {layer: tensors[name][vectors["layers"].index(layer)] for layer in layers}
 
 
 class SweepConfig(dg.Config):
@@ -73,8 +68,8 @@ def steering_sweep(
     out, table, plots = {}, [], {}
     for key in context.partition_keys:
         v, trait = persona_vectors[key], traits[key]
-        layers = ss.sweep_layers(config.layers, v["layers"], profile().sweep_layers)
-        norms = {layer: v["layer_norms"][v["layers"].index(layer)] for layer in layers}
+        cv = ControlVector.load(v, config.vector)
+        layers = ss.sweep_layers(config.layers, cv.layers, profile().sweep_layers)
         system = trait_system_prompt(key, trait.instructions[0].pos, True)
         rows = ss.sweep_rows(
             trait.eval_questions[: pick(config.questions, "sweep_questions")],
@@ -82,7 +77,7 @@ def steering_sweep(
             config.coefs or profile().sweep_coefs,
             system,
         )
-        for row, text in zip(rows, ss.run_sweep(backend, rows, _vectors_at(v, config.vector, layers), norms, params)):
+        for row, text in zip(rows, ss.run_sweep(backend, rows, *cv.at(layers), params)):
             row["trait"], row["response"] = key, text
             # a vector the trait judge cannot separate (or that fell back to unfiltered pairs) is marked, not hidden
             row["vector_reliable"], row["vector_issues"] = v.get("reliable", True), "; ".join(v.get("issues", []))
@@ -122,12 +117,12 @@ def _sweep_plots(trait: str, summary: list[dict], table: list[dict]) -> dict:
                 "trait 0–100",
                 hline=baseline,
             ),
-            f"sweep_{trait}_trait",
+            sweep_plot(trait, "trait"),
             f"{trait}_trait",
         ),
         **png_meta(
             line_plot(series("coherence"), f"{trait}: coherence vs coef", "relative coef", "coherence 0–100", hline=50),
-            f"sweep_{trait}_coherence",
+            sweep_plot(trait, "coherence"),
             f"{trait}_coherence",
         ),
     }
@@ -168,12 +163,13 @@ def cmaes_steering(
     judge: ModelResource,
 ) -> dict:
     traits = sorted(persona_vectors)
-    first = persona_vectors[traits[0]]
-    layer = config.layer if config.layer is not None else first["layers"][len(first["layers"]) // 2]
-    units = ps.stack_units([_vectors_at(persona_vectors[t], config.vector, [layer])[layer] for t in traits])
+    vectors = {t: ControlVector.load(persona_vectors[t], config.vector) for t in traits}
+    captured = vectors[traits[0]].layers
+    layer = config.layer if config.layer is not None else captured[len(captured) // 2]
+    units, layer_norm = ps.trait_basis(vectors, layer)
     s = ss.SearchSettings(
         layer=layer,
-        layer_norm=first["layer_norms"][first["layers"].index(layer)],
+        layer_norm=layer_norm,
         alpha=config.alpha,
         bound=config.bound,
         sigma0=config.sigma0,
@@ -202,8 +198,8 @@ def cmaes_steering(
     out, files = {}, {}
     for t in targets:
         r = found[t.persona_id]
-        path = home() / "cmaes_steering" / f"{t.persona_id}.safetensors"
-        files[t.persona_id] = {"vector": ss.direction(r["best"][1], units) * s.alpha * s.layer_norm}
+        path = layout().cmaes_vector(t.persona_id)
+        files[t.persona_id] = {"vector": ss.weighted_vector(r["best"][1], units, s)}
         out[t.persona_id] = {
             "persona_id": t.persona_id,
             "layer": layer,
@@ -219,12 +215,15 @@ def cmaes_steering(
             "history": r["history"],
             "random_history": r["random_history"],
         }
-    vec.save_tensor_files(home() / "cmaes_steering", files)  # every persona of this run swapped in at once
-    context.add_output_metadata(_cmaes_meta(out, traits, s))
+    vec.save_tensor_files(layout().cmaes_steering, files)  # every persona of this run swapped in at once
+    plots: dict[str, str] = {}
+    context.add_output_metadata(_cmaes_meta(out, traits, s, plots))
+    for r in out.values():
+        r["plots"] = plots  # the convergence plot covers every persona of this run
     return out
 
 
-def _cmaes_meta(out: dict, traits: list[str], s: ss.SearchSettings) -> dict:
+def _cmaes_meta(out: dict, traits: list[str], s: ss.SearchSettings, plots: dict) -> dict:
     curves = {}
     for pid, r in out.items():
         curves[f"{pid} cma"] = ([h["generation"] for h in r["history"]], [h["best_so_far"] for h in r["history"]])
@@ -245,5 +244,6 @@ def _cmaes_meta(out: dict, traits: list[str], s: ss.SearchSettings) -> dict:
             line_plot(curves, "CMA-ES convergence (best-so-far fitness)", "generation", "persona score [-1, 1]"),
             "cmaes_convergence",
             "convergence",
+            plots=plots,
         ),
     }
