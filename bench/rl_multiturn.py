@@ -20,9 +20,9 @@ from bench.training import real_pairs
 from persona_pipeline import loaders
 from persona_pipeline.backends import BackendSpec, make_backend
 from persona_pipeline.modelio import convert_embedded, default_base_dir
+from persona_pipeline.persona_simulator import definitions, voice_judge
 from persona_pipeline.rl_rollouts import RolloutSettings, make_rollout_func, rollout_seeds
 from persona_pipeline.settings import data_root, home
-from persona_pipeline.simulator import definitions, voice_judge
 from persona_pipeline.train_rl import RlSettings, multiturn_rewards, train_rl
 from persona_pipeline.train_sft import SftSettings, build_mixture, train_sft
 

@@ -16,8 +16,8 @@ from persona_pipeline import loaders
 from persona_pipeline.backends import BackendSpec, make_backend
 from persona_pipeline.hitl import expand_paths
 from persona_pipeline.modelio import convert_embedded, default_base_dir
+from persona_pipeline.persona_simulator import definitions
 from persona_pipeline.settings import data_root, home
-from persona_pipeline.simulator import definitions
 from persona_pipeline.train_rl import RlSettings, make_reward, rl_prompts, train_rl
 from persona_pipeline.train_sft import SftSettings, build_mixture, train_sft
 from persona_pipeline.unroll import unroll

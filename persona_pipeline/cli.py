@@ -36,7 +36,7 @@ class CliError(SystemExit):
 
 def _definitions() -> dict[str, str]:
     from . import loaders
-    from .simulator import definitions
+    from .persona_simulator import definitions
 
     specs = [s.model_dump() for s in loaders.load_personas(data_root() / "personas")]
     found = loaders.load_surveys(data_root() / "surveys", {s["id"] for s in specs})
@@ -70,7 +70,7 @@ def policy_backend(kind: str):
 
 
 def persona_backend(persona: str, kind: str):
-    from .simulator import PersonaBackend
+    from .persona_simulator import PersonaBackend
 
     defs = _definitions()
     if persona not in defs:
@@ -102,7 +102,7 @@ def pick_topic(persona: str, topic: str | None, seed: int) -> str:
     if topic:
         return topic
     from . import loaders
-    from .simulate import plan_dialogues
+    from .teacher_dialogues import plan_dialogues
 
     specs = {s.id: s for s in loaders.load_personas(data_root() / "personas")}
     if persona not in specs:  # a survey person: no affinity, any held-out topic
@@ -113,7 +113,7 @@ def pick_topic(persona: str, topic: str | None, seed: int) -> str:
 
 def _chat(args) -> int:
     from .prompts import assistant_chat
-    from .simulate import clean_persona_line
+    from .teacher_dialogues import clean_persona_line
 
     params = sampling(args)
     # --reverse: the model is the assistant the simulator is meant to test (PERSONA_ASSISTANT_*), not the simulator
@@ -152,8 +152,8 @@ def _chat(args) -> int:
 
 
 def _simulate(args) -> int:
-    from .simulate import Dialogue, converse
     from .storage import write_json
+    from .teacher_dialogues import Dialogue, converse
 
     sim = persona_backend(args.persona, args.adapter)
     sim.topic = pick_topic(args.persona, args.topic, args.seed)
@@ -181,7 +181,7 @@ def _simulate(args) -> int:
 
 def serve_backends(adapters: list[str]) -> dict:
     """Model name → backend: raw ``base``/``sft``/``rl`` and ``persona-simulator[-kind]:<id>``; loaded lazily."""
-    from .simulator import LazyBackend, PersonaBackend
+    from .persona_simulator import LazyBackend, PersonaBackend
 
     defs = _definitions()
     out: dict = {}
@@ -307,7 +307,7 @@ def _rate(args) -> int:
 def _writing_room(args) -> int:
     """The persona writing room: labelers write gold persona lines against the assistant model."""
     from . import loaders
-    from .simulator import LazyBackend
+    from .persona_simulator import LazyBackend
     from .writing_room import guard_for, serve_writing_room, writing_room_app
 
     specs = loaders.load_personas(data_root() / "personas")

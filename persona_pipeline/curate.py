@@ -16,7 +16,7 @@ from .quality import dedupe, quality_score, safety_flags
 
 
 @dataclass
-class CurateConfig:
+class CurateSettings:
     min_turns: int = 8
     quality_threshold: float = 0.4
     near_duplicate_jaccard: float = 0.8
@@ -33,7 +33,7 @@ def score(conv: Conversation, min_turns: int) -> Conversation:
     return conv
 
 
-def curate(synthetic: list[Conversation], hitl: list[Conversation], survey: list[Conversation], cfg: CurateConfig):
+def curate(synthetic: list[Conversation], hitl: list[Conversation], survey: list[Conversation], cfg: CurateSettings):
     """Return (kept conversations, report dict with counts per source, persona and reason)."""
     dropped: Counter = Counter()
     survey_train = [c for c in survey if c.metadata.split == "train"]

@@ -20,7 +20,7 @@ from .backends import Backend, SamplingParams
 from .contracts import Conversation, ConversationMetadata, Turn
 from .hooks import Steer
 from .prompts import assistant_chat
-from .simulate import clean_persona_line
+from .teacher_dialogues import clean_persona_line
 
 PromptFn = Callable[[str, list[dict]], list[dict]]  # (topic, turns so far) -> chat for the persona's next line
 

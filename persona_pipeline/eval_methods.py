@@ -21,10 +21,10 @@ from .contracts import PersonaSpec
 from .control_vector import ControlVector
 from .eval_dialogues import Contestant
 from .leaderboard import CLASSIFIERS, EVALUATORS
+from .persona_simulator import definitions
 from .prompts import neutral_user_chat, simulator_prompt, teacher_chat
 from .quality import PERSONA_BREAK, text_safety_flags
 from .settings import profile
-from .simulator import definitions
 
 METHODS = ("prompt", "sft", "rl", "steering", "cmaes")
 

@@ -484,6 +484,15 @@ def _jsonl_files(folder: Path, what: str, warn: Warn | None) -> list[Path]:
     return folder_files(folder, (".jsonl",), what, warn)
 
 
+def _register(path: Path, n: int, persona_id: str, rec_id: str, persona_ids: set[str] | None, seen: dict) -> None:
+    """What every dialogue record of a JSONL folder must be: of a known persona, with an id not seen before."""
+    if persona_ids is not None and persona_id not in persona_ids:
+        raise InputError(f"{path}, line {n}: field 'persona_id': unknown persona '{persona_id}'")
+    if rec_id in seen:
+        raise InputError(f"{path}, line {n}: field 'id': '{rec_id}' is a duplicate of {seen[rec_id]}")
+    seen[rec_id] = f"{path.name} line {n}"
+
+
 def load_hitl(folder: Path, persona_ids: set[str] | None = None, warn: Warn | None = None) -> list[HitlRecord]:
     """Writing-room sessions, ours or the pipeline doc's layout (``metadata`` kept, id derived if absent)."""
     records, seen = [], {}
@@ -492,11 +501,7 @@ def load_hitl(folder: Path, persona_ids: set[str] | None = None, warn: Warn | No
             if isinstance(raw, dict):
                 raw = _peer(path, f"line {n}", peer.hitl_record, raw, f"{peer.slug(path.stem)}-{n}")
             rec = _validate(HitlRecord, raw, path, f"line {n}")
-            if persona_ids is not None and rec.persona_id not in persona_ids:
-                raise InputError(f"{path}, line {n}: field 'persona_id': unknown persona '{rec.persona_id}'")
-            if rec.id in seen:
-                raise InputError(f"{path}, line {n}: field 'id': '{rec.id}' is a duplicate of {seen[rec.id]}")
-            seen[rec.id] = f"{path.name} line {n}"
+            _register(path, n, rec.persona_id, rec.id, persona_ids, seen)
             records.append(rec)
     return records
 
@@ -510,11 +515,7 @@ def load_conversations(folder: Path, persona_ids: set[str] | None = None, warn: 
                 raise InputError(f"{path}, line {n}: expected a mapping, got {type(raw).__name__}")
             rec = _peer(path, f"line {n}", peer.conversation_record, raw, f"{peer.slug(path.stem)}-{n}")
             conv = _validate(Conversation, rec, path, f"line {n}")
-            if persona_ids is not None and conv.persona_id not in persona_ids:
-                raise InputError(f"{path}, line {n}: field 'persona_id': unknown persona '{conv.persona_id}'")
-            if conv.id in seen:
-                raise InputError(f"{path}, line {n}: field 'id': '{conv.id}' is a duplicate of {seen[conv.id]}")
-            seen[conv.id] = f"{path.name} line {n}"
+            _register(path, n, conv.persona_id, conv.id, persona_ids, seen)
             out.append(conv)
     return out
 

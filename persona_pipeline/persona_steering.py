@@ -15,9 +15,9 @@ import torch
 from . import steer_search as ss
 from .contracts import PersonaSpec, Topic
 from .control_vector import ControlVector
+from .persona_simulator import definitions
 from .prompts import neutral_user_chat, teacher_chat
-from .simulate import plan_dialogues
-from .simulator import definitions
+from .teacher_dialogues import plan_dialogues
 
 METHODS = (
     "cmaes",

@@ -33,8 +33,8 @@ from .backends import Backend, SamplingParams
 from .consistency import PROBES, line_to_line, prompt_to_line, qa_stability
 from .contracts import Conversation
 from .prompts import assistant_chat, simulator_prompt
-from .simulate import clean_persona_line
 from .splits import heldout_conversations
+from .teacher_dialogues import clean_persona_line
 
 
 @dataclass

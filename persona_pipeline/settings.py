@@ -25,9 +25,11 @@ def data_root() -> Path:
 
 
 class Profile(BaseModel):
-    """Run sizes. Every asset config takes its defaults from here."""
+    """Run sizes, grouped by stage. Every asset config takes its defaults from here: a config field left
+    None is filled from the field named here (``defs.assets._common.ProfileConfig``)."""
 
     name: str
+    # data stage: teacher dialogues (synthetic_conversations) and survey conversations
     conversations_per_persona: int
     min_turns: int
     max_turns: int
@@ -35,13 +37,15 @@ class Profile(BaseModel):
     assistant_max_new_tokens: int
     max_line_retries: int
     survey_follow_up_items: int
+    survey_answer_tokens: int  # survey answers in the person's voice (data) and on held-out items (evaluation)
+    # models stage: SFT
     sft_max_steps: int
     sft_batch_size: int
     sft_eval_rows: int  # held-out rows scored before and after training
     sft_max_length: int  # longer training rows (deep histories) are dropped
-    survey_answer_tokens: int
-    survey_eval_items: int  # held-out survey items answered per method; 0: all
     retention_prompts: int
+    check_prompts: int  # held-out prompts of the model checks and of the RL before/after reward
+    # models stage: GRPO
     rl_max_steps: int
     rl_num_generations: int
     rl_prompts: int
@@ -50,8 +54,7 @@ class Profile(BaseModel):
     rl_turns: int = 3  # persona turns per multi-turn on-policy rollout (the last one is trained)
     rl_groups_per_step: int = 2  # GRPO groups (contexts) per step, rl_num_generations lines each
     rl_learning_rate: float = 2e-5
-    check_prompts: int
-    # representations stage
+    # representations stage: role transcripts and trait responses
     role_system_prompts: int  # per role
     role_questions: int
     role_rollouts: int
@@ -60,6 +63,7 @@ class Profile(BaseModel):
     trait_questions: int
     trait_samples: int
     trait_max_new_tokens: int
+    # representations stage: steering sweep and CMA-ES
     sweep_layers: int  # layers around the middle
     sweep_coefs: list[float]  # relative to the layer's typical residual norm
     sweep_questions: int
@@ -73,6 +77,7 @@ class Profile(BaseModel):
     eval_turns: int  # turns per test dialogue (≥ 10)
     eval_persona_tokens: int
     eval_assistant_tokens: int
+    survey_eval_items: int  # held-out survey items answered per method; 0: all
     human_eval_items: int  # contexts per persona on the human-eval page
     capability_items: int = 0  # multiple-choice items in the capability_retention probe (0: all shipped)
 

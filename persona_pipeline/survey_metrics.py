@@ -52,7 +52,7 @@ OPEN_PAIR_THRESHOLD = 0.35
 
 def survey_definition(survey: Survey) -> str:
     """The definition string the survey SFT pairs were unrolled with (shared with ``simulator``)."""
-    from .simulator import definitions
+    from .persona_simulator import definitions
 
     return definitions([], {survey.profile.id: survey.model_dump()})[survey.profile.id]
 

@@ -26,8 +26,8 @@ from .backends import SamplingParams
 from .contracts import ID_PATTERN, HitlRecord, PersonaSpec, Topic
 from .http_guard import Guard, api_key, guard_app, warn_if_exposed
 from .loaders import InputError, validate_record
+from .persona_simulator import PersonaBackend
 from .prompts import assistant_chat
-from .simulator import PersonaBackend
 from .storage import write_text
 
 PAGE = Path(__file__).parent / "static" / "writing_room.html"

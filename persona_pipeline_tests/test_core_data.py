@@ -4,7 +4,7 @@ import pytest
 
 from persona_pipeline import loaders
 from persona_pipeline.contracts import Conversation, ConversationMetadata, Turn
-from persona_pipeline.curate import CurateConfig, curate
+from persona_pipeline.curate import CurateSettings, curate
 from persona_pipeline.hitl import expand_paths, mix_to_target
 from persona_pipeline.quality import dedupe, persona_breaks, quality_score
 from persona_pipeline.survey import answer_text, split_items, survey_conversations
@@ -110,7 +110,7 @@ def test_dedupe_drops_exact_and_near_duplicates_but_not_hitl_paths():
 
 def test_curate_reports_counts_and_filters():
     syn = [conv("s1", DIALOGUE), conv("s2", ["As an AI, I can't."] * 8), conv("s3", DIALOGUE)]
-    kept, report = curate(syn, [], [], CurateConfig(hitl_share=0.2))
+    kept, report = curate(syn, [], [], CurateSettings(hitl_share=0.2))
     assert [c.id for c in kept] == ["s1"]
     assert report["dropped"] == {"exact_duplicate_of": 1, "low_quality<0.4": 1}
     assert kept[0].metadata.quality_score == 1.0

@@ -13,10 +13,10 @@ from persona_pipeline.backends import SamplingParams
 from persona_pipeline.contracts import Conversation, ConversationMetadata, HitlRecord, Turn
 from persona_pipeline.eval_dialogues import _conversation, _Dialogue, endings
 from persona_pipeline.hitl import expand_paths
+from persona_pipeline.persona_simulator import PersonaBackend
 from persona_pipeline.prompts import END_MARK, split_end
 from persona_pipeline.serve import create_app, serving
-from persona_pipeline.simulate import Dialogue, converse
-from persona_pipeline.simulator import PersonaBackend
+from persona_pipeline.teacher_dialogues import Dialogue, converse
 from persona_pipeline.unroll import unroll
 
 

@@ -137,7 +137,7 @@ def exported_datasets(tmp_path) -> dict:
     from persona_pipeline import loaders
     from persona_pipeline.dataset_export import conversation_rows, sft_rows, write_dataset
     from persona_pipeline.hitl import expand_paths
-    from persona_pipeline.simulator import definitions
+    from persona_pipeline.persona_simulator import definitions
     from persona_pipeline.unroll import unroll
 
     specs = loaders.load_personas(DATA / "personas")

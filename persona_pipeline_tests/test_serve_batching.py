@@ -145,7 +145,7 @@ def test_full_queue_is_a_503_with_retry_after_and_loses_nothing(tiny_backend):
 
 
 def test_different_personas_of_one_model_share_a_batch(tiny_backend):
-    from persona_pipeline.simulator import PersonaBackend
+    from persona_pipeline.persona_simulator import PersonaBackend
 
     personas = {
         f"persona-simulator:{pid}": PersonaBackend(tiny_backend, pid, f"You are {pid}, {what}.")

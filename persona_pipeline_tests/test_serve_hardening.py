@@ -245,7 +245,7 @@ def test_model_failure_is_a_json_500_and_the_server_survives(tiny_backend):
 
 
 def test_concurrent_first_requests_load_a_lazy_model_once(tiny_backend):
-    from persona_pipeline.simulator import LazyBackend
+    from persona_pipeline.persona_simulator import LazyBackend
 
     loads = []
 

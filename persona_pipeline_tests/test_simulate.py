@@ -4,7 +4,7 @@ import pytest
 
 from persona_pipeline import loaders
 from persona_pipeline.prompts import teacher_chat
-from persona_pipeline.simulate import SimConfig, WorkCache, clean_persona_line, plan_dialogues, simulate
+from persona_pipeline.teacher_dialogues import DialogueSettings, WorkCache, clean_persona_line, plan_dialogues, simulate
 
 
 class Counting:
@@ -56,7 +56,9 @@ def test_dialogues_alternate_and_reach_min_turns_in_batched_steps(world, tiny_ba
     specs, topics = world
     dialogues = plan_dialogues(specs["anxious"], topics, 2) + plan_dialogues(specs["retiree"], topics, 2)
     teacher, assistant = Counting(tiny_backend), Counting(tiny_backend)
-    cfg = SimConfig(min_turns=8, max_turns=8, persona_max_new_tokens=6, assistant_max_new_tokens=6, max_line_retries=0)
+    cfg = DialogueSettings(
+        min_turns=8, max_turns=8, persona_max_new_tokens=6, assistant_max_new_tokens=6, max_line_retries=0
+    )
     convs = simulate(dialogues, specs, teacher, assistant, cfg)
     assert len(convs) == 4
     for c in convs:
@@ -68,7 +70,9 @@ def test_dialogues_alternate_and_reach_min_turns_in_batched_steps(world, tiny_ba
 
 def test_resume_from_cache_loses_and_duplicates_nothing(world, tiny_backend, tmp_path):
     specs, topics = world
-    cfg = SimConfig(min_turns=8, max_turns=8, persona_max_new_tokens=6, assistant_max_new_tokens=6, max_line_retries=0)
+    cfg = DialogueSettings(
+        min_turns=8, max_turns=8, persona_max_new_tokens=6, assistant_max_new_tokens=6, max_line_retries=0
+    )
     plan = lambda: plan_dialogues(specs["parent"], topics, 3)
     cache = WorkCache(tmp_path, {"parent": "fp1"})
 

@@ -9,7 +9,7 @@ import pytest
 from persona_pipeline.backends import SamplingParams
 from persona_pipeline.contracts import Conversation, Survey, SurveyItem
 from persona_pipeline.loaders import load_surveys
-from persona_pipeline.simulator import definitions
+from persona_pipeline.persona_simulator import definitions
 from persona_pipeline.survey import answer_text, split_items, survey_conversations
 from persona_pipeline.survey import test_items as held_out_items
 from persona_pipeline.survey_metrics import (

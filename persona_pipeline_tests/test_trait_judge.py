@@ -59,7 +59,7 @@ def test_voice_judge_scores_a_line_higher_for_the_persona_who_talks_like_that():
     """The local persona judge: MiniLM similarity to a persona's own voice vs the others', keyed by spec text."""
     from persona_pipeline.judging import JudgeItem
     from persona_pipeline.judging.reward import persona_scores
-    from persona_pipeline.simulator import definitions, voice_judge
+    from persona_pipeline.persona_simulator import definitions, voice_judge
 
     specs = [
         {

@@ -15,7 +15,7 @@ from _dagster_helpers import isolated_env, materialize_cmd, run_cli, small_data
 
 from persona_pipeline import loaders
 from persona_pipeline.http_guard import Guard
-from persona_pipeline.simulator import definitions
+from persona_pipeline.persona_simulator import definitions
 from persona_pipeline.storage import read_records
 from persona_pipeline.writing_room import writing_room_app
 

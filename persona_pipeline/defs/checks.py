@@ -105,7 +105,7 @@ data_checks = [
 
 
 def _heldout(conversations, persona_specs, surveys, n):
-    from persona_pipeline.simulator import definitions
+    from persona_pipeline.persona_simulator import definitions
     from persona_pipeline.train_rl import rl_prompts
 
     return rl_prompts(
@@ -128,8 +128,8 @@ def _lines(base_path: str, adapter: str | None, rows: list[dict]) -> list[str]:
 @functools.lru_cache(maxsize=4)
 def _cached_lines(base_path: str, adapter: str | None, _stamp: int, rows_json: str) -> tuple[str, ...]:
     from persona_pipeline.backends import BackendSpec, SamplingParams, make_backend
+    from persona_pipeline.persona_simulator import next_lines
     from persona_pipeline.settings import home
-    from persona_pipeline.simulator import next_lines
 
     backend = make_backend(BackendSpec(model=base_path, adapter=adapter), home())
     return tuple(next_lines(backend, json.loads(rows_json), SamplingParams(max_new_tokens=32, temperature=0)))
@@ -214,7 +214,7 @@ def sft_split_leak_free(sft_adapter: dict, sft_pairs: list[dict]) -> dg.AssetChe
 def adherence_vs_prompt_only(
     sft_adapter: dict, conversations: list[dict], persona_specs: list[dict], surveys: dict, judge: ModelResource
 ):
-    from persona_pipeline.simulator import adherence
+    from persona_pipeline.persona_simulator import adherence
 
     rows = _heldout(conversations, persona_specs, surveys, profile().check_prompts)
     scorer, method = persona_judge("auto", judge, persona_specs, surveys, purpose="evaluation")

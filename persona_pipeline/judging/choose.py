@@ -53,7 +53,7 @@ def persona_judge(purpose: str, judge, persona_specs: list[dict], surveys: dict 
         raise ValueError("persona adherence is not a filter; use trait_judge / coherence_judge / role_method")
     m = method(purpose, judge, choice)
     if m == "embedding":
-        from ..simulator import voice_judge
+        from ..persona_simulator import voice_judge
 
         return voice_judge(persona_specs, surveys)
     return LogprobPersonaJudge(judge.backend()) if m == "logprob" else JsonRewardJudge(judge.backend())
@@ -86,7 +86,7 @@ def role_method(judge, choice: str = "auto") -> str:
 def spec_texts(judge, persona_specs: list[dict]) -> dict[str, str]:
     """The spec text an LLM judge reads: the full spec for endpoint judges; the compact one (who + traits)
     for the small local judge, which attends to it better and reads it hundreds of times."""
-    from ..simulator import definitions
+    from ..persona_simulator import definitions
 
     return definitions(persona_specs, compact=judge.kind == "local")
 

@@ -1,6 +1,7 @@
 """Small helpers shared by the asset modules: partitions and metadata."""
 
 from collections import Counter
+from typing import ClassVar, Literal
 
 import dagster as dg
 
@@ -42,8 +43,26 @@ GPU = {"pool": "gpu", "op_tags": gpu_tags()}
 
 
 def pick(value, name: str):
-    """A run-config value, or — where it is None — the active profile's ``name``."""
+    """The one rule for sizes: a run-config value, or — where it is None — the active profile's ``name``."""
     return value if value is not None else getattr(profile(), name)
+
+
+# Fixed choices, typed so Dagster rejects a bad value at launch and the launchpad lists the options.
+FilterJudge = Literal["auto", "embedding", "logprob"]  # trait / coherence / role judges (``judging.choose``)
+PersonaJudge = Literal["auto", "embedding", "logprob", "json"]  # reward and search-fitness judges
+Quantize = Literal["auto", "nf4", "none"]  # auto: NF4 (QLoRA) on CUDA, full precision on CPU
+OnOff = Literal["auto", "on", "off"]
+
+
+class ProfileConfig(dg.Config):
+    """Run config whose ``None`` fields take the active profile's value, filled once when the config is built
+    (TRL's ``__post_init__`` habit), so an asset body never sees a ``None`` size. ``PROFILE`` maps each such
+    field to its ``Profile`` attribute; 0 or an empty list given in run config is kept, never replaced."""
+
+    PROFILE: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, **config):
+        super().__init__(**{**config, **{f: pick(config.get(f), name) for f, name in self.PROFILE.items()}})
 
 
 STEERING_INS = {

@@ -1,27 +1,41 @@
 """Data group: teacher dialogues, HITL gold, survey conversations, curation, SFT pairs."""
 
+from typing import Literal
+
 import dagster as dg
 
 from persona_pipeline import curate as cur
 from persona_pipeline.backends import SamplingParams
 from persona_pipeline.contracts import Conversation, Survey, Topic
-from persona_pipeline.defs.assets._common import GPU, SINGLE_RUN, counts, md_table, persona_partitions
+from persona_pipeline.defs.assets._common import GPU, SINGLE_RUN, ProfileConfig, counts, md_table, persona_partitions
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.hitl import expand_paths
 from persona_pipeline.layout import layout
 from persona_pipeline.loaders import load_conversations, load_hitl, load_personas
+from persona_pipeline.persona_simulator import definitions
 from persona_pipeline.settings import data_root, profile
-from persona_pipeline.simulate import SimConfig, WorkCache, fingerprint, plan_dialogues, simulate
-from persona_pipeline.simulator import definitions
 from persona_pipeline.survey import split_items
 from persona_pipeline.survey import survey_conversations as survey_to_convs
+from persona_pipeline.teacher_dialogues import DialogueSettings, WorkCache, fingerprint, plan_dialogues, simulate
 from persona_pipeline.unroll import export_customjson, unroll
 
 GROUP = "data"
 
 
-class SyntheticConfig(dg.Config):
+class SyntheticConfig(ProfileConfig):
     """None means: take the value from the active profile (PERSONA_PIPELINE_PROFILE)."""
+
+    PROFILE = {
+        name: name
+        for name in (
+            "conversations_per_persona",
+            "min_turns",
+            "max_turns",
+            "persona_max_new_tokens",
+            "assistant_max_new_tokens",
+            "max_line_retries",
+        )
+    }
 
     conversations_per_persona: int | None = None
     min_turns: int | None = None
@@ -30,24 +44,24 @@ class SyntheticConfig(dg.Config):
     assistant_max_new_tokens: int | None = None
     max_line_retries: int | None = None
     temperature: float = 0.8
-    teacher_spec: str = "auto"  # full | compact | auto: the whole spec for an endpoint teacher, compact for the 135M
+    teacher_spec: Literal["auto", "full", "compact"] = (
+        "auto"  # auto: the whole spec for an endpoint teacher, compact for the 135M
+    )
     seed: int = 0
 
-    def resolved(self) -> tuple[int, SimConfig]:
-        p = profile()
-        pick = lambda name: getattr(self, name) if getattr(self, name) is not None else getattr(p, name)
-        sim = SimConfig(
-            min_turns=pick("min_turns"),
-            max_turns=pick("max_turns"),
-            persona_max_new_tokens=pick("persona_max_new_tokens"),
-            assistant_max_new_tokens=pick("assistant_max_new_tokens"),
+    def resolved(self) -> tuple[int, DialogueSettings]:
+        sim = DialogueSettings(
+            min_turns=self.min_turns,
+            max_turns=self.max_turns,
+            persona_max_new_tokens=self.persona_max_new_tokens,
+            assistant_max_new_tokens=self.assistant_max_new_tokens,
             temperature=self.temperature,
-            max_line_retries=pick("max_line_retries"),
+            max_line_retries=self.max_line_retries,
             seed=self.seed,
         )
         if sim.max_turns < sim.min_turns:
             raise ValueError(f"config max_turns={sim.max_turns} is below min_turns={sim.min_turns}")
-        return pick("conversations_per_persona"), sim
+        return self.conversations_per_persona, sim
 
 
 def _records(convs: list[Conversation]) -> list[dict]:
@@ -72,8 +86,6 @@ def synthetic_conversations(
     assistant: ModelResource,
 ) -> dict:
     n, sim = config.resolved()
-    if config.teacher_spec not in ("auto", "full", "compact"):
-        raise ValueError(f"config teacher_spec={config.teacher_spec!r}: use auto, full or compact")
     sim.full_spec = config.teacher_spec == "full" or (config.teacher_spec == "auto" and teacher.kind != "local")
     specs = {s.id: s for s in load_personas(data_root() / "personas")}
     unknown = [k for k in context.partition_keys if k not in specs]
@@ -122,7 +134,9 @@ def hitl_conversations(context: dg.AssetExecutionContext, persona_specs: list[di
     return _records(convs)
 
 
-class SurveyConfig(dg.Config):
+class SurveyConfig(ProfileConfig):
+    PROFILE = {"follow_up_items": "survey_follow_up_items"}
+
     test_fraction: float = 0.2
     follow_up_items: int | None = None
     generate_follow_ups: bool = True  # the teacher answers follow-ups in the person's voice (else their reasoning)
@@ -139,7 +153,7 @@ def survey_conversations(
 ) -> list[dict]:
     if not 0 < config.test_fraction < 1:
         raise ValueError(f"config test_fraction={config.test_fraction}: must be between 0 and 1")
-    fu = config.follow_up_items if config.follow_up_items is not None else profile().survey_follow_up_items
+    fu = config.follow_up_items
     writer = teacher.backend() if config.generate_follow_ups and surveys else None
     params = SamplingParams(max_new_tokens=profile().survey_answer_tokens * 2, temperature=0.7, seed=config.seed)
     convs = []
@@ -158,7 +172,7 @@ def survey_conversations(
     return _records(convs)
 
 
-class CurateAssetConfig(dg.Config):
+class CurateConfig(dg.Config):
     quality_threshold: float = 0.4
     near_duplicate_jaccard: float = 0.8
     hitl_share: float = 0.2
@@ -173,14 +187,14 @@ class CurateAssetConfig(dg.Config):
 )
 def conversations(
     context: dg.AssetExecutionContext,
-    config: CurateAssetConfig,
+    config: CurateConfig,
     synthetic_conversations: list[dict],
     hitl_conversations: list[dict],
     survey_conversations: list[dict],
     persona_specs: list[dict],
 ) -> list[dict]:
     load = lambda rows: [Conversation(**r) for r in rows]
-    cfg = cur.CurateConfig(min_turns=profile().min_turns, **config.model_dump())
+    cfg = cur.CurateSettings(min_turns=profile().min_turns, **config.model_dump())
     extra = load_conversations(data_root() / "conversations", {s["id"] for s in persona_specs}, context.log.warning)
     synthetic = load(synthetic_conversations) + [c for c in extra if c.metadata.source != "hitl"]
     gold = load(hitl_conversations) + [c for c in extra if c.metadata.source == "hitl"]

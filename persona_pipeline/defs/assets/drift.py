@@ -14,9 +14,9 @@ from persona_pipeline.activations import Item, extract
 from persona_pipeline.defs.assets._common import ALL, TABLE_PLOTS, md_table, png_meta
 from persona_pipeline.defs.assets.evaluation import GROUP
 from persona_pipeline.dialogue_drift import projection_slope
+from persona_pipeline.persona_simulator import definitions
 from persona_pipeline.plots import line_plot
 from persona_pipeline.prompts import simulator_prompt
-from persona_pipeline.simulator import definitions
 
 
 class DriftConfig(dg.Config):

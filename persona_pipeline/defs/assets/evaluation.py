@@ -8,7 +8,15 @@ import dagster as dg
 from persona_pipeline import eval_judges as ej
 from persona_pipeline import stats
 from persona_pipeline.contracts import PersonaSpec, Survey, Topic
-from persona_pipeline.defs.assets._common import GPU, STEERING_INS, TABLE_PLOTS, md_table, png_meta
+from persona_pipeline.defs.assets._common import (
+    GPU,
+    STEERING_INS,
+    TABLE_PLOTS,
+    OnOff,
+    ProfileConfig,
+    md_table,
+    png_meta,
+)
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.dialogue_drift import consistency_drift
 from persona_pipeline.eval_dialogues import endings, persona_turns, run_dialogues
@@ -25,19 +33,19 @@ from persona_pipeline.judging import choose
 from persona_pipeline.leaderboard import CLASSIFIERS, brief
 from persona_pipeline.policy import checkpoint_backends, policy_backend
 from persona_pipeline.settings import profile
-from persona_pipeline.simulate import plan_dialogues
+from persona_pipeline.teacher_dialogues import plan_dialogues
 
 GROUP = "evaluation"
 
 
-class JudgeScoresConfig(dg.Config):
+class JudgeScoresConfig(ProfileConfig):
+    PROFILE = {"topics": "eval_topics", "turns": "eval_turns"}
+
     methods: list[str] = list(METHODS)
     topics: int | None = None
     turns: int | None = None
-    json_judge: str = "auto"  # auto: the seed's JSON judge with endpoint judges; "on" / "off"
-    logprob_judge: str = (
-        "auto"  # auto: the 0–10 logprob reward judge with endpoint judges (the 135M judge rarely answers)
-    )
+    json_judge: OnOff = "auto"  # auto: the seed's JSON judge with endpoint judges
+    logprob_judge: OnOff = "auto"  # auto: the 0–10 logprob reward judge with endpoint judges (the 135M rarely answers)
     agreement_tolerance: float = 0.2
     seed: int = 0
 
@@ -72,7 +80,7 @@ def judge_scores(
     specs = {s["id"]: PersonaSpec(**s) for s in persona_specs}
     all_topics = [Topic(**t) for t in topics]
     held = {
-        pid: [d.topic for d in plan_dialogues(s, all_topics, config.topics or p.eval_topics, config.seed, "heldout")]
+        pid: [d.topic for d in plan_dialogues(s, all_topics, config.topics, config.seed, "heldout")]
         for pid, s in specs.items()
     }
     backends = checkpoint_backends(base_model, sft_adapter, rl_adapter)
@@ -81,7 +89,7 @@ def judge_scores(
         held,
         backends,
         assistant.backend(),
-        max(10, config.turns or p.eval_turns),
+        max(10, config.turns),
         p.eval_persona_tokens,
         p.eval_assistant_tokens,
         seed=config.seed,
@@ -199,7 +207,9 @@ def _r(x, nd: int = 4):
     return stats.rounded(x, nd)
 
 
-class SurveyReplicationConfig(dg.Config):
+class SurveyReplicationConfig(ProfileConfig):
+    PROFILE = {"max_new_tokens": "survey_answer_tokens"}
+
     test_fraction: float = 0.2  # must match survey_conversations' split
     max_new_tokens: int | None = None  # None → profile (survey_answer_tokens)
     seed: int = 0
@@ -235,9 +245,7 @@ def survey_replication(
         held = [i for i, side in split_items(survey, config.test_fraction, config.seed).items() if side == "test"]
         held = held[: profile().survey_eval_items or None]  # the demo profile answers a fixed slice
         for method, (backend, condition) in runs.items():
-            answers = answer_items(
-                backend, survey, held, condition, config.max_new_tokens or profile().survey_answer_tokens
-            )
+            answers = answer_items(backend, survey, held, condition, config.max_new_tokens)
             result = score(survey, answers, encoder)
             out[f"{sid}/{method}"] = {
                 "persona_id": sid,

@@ -9,18 +9,20 @@ import dagster as dg
 from persona_pipeline import human_eval as he
 from persona_pipeline import human_ratings as hr
 from persona_pipeline import stats
-from persona_pipeline.defs.assets._common import GPU, STEERING_INS, md_table
+from persona_pipeline.defs.assets._common import GPU, STEERING_INS, ProfileConfig, md_table
 from persona_pipeline.defs.assets.evaluation import GROUP
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.eval_dialogues import next_lines
 from persona_pipeline.eval_methods import METHODS, contestants
 from persona_pipeline.layout import layout
 from persona_pipeline.policy import checkpoint_backends
-from persona_pipeline.settings import profile, ratings_dir
+from persona_pipeline.settings import ratings_dir
 from persona_pipeline.splits import base_key
 
 
-class HumanEvalConfig(dg.Config):
+class HumanEvalConfig(ProfileConfig):
+    PROFILE = {"items_per_persona": "human_eval_items", "max_new_tokens": "eval_persona_tokens"}
+
     items_per_persona: int | None = None
     methods: list[str] = list(METHODS)
     max_new_tokens: int | None = None  # None → profile (eval_persona_tokens)
@@ -49,10 +51,10 @@ def human_eval_page(
     judge: ModelResource,
 ) -> dict:
     trained = set(sft_adapter["split"]["train_sessions"])
-    ctx = he.heldout_contexts(hitl_conversations, config.items_per_persona or profile().human_eval_items, trained)
+    ctx = he.heldout_contexts(hitl_conversations, config.items_per_persona, trained)
     racers = contestants(persona_specs, cmaes_steering, steering_sweep, persona_vectors, config.methods)
     backends = checkpoint_backends(base_model, sft_adapter, rl_adapter)
-    lines = next_lines(racers, ctx, backends, config.max_new_tokens or profile().eval_persona_tokens, config.seed)
+    lines = next_lines(racers, ctx, backends, config.max_new_tokens, config.seed)
     items = [
         he.EvalItem(
             id=c["id"],

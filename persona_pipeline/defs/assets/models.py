@@ -2,20 +2,29 @@
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 
 from persona_pipeline.contracts import Conversation
-from persona_pipeline.defs.assets._common import GPU, md_table, persona_judge, png_meta
+from persona_pipeline.defs.assets._common import (
+    GPU,
+    PersonaJudge,
+    ProfileConfig,
+    Quantize,
+    md_table,
+    persona_judge,
+    png_meta,
+)
 from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.general_chat import load_general_chat, training_rows
 from persona_pipeline.layout import layout
-from persona_pipeline.modelio import EMBEDDED, convert_embedded, cuda_available, resolve_quantize
+from persona_pipeline.modelio import EMBEDDED, convert_embedded, resolve_quantize
+from persona_pipeline.persona_simulator import definitions
 from persona_pipeline.plots import line_plot
 from persona_pipeline.policy import policy_backend
 from persona_pipeline.rl_rollouts import RolloutSettings, make_rollout_func, rollout_seeds
 from persona_pipeline.settings import data_root, profile
-from persona_pipeline.simulator import definitions
 from persona_pipeline.train_rl import (
     RlSettings,
     consistency_claims,
@@ -88,8 +97,15 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig) -> di
     return manifest
 
 
-class SftConfig(dg.Config):
+class SftConfig(ProfileConfig):
     """LoRA hyperparameters as in the seed (r 32, α 64, dropout 0.1, all projections); None → profile."""
+
+    PROFILE = {
+        "max_steps": "sft_max_steps",
+        "batch_size": "sft_batch_size",
+        "max_length": "sft_max_length",
+        "retention_prompts": "retention_prompts",
+    }
 
     r: int = 32
     alpha: int = 64
@@ -104,14 +120,14 @@ class SftConfig(dg.Config):
     weights: dict[str, float] = {"synthetic": 1.0, "hitl": 2.0, "survey": 2.0, "retention": 1.0, "general": 2.0}
     logging_steps: int = 1  # a loss point per step: the demo's curve needs ≥ 20 points
     retention_prompts: int | None = None
-    quantize: str = "auto"  # auto: NF4 (QLoRA) on CUDA, full precision on CPU; or "nf4" / "none"
+    quantize: Quantize = "auto"
     seed: int = 0
     # training-time (preventative) steering: a vector name from a previous run (e.g. "impolite",
     # "persona:skeptic", "assistant_axis") or a .safetensors path; None = off
     preventative_vector: str | None = None
     preventative_layer: int | None = None  # default: the middle layer
     preventative_coef: float = 4.0
-    preventative_mode: str = "add"  # add | ablate
+    preventative_mode: Literal["add", "ablate"] = "add"
     # > 1: data-parallel training, one process per GPU, via `accelerate launch` (deploy/accelerate.yaml)
     num_processes: int = 1
 
@@ -121,22 +137,18 @@ class SftConfig(dg.Config):
         )
 
     def settings(self) -> SftSettings:
-        quant = {"auto": "nf4" if cuda_available() else None, "nf4": "nf4", "none": None}
-        if self.quantize not in quant:
-            raise ValueError(f"sft_adapter config quantize={self.quantize!r}: use auto, nf4 or none")
-        steps = self.max_steps if self.max_steps is not None else profile().sft_max_steps
         return SftSettings(
             lora=LoraSettings(self.r, self.alpha, self.dropout, tuple(self.target_modules)),
             learning_rate=self.learning_rate,
             epochs=self.epochs,
-            max_steps=steps,
-            batch_size=self.batch_size or profile().sft_batch_size,
-            max_length=self.max_length or profile().sft_max_length,
+            max_steps=self.max_steps,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
             eval_fraction=self.eval_fraction,
             max_eval_rows=profile().sft_eval_rows,
             weights=self.weights,
             logging_steps=self.logging_steps,
-            quantize=quant[self.quantize],
+            quantize=resolve_quantize(self.quantize),
             seed=self.seed,
         )
 
@@ -152,7 +164,7 @@ def sft_adapter(
 ) -> dict:
     s = config.settings()
     s.steer = config.steer(base_model.get("layers") or 30)
-    n_ret = config.retention_prompts if config.retention_prompts is not None else profile().retention_prompts
+    n_ret = config.retention_prompts
     general = load_general_chat(data_root() / "general_chat.jsonl")
     retention = retention_rows(base_model["path"], role_specs["questions"], n_ret) + training_rows(general)
     train, eval_rows, mixture = build_mixture(sft_pairs, retention, s)
@@ -203,7 +215,16 @@ def _data_version(context: dg.AssetExecutionContext, asset: str) -> str:
     return str(record.run_id)[:8] if record else "unknown"
 
 
-class RlConfig(dg.Config):
+class RlConfig(ProfileConfig):
+    PROFILE = {
+        "learning_rate": "rl_learning_rate",
+        "max_steps": "rl_max_steps",
+        "num_generations": "rl_num_generations",
+        "turns": "rl_turns",
+        "prompts": "rl_prompts",
+        "max_completion_length": "rl_completion_tokens",
+    }
+
     beta: float = 0.1
     learning_rate: float | None = None  # None → profile (rl_learning_rate)
     max_steps: int | None = None
@@ -216,10 +237,10 @@ class RlConfig(dg.Config):
     max_completion_length: int | None = None  # None → profile (rl_completion_tokens)
     r: int = 16
     alpha: int = 32
-    judge_method: str = "auto"  # auto: MiniLM voice judge with the local judge model, logprob with an endpoint
+    judge_method: PersonaJudge = "auto"  # auto: MiniLM voice judge with the local judge model, logprob with an endpoint
     boring_share: float = 0.3
     seed: int = 0
-    quantize: str = "auto"  # like sft_adapter: auto = NF4 (QLoRA) on CUDA, full precision on CPU; nf4 / none
+    quantize: Quantize = "auto"  # like sft_adapter
 
 
 @dg.asset(
@@ -244,13 +265,13 @@ def rl_adapter(
     s = RlSettings(
         lora=LoraSettings(config.r, config.alpha, 0.05),
         beta=config.beta,
-        learning_rate=config.learning_rate or p.rl_learning_rate,
-        max_steps=config.max_steps or p.rl_max_steps,
-        num_generations=config.num_generations or p.rl_num_generations,
+        learning_rate=config.learning_rate,
+        max_steps=config.max_steps,
+        num_generations=config.num_generations,
         groups_per_step=p.rl_groups_per_step,
         temperature=config.temperature,
         multiturn=config.multiturn,
-        max_completion_length=config.max_completion_length or p.rl_completion_tokens,
+        max_completion_length=config.max_completion_length,
         judge_method=method,
         boring_share=config.boring_share,
         seed=config.seed,
@@ -261,7 +282,7 @@ def rl_adapter(
     train = rl_prompts(
         convs,
         defs,
-        config.prompts or p.rl_prompts,
+        config.prompts,
         False,
         s.seed,
         s.boring_share,
@@ -275,13 +296,13 @@ def rl_adapter(
     card = {"base_model": base_model["path"], "sft_adapter": sft_adapter["path"], "judge": judge.describe()}
     if s.multiturn:
         ro = RolloutSettings(
-            turns=config.turns or p.rl_turns,
+            turns=config.turns,
             persona_tokens=p.rl_completion_tokens,
             assistant_tokens=p.rl_completion_tokens,
             probe_tokens=p.rl_completion_tokens,
             weights=config.consistency_weights,
         )
-        train = rollout_seeds(convs, defs, config.prompts or p.rl_prompts, s.seed, judge_specs=full)
+        train = rollout_seeds(convs, defs, config.prompts, s.seed, judge_specs=full)
         funcs, weights = multiturn_rewards(
             judge_backend, s.judge_method, consistency_claims(persona_specs, full), ro.weights
         )
@@ -316,7 +337,7 @@ def rl_adapter(
             "beta": s.beta,
             "judge": judge.describe(),
             "judge_method": method,
-            "mode": f"multi-turn on-policy, K={config.turns or p.rl_turns}" if s.multiturn else "single-turn",
+            "mode": f"multi-turn on-policy, K={config.turns}" if s.multiturn else "single-turn",
             "train_prompts": len(train),
             "steps_logged": len(log_curve(r.log_history, "kl")[0]),
             "zero_variance_group_share": round(r.zero_std_share, 3),

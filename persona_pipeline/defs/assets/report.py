@@ -70,7 +70,9 @@ def eval_report(
     cmaes_steering: dict,
 ) -> dict:
     sweep_traits = {r["trait"] for r in steering_sweep}
-    plots = plot_files([sft_adapter, rl_adapter, persona_space, trait_interference, *cmaes_steering.values()], sweep_traits)
+    plots = plot_files(
+        [sft_adapter, rl_adapter, persona_space, trait_interference, *cmaes_steering.values()], sweep_traits
+    )
     r = Report("persona-pipeline evaluation", subtitle=f"judge: {judge_scores[0]['judge'] if judge_scores else 'n/a'}")
     from persona_pipeline import leaderboard as lb
 

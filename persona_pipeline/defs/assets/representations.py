@@ -1,6 +1,8 @@
 """Representations group: role transcripts, trait responses, activations across checkpoints,
 the persona space / Assistant Axis, persona vectors and how fine-tuning moved along them."""
 
+from typing import Literal
+
 import dagster as dg
 import torch
 
@@ -15,10 +17,11 @@ from persona_pipeline.defs.assets._common import (
     GPU,
     SINGLE_RUN,
     TABLE_PLOTS,
+    FilterJudge,
+    ProfileConfig,
     checkpoint_partitions,
     extra_checkpoints,
     md_table,
-    pick,
     png_meta,
     role_partitions,
     trait_partitions,
@@ -34,15 +37,22 @@ from persona_pipeline.transcripts import mean_score, score_answers, trait_separa
 GROUP = "representations"
 
 
-class TranscriptConfig(dg.Config):
+class TranscriptConfig(ProfileConfig):
     """None → the active profile. Transcripts come from one model and are reused for every checkpoint."""
+
+    PROFILE = {
+        "system_prompts": "role_system_prompts",
+        "questions": "role_questions",
+        "rollouts": "role_rollouts",
+        "max_new_tokens": "role_max_new_tokens",
+    }
 
     system_prompts: int | None = None
     questions: int | None = None
     rollouts: int | None = None
     max_new_tokens: int | None = None
     temperature: float = 0.8
-    judge_method: str = "auto"  # auto: embedding role judge with a local judge model, logprob with an endpoint
+    judge_method: FilterJudge = "auto"  # auto: embedding role judge with a local judge model, logprob with an endpoint
     chunk: int = 64  # rollouts per batched call; each finished chunk is checkpointed
     seed: int = 0
 
@@ -70,14 +80,10 @@ def role_transcripts(
     judge: ModelResource,
 ) -> dict:
     roles = {r.role: r for r in RoleSet(**role_specs).roles}
-    sizes = [
-        pick(config.system_prompts, "role_system_prompts"),
-        pick(config.questions, "role_questions"),
-        pick(config.rollouts, "role_rollouts"),
-    ]
+    sizes = [config.system_prompts, config.questions, config.rollouts]
     rows = [row for key in context.partition_keys for row in tr.role_rows(roles[key], role_specs["questions"], *sizes)]
     params = SamplingParams(
-        max_new_tokens=pick(config.max_new_tokens, "role_max_new_tokens"),
+        max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
         seed=config.seed,
     )
@@ -119,13 +125,20 @@ def role_transcripts(
     return by_role
 
 
-class TraitResponseConfig(dg.Config):
+class TraitResponseConfig(ProfileConfig):
+    PROFILE = {
+        "instruction_pairs": "trait_instruction_pairs",
+        "questions": "trait_questions",
+        "samples": "trait_samples",
+        "max_new_tokens": "trait_max_new_tokens",
+    }
+
     instruction_pairs: int | None = None
     questions: int | None = None
     samples: int | None = None
     max_new_tokens: int | None = None
     temperature: float = 0.8
-    judge_method: str = "auto"  # auto: embedding judge with a local judge model, logprob judge with an endpoint
+    judge_method: FilterJudge = "auto"  # auto: embedding judge with a local judge model, logprob judge with an endpoint
     seed: int = 0
 
 
@@ -145,14 +158,10 @@ def trait_responses(
     judge: ModelResource,
 ) -> dict:
     traits = {t["trait"]: Trait(**t) for t in trait_specs}
-    sizes = [
-        pick(config.instruction_pairs, "trait_instruction_pairs"),
-        pick(config.questions, "trait_questions"),
-        pick(config.samples, "trait_samples"),
-    ]
+    sizes = [config.instruction_pairs, config.questions, config.samples]
     rows = [row for key in context.partition_keys for row in tr.trait_rows(traits[key], *sizes)]
     params = SamplingParams(
-        max_new_tokens=pick(config.max_new_tokens, "trait_max_new_tokens"),
+        max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
         seed=config.seed,
     )
@@ -184,7 +193,7 @@ def trait_responses(
 
 class ActivationsConfig(dg.Config):
     layers: str = "all"  # all | middle | comma-separated layer indices
-    response_agg: str = "mean"  # mean | last (none keeps every token: use the core API for that)
+    response_agg: Literal["mean", "last"] = "mean"  # none keeps every token: use the core API for that
     batch_size: int = 16
 
 

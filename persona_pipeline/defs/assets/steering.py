@@ -13,9 +13,11 @@ from persona_pipeline.defs.assets._common import (
     ALL,
     GPU,
     SINGLE_RUN,
+    FilterJudge,
+    PersonaJudge,
+    ProfileConfig,
     md_table,
     persona_partitions,
-    pick,
     png_meta,
     sweep_plot,
     trait_partitions,
@@ -30,15 +32,17 @@ from persona_pipeline.settings import profile
 from persona_pipeline.transcripts import score_answers, trait_system_prompt
 
 
-class SweepConfig(dg.Config):
+class SweepConfig(ProfileConfig):
     """Relative coefs: c × the layer's typical residual norm. None → the active profile."""
+
+    PROFILE = {"coefs": "sweep_coefs", "questions": "sweep_questions", "max_new_tokens": "trait_max_new_tokens"}
 
     layers: list[int] | None = None
     coefs: list[float] | None = None
     questions: int | None = None
     max_new_tokens: int | None = None
     vector: str = "mean_diff_response_avg"
-    judge_method: str = "auto"
+    judge_method: FilterJudge = "auto"
     min_coherence: float = 50.0
     seed: int = 0
 
@@ -62,9 +66,7 @@ def steering_sweep(
 ) -> dict:
     traits = {t["trait"]: Trait(**t) for t in trait_specs}
     backend, method = policy_backend(base_model), choose.method("filter", judge, config.judge_method)
-    params = SamplingParams(
-        max_new_tokens=pick(config.max_new_tokens, "trait_max_new_tokens"), temperature=0, seed=config.seed
-    )
+    params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0, seed=config.seed)
     out, table, plots = {}, [], {}
     for key in context.partition_keys:
         v, trait = persona_vectors[key], traits[key]
@@ -72,9 +74,9 @@ def steering_sweep(
         layers = ss.sweep_layers(config.layers, cv.layers, profile().sweep_layers)
         system = trait_system_prompt(key, trait.instructions[0].pos, True)
         rows = ss.sweep_rows(
-            trait.eval_questions[: pick(config.questions, "sweep_questions")],
+            trait.eval_questions[: config.questions],
             layers,
-            config.coefs or profile().sweep_coefs,
+            config.coefs,
             system,
         )
         for row, text in zip(rows, ss.run_sweep(backend, rows, *cv.at(layers), params)):
@@ -128,7 +130,14 @@ def _sweep_plots(trait: str, summary: list[dict], table: list[dict]) -> dict:
     }
 
 
-class CmaesConfig(dg.Config):
+class CmaesConfig(ProfileConfig):
+    PROFILE = {
+        "generations": "cmaes_generations",
+        "popsize": "cmaes_popsize",
+        "prompts": "cmaes_prompts",
+        "max_new_tokens": "cmaes_max_new_tokens",
+    }
+
     layer: int | None = None  # default: the middle captured layer
     alpha: float = 0.5
     bound: float = 1.0
@@ -138,7 +147,7 @@ class CmaesConfig(dg.Config):
     prompts: int | None = None
     max_new_tokens: int | None = None  # None → profile (cmaes_max_new_tokens)
     vector: str = "mean_diff_response_avg"
-    judge_method: str = "auto"  # auto: MiniLM voice judge with the local judge model, logprob with an endpoint
+    judge_method: PersonaJudge = "auto"  # auto: MiniLM voice judge with the local judge model, logprob with an endpoint
     seed: int = 0
 
 
@@ -173,12 +182,12 @@ def cmaes_steering(
         alpha=config.alpha,
         bound=config.bound,
         sigma0=config.sigma0,
-        generations=pick(config.generations, "cmaes_generations"),
-        popsize=pick(config.popsize, "cmaes_popsize"),
+        generations=config.generations,
+        popsize=config.popsize,
         seed=config.seed,
-        max_new_tokens=pick(config.max_new_tokens, "cmaes_max_new_tokens"),
+        max_new_tokens=config.max_new_tokens,
     )
-    n_prompts = pick(config.prompts, "cmaes_prompts")
+    n_prompts = config.prompts
     targets = ps.targets(context.partition_keys, persona_specs, topics, n_prompts, config.seed)
     backend, (judge_fn, signal) = (
         policy_backend(base_model),

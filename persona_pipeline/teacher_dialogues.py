@@ -26,7 +26,7 @@ from .storage import write_json
 
 
 @dataclass
-class SimConfig:
+class DialogueSettings:
     min_turns: int = 8
     max_turns: int = 10
     persona_max_new_tokens: int = 48
@@ -134,7 +134,7 @@ def simulate(
     specs: dict[str, PersonaSpec],
     teacher: Backend,
     assistant: Backend,
-    cfg: SimConfig,
+    cfg: DialogueSettings,
     cache: WorkCache | None = None,
     on_step=None,
 ) -> list[Conversation]:
@@ -160,7 +160,7 @@ def simulate(
     return [to_conversation(d, teacher.name) for d in dialogues]
 
 
-def _persona_step(batch: list[Dialogue], specs, teacher: Backend, cfg: SimConfig, step: int) -> None:
+def _persona_step(batch: list[Dialogue], specs, teacher: Backend, cfg: DialogueSettings, step: int) -> None:
     chats = [teacher_chat(specs[d.persona_id], d.topic, d.turns, cfg.full_spec) for d in batch]
     params = SamplingParams(
         max_new_tokens=cfg.persona_max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + step
@@ -185,7 +185,7 @@ def _persona_step(batch: list[Dialogue], specs, teacher: Backend, cfg: SimConfig
             d.done, d.ended_by_stop_rule = True, ended
 
 
-def _assistant_step(batch: list[Dialogue], assistant: Backend, cfg: SimConfig, step: int) -> None:
+def _assistant_step(batch: list[Dialogue], assistant: Backend, cfg: DialogueSettings, step: int) -> None:
     params = SamplingParams(max_new_tokens=cfg.assistant_max_new_tokens, temperature=0.7, seed=cfg.seed + 500 + step)
     replies = assistant.complete([assistant_chat(d.turns) for d in batch], params)
     for d, reply in zip(batch, replies):
@@ -210,7 +210,7 @@ def to_conversation(d: Dialogue, model_name: str) -> Conversation:
     )
 
 
-__all__ = ["Dialogue", "SimConfig", "WorkCache", "fingerprint", "plan_dialogues", "simulate"]
+__all__ = ["Dialogue", "DialogueSettings", "WorkCache", "fingerprint", "plan_dialogues", "simulate"]
 
 
 def converse(
