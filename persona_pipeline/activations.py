@@ -8,6 +8,7 @@ prompt/response boundary at the same index as in the unpadded text.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -42,9 +43,34 @@ def _forward(model, tok, encoded: list[tuple[list[int], int]], layers: list[int]
     pad = tok.pad_token_id
     input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded], device=device)
     mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in encoded], device=device)
-    with capture(model, layers) as store:
-        model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1)  # the residual stream is all we read
+    with capture(model, layers) as store, _stop_after(model, max(layers)):
+        try:
+            model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1)  # the residual stream is all we read
+        except _Captured:
+            pass
     return torch.stack([store[layer][0] for layer in layers], dim=2).float().cpu()
+
+
+class _Captured(Exception):
+    """Raised by the hook on the last wanted layer: the layers above it would be computed for nothing."""
+
+
+@contextlib.contextmanager
+def _stop_after(model, layer: int):
+    """End the forward pass once ``layer`` has run (a mid-layer read costs about half a full pass)."""
+    blocks = decoder_layers(model)
+    if layer >= len(blocks) - 1:
+        yield
+        return
+
+    def stop(_m, _i, _o):
+        raise _Captured
+
+    handle = blocks[layer].register_forward_hook(stop)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @torch.inference_mode()

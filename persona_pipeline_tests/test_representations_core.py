@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from persona_pipeline.activations import Item, extract, middle_layers
+from persona_pipeline.backends import SamplingParams
 from persona_pipeline.vectors import (
     assistant_axis,
     cosine_matrix,
@@ -34,6 +35,22 @@ def test_one_pass_for_all_layers_equals_one_layer_alone(tiny_backend):
     everything = extract(tiny_backend.model, tiny_backend.tok, ITEMS)
     alone = extract(tiny_backend.model, tiny_backend.tok, ITEMS, layers=[1])
     assert torch.allclose(everything["response_avg"][:, 1], alone["response_avg"][:, 0], atol=1e-6)
+
+
+def test_a_mid_layer_read_stops_the_forward_pass_there(tiny_backend):
+    from persona_pipeline.hooks import decoder_layers
+
+    blocks, ran = decoder_layers(tiny_backend.model), []
+    handle = blocks[-1].register_forward_hook(lambda *_: ran.append(1))
+    try:
+        extract(tiny_backend.model, tiny_backend.tok, ITEMS, layers=[0])
+        assert ran == [], "the layers above the last one read were computed for nothing"
+        extract(tiny_backend.model, tiny_backend.tok, ITEMS, layers=[len(blocks) - 1])
+        assert ran, "reading the last layer runs the whole pass"
+    finally:
+        handle.remove()
+    out = tiny_backend.complete([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=3))
+    assert len(out) == 1  # no hook left behind: the model still generates
 
 
 def test_batching_and_padding_do_not_change_activations(tiny_backend):
