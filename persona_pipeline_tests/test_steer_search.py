@@ -88,7 +88,7 @@ def test_cmaes_search_batches_population_and_random_search(tiny_backend):
     found = ss.cmaes_search(tiny_backend, judge, [target], units, s)["p"]
     assert len(found["history"]) == 3 and len(found["random_history"]) == 3
     assert calls == [2 * 4 * 2] * 3  # CMA population + random search, both prompts, in ONE batch per generation
-    assert found["best"][0] == max(h["best"] for h in found["history"])
+    assert round(found["best"][0], 4) == max(h["best"] for h in found["history"])  # history is rounded to 4 places
     assert np.all(np.abs(found["best"][1]) <= 1.0)
 
 
