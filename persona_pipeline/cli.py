@@ -6,6 +6,7 @@
 - ``writing-room`` the persona writing room: labelers write gold persona lines (HITL sessions)
 - ``rate``      serve the human-evaluation page; submissions land where ``human_ratings`` reads them
 - ``materialize`` every asset (or a selection) through ``dagster asset materialize``, one run per partition set
+- ``new-trait`` the teacher writes a trait file (persona-vectors fields) from a name and a description
 - ``import``    rewrite a peer-layout file (persona-vectors, Assistant-Axis, survey guide, pipeline doc) as our YAML
 - ``export-vectors``, ``export-datasets``  GGUF control vectors; JSONL/Parquet datasets
 - ``observe``   record the persona files' versions and print the stale persona partitions
@@ -356,6 +357,24 @@ def _import(args) -> int:
     return 0
 
 
+def _new_trait(args) -> int:
+    """A trait file written by the teacher (``PERSONA_TEACHER_*``), templates filling what it cannot supply."""
+    from .defs.resources import model_resource_from_env
+    from .loaders import InputError
+    from .trait_generation import generate_trait, write_trait
+
+    folder = Path(args.out) if args.out else data_root() / "traits"
+    try:
+        gen = generate_trait(
+            model_resource_from_env("teacher").backend(), args.name, args.description, args.attempts, args.max_tokens
+        )
+        paths = write_trait(gen, folder, args.layout, args.force)
+    except InputError as e:
+        raise CliError(str(e)) from None
+    print(json.dumps({"files": [str(p) for p in paths], **gen.summary()}, indent=2))
+    return 0
+
+
 def _export_vectors(_args) -> int:
     """Persona vectors, CMA-ES directions and the Assistant Axis as GGUF control vectors (llama.cpp, repeng)."""
     from .gguf_export import export_all
@@ -474,6 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", help="data root to write into (default: $PERSONA_PIPELINE_DATA or data_assets/)")
     imp.add_argument("--force", action="store_true", help="replace an existing file")
     imp.set_defaults(fn=_import)
+    nt = sub.add_parser("new-trait", help="write a trait file with the teacher (PERSONA_TEACHER_*) from a description")
+    nt.add_argument("name", help="trait id and file name, e.g. anxious")
+    nt.add_argument("description", help="what the trait is, in a sentence or two")
+    nt.add_argument("--layout", choices=("yaml", "persona-vectors"), default="yaml", help="our YAML or trait_data_*/")
+    nt.add_argument("--out", help="traits folder to write into (default: data_assets/traits/)")
+    nt.add_argument("--force", action="store_true", help="replace an existing trait of that name")
+    nt.add_argument("--attempts", type=int, default=2, help="teacher replies asked per field")
+    nt.add_argument("--max-tokens", type=int, default=400, help="longest teacher reply, in tokens")
+    nt.set_defaults(fn=_new_trait)
     sub.add_parser(
         "export-vectors", help="write every steering vector as a GGUF control vector next to its .safetensors"
     ).set_defaults(fn=_export_vectors)

@@ -523,7 +523,17 @@ def load_conversations(folder: Path, persona_ids: set[str] | None = None, warn: 
 # ------------------------------------------------------------------ the whole folder
 
 
-TOP_LEVEL = ("personas", "topics.yaml", "traits", "roles", "surveys", "hitl", "conversations", "general_chat.jsonl")
+TOP_LEVEL = (
+    "personas",
+    "topics.yaml",
+    "traits",
+    "roles",
+    "surveys",
+    "hitl",
+    "conversations",
+    "general_chat.jsonl",
+    "capability",  # the capability probe (multiple-choice JSONL + its lm-eval task), read by capability.py
+)
 
 
 def check_root(root: Path, warn: Warn | None = None) -> None:
@@ -559,7 +569,15 @@ def load_all(root: Path, warn: Warn | None = None) -> dict[str, int]:
         "hitl_sessions": len(load_hitl(root / "hitl", ids, warn)),
         "source_conversations": len(load_conversations(root / "conversations", ids, warn)),
         "general_chat": len(load_general_chat(root / "general_chat.jsonl")),
+        "capability_probe_items": _probe_items(root / "capability" / "probe.jsonl"),
     }
+
+
+def _probe_items(path: Path) -> int:
+    """The capability probe validated like every other input (absent: 0; ``capability_retention`` says so)."""
+    from .capability import load_probe
+
+    return len(load_probe(path)) if path.exists() else 0
 
 
 def checkpoint_names(spec: str, var: str = "PERSONA_PIPELINE_CHECKPOINTS") -> dict[str, str]:

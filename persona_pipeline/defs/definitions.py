@@ -8,6 +8,7 @@ cost on small machines; ``k8s`` for per-step pods, see deploy/).
 import dagster as dg
 
 from persona_pipeline.defs.assets import (
+    capability,
     data,
     drift,
     evaluation,
@@ -25,6 +26,7 @@ from persona_pipeline.defs.executors import executor_from_env
 from persona_pipeline.defs.io_manager import ArtifactIOManager
 from persona_pipeline.defs.resources import model_resource_from_env
 from persona_pipeline.defs.sources import persona_files, persona_files_sensor
+from persona_pipeline.defs.trait_generation import new_trait
 
 
 def _single_run(assets):
@@ -41,12 +43,16 @@ defs = dg.Definitions(
         persona_files,
         *_single_run(
             dg.load_assets_from_modules(
-                [specs, data, models, representations, steering, evaluation, drift, human, report]
+                [specs, data, models, representations, steering, evaluation, capability, drift, human, report]
             )
         ),
     ],
-    asset_checks=data_checks + model_checks + representation_checks + [human.judge_agrees_with_humans],
-    jobs=jobs,
+    asset_checks=data_checks
+    + model_checks
+    + representation_checks
+    + [human.judge_agrees_with_humans]
+    + capability.capability_checks,
+    jobs=[*jobs, new_trait],
     schedules=schedules,
     sensors=[*sensors, persona_files_sensor],
     resources={
