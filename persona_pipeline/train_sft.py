@@ -201,6 +201,17 @@ def settings_from_doc(doc: dict) -> SftSettings:
     return SftSettings(lora=lora, **doc)
 
 
+def _eval_loss(trainer, s: SftSettings) -> float:
+    """Held-out loss; a clear error where no held-out completion token survives truncation."""
+    metrics = trainer.evaluate()
+    if "eval_loss" not in metrics:
+        raise ValueError(
+            f"SFT held-out rows have no completion token within max_length={s.max_length} (the prompt fills it); "
+            "raise sft_max_length or shorten histories"
+        )
+    return metrics["eval_loss"]
+
+
 def train_sft(
     base: str | Path, train: list[dict], eval_rows: list[dict], s: SftSettings, out: Path, card: dict
 ) -> TrainResult:
@@ -246,12 +257,12 @@ def train_sft(
             processing_class=tok,
             peft_config=s.lora.peft_config(),
         )
-        base_loss = trainer.evaluate()["eval_loss"]  # LoRA B starts at zero: this is the base model's loss
+        base_loss = _eval_loss(trainer, s)  # LoRA B starts at zero: this is the base model's loss
         t0 = time.perf_counter()
         with _training_steer(trainer.model, s.steer):
             trainer.train()
         seconds = time.perf_counter() - t0
-        eval_loss = trainer.evaluate()["eval_loss"]
+        eval_loss = _eval_loss(trainer, s)
         tokens = int(trainer.state.num_input_tokens_seen or 0)
         trainer.model.save_pretrained(tmp, safe_serialization=True)
         make_portable(tmp, base)  # adapter_config names the canonical base; the local path goes in the summary

@@ -45,6 +45,13 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         )
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
+        self._store(context, obj)
+        # the step's plots only after its value: a step that fails before this point changes none
+        from persona_pipeline.defs.assets._common import commit_plots
+
+        commit_plots(context.run_id, context.step_key)
+
+    def _store(self, context: dg.OutputContext, obj) -> None:
         if obj is None:
             return
         if not context.has_asset_partitions:

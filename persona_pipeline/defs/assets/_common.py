@@ -1,6 +1,7 @@
 """Small helpers shared by the asset modules: partitions and metadata."""
 
 from collections import Counter
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import dagster as dg
@@ -9,6 +10,7 @@ from persona_pipeline.defs.executors import gpu_tags
 from persona_pipeline.layout import layout
 from persona_pipeline.plots import markdown_image, save_png
 from persona_pipeline.settings import data_root, profile
+from persona_pipeline.storage import update_folder
 
 
 def _stems(folder: str, skip: tuple[str, ...] = ()) -> list[str]:
@@ -102,12 +104,44 @@ def sweep_plot(trait: str, what: str) -> str:
     return f"sweep_{trait}_{what}"
 
 
+# PNGs an asset step drew, by (run id, step key): written together once the step's value is stored
+# (``ArtifactIOManager.handle_output``), so a failed or killed step changes no plot on disk.
+_STAGED_PLOTS: dict[tuple[str, str], dict[Path, bytes]] = {}
+
+
+def _running_step() -> tuple[str, str] | None:
+    """(run id, step key) of the asset body running now; None outside a Dagster step (a direct call)."""
+    try:
+        ctx = dg.AssetExecutionContext.get()
+    except dg.DagsterInvariantViolationError:
+        return None
+    return ctx.run_id, ctx.get_step_execution_context().step.key
+
+
+def commit_plots(run_id: str, step_key: str) -> list[Path]:
+    """Write the plots staged by one step: one atomic folder swap per folder they go to."""
+    staged = _STAGED_PLOTS.pop((run_id, step_key), {})
+    by_folder: dict[Path, dict[str, bytes]] = {}
+    for path, png in staged.items():
+        by_folder.setdefault(path.parent, {})[path.name] = png
+    for folder, pngs in by_folder.items():
+        update_folder(folder, {name: (lambda dst, png=png: dst.write_bytes(png)) for name, png in pngs.items()})
+    return list(staged)
+
+
 def png_meta(png: bytes, name: str, alt: str, path=None, plots: dict | None = None) -> dict:
     """A plot as inline markdown (renders in the UI) plus its PNG on disk (default ``plots/<name>.png``).
 
+    In a Dagster step the PNG is staged and written with the step's other plots after its value is
+    stored (:func:`commit_plots`); called directly, it is written at once.
     ``plots``, when given, gets ``name → path``: the asset returns it so ``eval_report`` reads its
     plots from its inputs (a renamed or missing plot fails the report instead of vanishing from it)."""
-    path = save_png(png, path or layout().plot(name))
+    path = Path(path or layout().plot(name))
+    step = _running_step()
+    if step is None:
+        save_png(png, path)
+    else:
+        _STAGED_PLOTS.setdefault(step, {})[path] = png
     if plots is not None:
         plots[name] = str(path)
     return {alt: dg.MetadataValue.md(markdown_image(png, alt)), f"{alt}_png": dg.MetadataValue.path(str(path))}
