@@ -148,7 +148,8 @@ def drop_overlong(rows: list[dict], tok, max_length: int) -> tuple[list[dict], i
     keep = []
     for r in rows:
         ids = tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True)
-        n = len(ids["input_ids"] if isinstance(ids, dict) else ids)
+        # transformers 5 returns a BatchEncoding (a mapping, not a dict): its len() is its key count
+        n = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
         if n <= max_length:
             keep.append(r)
     return keep, len(rows) - len(keep)
