@@ -142,6 +142,26 @@ def _lm(model, tokenizer, batch_size: int):
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=512)
 
 
+@contextlib.contextmanager
+def _quiet_harness():
+    """lm-eval's notices about an in-memory model and datasets' split-building bars are expected here:
+    keep them out of the run log (errors still show)."""
+    import logging
+
+    from datasets.utils import logging as ds_logging
+
+    logger, bars = logging.getLogger("lm_eval"), ds_logging.is_progress_bar_enabled()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bars:
+            ds_logging.enable_progress_bar()
+
+
 def run_probe(
     model, tokenizer, items: list[ProbeItem], folder: Path, label: str = "model", batch_size: int = 16, steers=None
 ) -> ProbeResult:
@@ -158,7 +178,7 @@ def run_probe(
     with tempfile.TemporaryDirectory(prefix="persona-capability-") as tmp:
         config = task_config(folder, items, Path(tmp))
         hooks = steering(model, steers) if steers else contextlib.nullcontext()
-        with hooks:
+        with hooks, _quiet_harness():
             out = simple_evaluate(
                 model=_lm(model, tokenizer, batch_size),
                 tasks=[config],
@@ -198,25 +218,21 @@ def too_few(n: int, per_domain: dict[str, dict]) -> list[str]:
 def add_steer(direction, layer: int, rel_coef: float, layer_norm: float):
     """An add-steer along the unit ``direction``, pushing ``rel_coef`` × the layer's typical residual norm
     (what ``steering_sweep`` calls a relative coefficient), at every position."""
+    from .control_vector import push
     from .hooks import Steer
 
-    return Steer(vector=direction / direction.norm(), layer=layer, coef=rel_coef * layer_norm, positions="all")
+    return Steer(vector=push(direction, rel_coef, layer_norm), layer=layer, coef=1.0, positions="all")
 
 
 def vector_steer(vectors: dict, name: str, rel_coef: float, layer: int | None = None):
     """(steer, layer) for one ``persona_vectors`` entry: its ``name`` direction at ``layer`` (None: the middle
-    captured layer), scaled by that layer's typical residual norm as ``steering_sweep`` does."""
-    from .vectors import load_tensors
+    captured layer), pushed by ``rel_coef`` × that layer's typical residual norm as ``steering_sweep`` does."""
+    from .control_vector import ControlVector
+    from .hooks import Steer
 
-    layers = vectors["layers"]
-    layer = layer if layer is not None else layers[len(layers) // 2]
-    if layer not in layers:
-        raise ValueError(f"steer layer {layer}: persona vectors were captured at {layers}")
-    tensors = load_tensors(vectors["path"])
-    if name not in tensors:
-        raise ValueError(f"vector {name!r}: {vectors['path']} holds {sorted(tensors)}")
-    i = layers.index(layer)
-    return add_steer(tensors[name][i], layer, rel_coef, vectors["layer_norms"][i]), layer
+    cv = ControlVector.load(vectors, name)
+    layer = layer if layer is not None else cv.layers[len(cv.layers) // 2]
+    return Steer(vector=cv.push(layer, rel_coef), layer=layer, coef=1.0, positions="all"), layer
 
 
 def summarise(results: dict[str, ProbeResult], base: str = "base") -> dict:
