@@ -144,8 +144,17 @@ JOBS = [
     ),
     _job(
         "representations_vectors",
-        _keys("persona_vectors", "steering_sweep", "trait_interference", "finetuning_shift"),
-        "Persona vectors, steering sweeps, interference and fine-tuning shift, per trait.",
+        _keys(
+            "persona_vectors",
+            "steering_sweep",
+            "trait_interference",
+            "finetuning_shift",
+            "projection_predicts_score",
+            "sft_pairs_screen",
+            "behavioural_interference",
+        ),
+        "Persona vectors, steering sweeps, interference (cosine and behavioural), fine-tuning shift, projection vs "
+        "trait score and the SFT-set projection screen, per trait.",
         True,
     ),
     _job("representations_personas", _keys("cmaes_steering"), "CMA-ES steering per persona.", True),

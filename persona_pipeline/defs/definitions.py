@@ -13,7 +13,9 @@ from persona_pipeline.defs.assets import (
     drift,
     evaluation,
     human,
+    interference,
     models,
+    projection,
     report,
     representations,
     specs,
@@ -43,7 +45,20 @@ defs = dg.Definitions(
         persona_files,
         *_single_run(
             dg.load_assets_from_modules(
-                [specs, data, models, representations, steering, evaluation, capability, drift, human, report]
+                [
+                    specs,
+                    data,
+                    models,
+                    representations,
+                    steering,
+                    projection,
+                    interference,
+                    evaluation,
+                    capability,
+                    drift,
+                    human,
+                    report,
+                ]
             )
         ),
     ],
@@ -51,7 +66,8 @@ defs = dg.Definitions(
     + model_checks
     + representation_checks
     + [human.judge_agrees_with_humans]
-    + capability.capability_checks,
+    + capability.capability_checks
+    + projection.projection_checks,
     jobs=[*jobs, new_trait],
     schedules=schedules,
     sensors=[*sensors, persona_files_sensor],

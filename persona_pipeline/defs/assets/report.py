@@ -20,6 +20,8 @@ PLOTS = [
     ("Persona space", "persona_space_pca", "Roles in PCA space (red: the default assistant)"),
     ("Persona space", "persona_space_axis", "Checkpoints along the Assistant Axis"),
     ("Persona vectors", "trait_cosine", "Trait × trait cosine similarity"),
+    ("Persona vectors", "trait_behaviour", "Steer along the row trait: Δ column trait score vs coef 0"),
+    ("Persona vectors", "projection_score_r", "Projection onto the trait vector vs judged trait score: r by layer"),
     ("Persona vectors", TABLE_PLOTS["finetuning_shift"], "Fine-tuning shift along each vector"),
     ("Steering", "cmaes_convergence", "CMA-ES convergence"),
     ("Consistency", TABLE_PLOTS["judge_scores"], "Adherence by persona turn"),
@@ -66,12 +68,23 @@ def eval_report(
     rl_adapter: dict,
     persona_space: dict,
     trait_interference: dict,
+    behavioural_interference: dict,
+    projection_predicts_score: dict,
     steering_sweep: list[dict],
     cmaes_steering: dict,
 ) -> dict:
     sweep_traits = {r["trait"] for r in steering_sweep}
     plots = plot_files(
-        [sft_adapter, rl_adapter, persona_space, trait_interference, *cmaes_steering.values()], sweep_traits
+        [
+            sft_adapter,
+            rl_adapter,
+            persona_space,
+            trait_interference,
+            behavioural_interference,
+            projection_predicts_score,
+            *cmaes_steering.values(),
+        ],
+        sweep_traits,
     )
     r = Report("persona-pipeline evaluation", subtitle=f"judge: {judge_scores[0]['judge'] if judge_scores else 'n/a'}")
     from persona_pipeline import leaderboard as lb
