@@ -18,7 +18,9 @@ model's own answer to x: how much further along the trait the data's answer sits
 model would have said anyway (paper §5: the dataset mean predicts the post-fine-tuning trait shift).
 Here it is divided by ‖v‖ — for a mean-difference vector that is the gap between the base model's
 positive- and negative-instructed answers along v̂ — so 0.5 means "half way from the model's
-negative to its positive persona", a scale-free threshold for flags.
+negative to its positive persona", a scale-free threshold for flags. A "dataset" is one data source
+of the SFT set (hitl / survey / synthetic) or one persona. Cost is the base model's answers: SFT prompts
+carry a long persona system prompt, so each pair is read once and shared by both answers.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .activations import VIEWS, Item, extract, layer_position
+from .activations import VIEWS, layer_position
 from .control_vector import ControlVector
 
 MIN_RESPONSES = 8  # fewer scored responses → no correlation claimed
@@ -229,20 +231,63 @@ def projection_differences(
     return out
 
 
+@torch.inference_mode()
+def shared_prompt_activations(model, tok, chat: list[dict], responses: list[str], layer: int) -> torch.Tensor:
+    """Mean response activation at ``layer`` [len(responses) × hidden] of several answers to ONE prompt.
+
+    Equal to :func:`activations.extract` on each (chat, response) item, but the prompt — here a long
+    persona system prompt, most of the tokens — is read once and its key/value cache reused for every
+    answer, and no layer above ``layer`` is computed.
+    """
+    import copy
+
+    from transformers import DynamicCache
+
+    from .activations import _Captured, _stop_after  # the same early stop extract uses
+    from .hooks import capture
+
+    device = next(model.parameters()).device
+    text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    p_ids = tok(text, add_special_tokens=False)["input_ids"]
+
+    def read(ids: list[int], cache) -> torch.Tensor:
+        with capture(model, [layer]) as store, _stop_after(model, layer):
+            try:
+                model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True)
+            except _Captured:
+                pass
+        return store[layer][0][0].float().cpu()  # [tokens, hidden]
+
+    cache = DynamicCache()
+    prompt = read(p_ids, cache)
+    out = []
+    for response in responses:
+        r_ids = tok(response, add_special_tokens=False)["input_ids"]
+        out.append(read(r_ids, copy.deepcopy(cache)).mean(0) if r_ids else prompt[-1])  # empty: the boundary
+    return torch.stack(out)
+
+
 def screen_activations(model, tok, chats: list[list[dict]], data: list[str], base: list[str], layer: int):
-    """Response-avg activations at ``layer`` of the dataset's answers and of the base model's, one pass."""
-    items = [Item(c, r) for c, r in zip(chats, data)] + [Item(c, r) for c, r in zip(chats, base)]
-    acts = extract(model, tok, items, [layer])["response_avg"][:, 0]
-    return acts[: len(chats)], acts[len(chats) :]
+    """Response-avg activations at ``layer`` [n × hidden] of the dataset's answers and of the base model's."""
+    both = [shared_prompt_activations(model, tok, c, [d, b], layer) for c, d, b in zip(chats, data, base)]
+    return torch.stack([x[0] for x in both]), torch.stack([x[1] for x in both])
 
 
-def screen(backend, pairs: list[dict], vectors: dict[str, ControlVector], layer: int, params, threshold: float):
+def screen(
+    backend,
+    pairs: list[dict],
+    vectors: dict[str, ControlVector],
+    layer: int,
+    params,
+    threshold: float,
+    group_by="source",
+):
     """The whole screen on a local backend: the base model answers each pair's prompt (``params``), both
     answers are read at ``layer`` in one pass, and each pair gets its per-trait difference and flags."""
     chats, data = (list(x) for x in zip(*(pair_chat(p) for p in pairs)))
-    base = backend.complete(chats, params)
+    base = [backend.complete([c], params)[0] for c in chats]  # one at a time: prompt lengths vary, no padding
     data_acts, base_acts = screen_activations(backend.model, backend.tok, chats, data, base, layer)
-    return screen_rows(pairs, base, projection_differences(data_acts, base_acts, vectors, layer), threshold)
+    return screen_rows(pairs, base, projection_differences(data_acts, base_acts, vectors, layer), threshold, group_by)
 
 
 def screen_layer(vectors: dict[str, ControlVector], layer: int | None) -> int:
@@ -250,16 +295,20 @@ def screen_layer(vectors: dict[str, ControlVector], layer: int | None) -> int:
     return layer_position(next(iter(vectors.values())).layers, layer)[0]
 
 
-def screen_rows(pairs: list[dict], base: list[str], diffs: dict[str, torch.Tensor], threshold: float) -> list[dict]:
-    """One row per pair: its dataset, the base model's answer, the normalised difference per trait,
-    and the traits where it exceeds ``threshold`` (the per-sample flag)."""
+def screen_rows(
+    pairs: list[dict], base: list[str], diffs: dict[str, torch.Tensor], threshold: float, group_by: str = "source"
+) -> list[dict]:
+    """One row per pair: its dataset (the pair's ``group_by`` field: data source or persona), the base
+    model's answer, the normalised difference per trait, and the traits where it exceeds ``threshold``
+    (the per-sample flag)."""
     rows = []
     for k, (p, b) in enumerate(zip(pairs, base)):
         d = {t: round(float(v[k]), 4) for t, v in diffs.items()}
         rows.append(
             {
                 "id": p["id"],
-                "dataset": p.get("dataset") or p["persona_id"],
+                "dataset": p[group_by],
+                "persona_id": p["persona_id"],
                 "response": pair_chat(p)[1],
                 "base_response": b,
                 **{f"diff_{t}": x for t, x in d.items()},
@@ -269,9 +318,14 @@ def screen_rows(pairs: list[dict], base: list[str], diffs: dict[str, torch.Tenso
     return rows
 
 
-def dataset_flags(rows: list[dict], traits: list[str], threshold: float, seed: int = 0) -> list[dict]:
-    """Per dataset (and ``ALL``) × trait: mean normalised difference with a bootstrap CI, share of
-    flagged samples, and the per-dataset flag (mean above ``threshold``)."""
+MIN_DATASET = 3  # fewer screened samples of a dataset → its mean is reported but not flagged
+
+
+def dataset_flags(
+    rows: list[dict], traits: list[str], threshold: float, seed: int = 0, min_n: int = MIN_DATASET
+) -> list[dict]:
+    """Per dataset (and ``ALL``) × trait: mean normalised difference with a bootstrap CI, the number of
+    flagged samples, and the per-dataset flag (mean above ``threshold``, with at least ``min_n`` samples)."""
     from .stats import bootstrap_ci
 
     groups = {"ALL": rows, **{d: [r for r in rows if r["dataset"] == d] for d in sorted({r["dataset"] for r in rows})}}
@@ -290,7 +344,8 @@ def dataset_flags(rows: list[dict], traits: list[str], threshold: float, seed: i
                     "ci_low": round(lo, 4),
                     "ci_high": round(hi, 4),
                     "flagged_samples": sum(t in r["flagged_traits"].split(", ") for r in group),
-                    "flagged": mean > threshold,
+                    "flagged": mean > threshold and len(vals) >= min_n,
+                    "note": f"n={len(vals)} < {min_n}: not flagged" if len(vals) < min_n else "",
                 }
             )
     return out

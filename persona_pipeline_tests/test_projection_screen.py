@@ -108,14 +108,17 @@ def test_projection_difference_is_in_units_of_the_pos_neg_gap_and_flags():
          "completion": [{"role": "assistant", "content": f"a{i}"}]}
         for i, pid in enumerate(["ann", "ann", "bob"])
     ]  # fmt: skip
-    rows = ps.screen_rows(pairs, ["b0", "b1", "b2"], diffs, threshold=0.5)
+    rows = ps.screen_rows(pairs, ["b0", "b1", "b2"], diffs, threshold=0.5, group_by="persona_id")
     assert [r["flagged_traits"] for r in rows] == ["kind", "", ""]
     assert rows[0]["response"] == "a0" and rows[0]["base_response"] == "b0"
-    sets = {d["dataset"]: d for d in ps.dataset_flags(rows, ["kind"], threshold=0.2)}
+    sets = {d["dataset"]: d for d in ps.dataset_flags(rows, ["kind"], threshold=0.2, min_n=2)}
     assert sets["ann"]["mean_diff"] == pytest.approx(0.25, abs=1e-4) and sets["ann"]["flagged"]
     assert sets["ann"]["flagged_samples"] == 1 and sets["ann"]["n"] == 2
     assert sets["bob"]["mean_diff"] == pytest.approx(0.1, abs=1e-4) and not sets["bob"]["flagged"]
     assert sets["ALL"]["n"] == 3 and sets["ALL"]["mean_diff"] == pytest.approx(0.2, abs=1e-4)
+    shifted = [{**r, "diff_kind": 0.9} for r in rows]  # bob is over the threshold but alone: not flagged
+    sets = {d["dataset"]: d for d in ps.dataset_flags(shifted, ["kind"], threshold=0.2, min_n=2)}
+    assert sets["ann"]["flagged"] and not sets["bob"]["flagged"] and "n=1 < 2" in sets["bob"]["note"]
 
 
 def test_sample_pairs_is_seeded_and_sized():
@@ -141,8 +144,8 @@ def test_screen_on_a_tiny_model_is_zero_for_the_base_models_own_answer(tiny_back
         {"id": "b", "persona_id": "bob", "prompt": prompts[1],
          "completion": [{"role": "assistant", "content": "Water falling from clouds, mostly."}]},
     ]  # fmt: skip
-    rows = ps.screen(tiny_backend, pairs, {"kind": cv}, 1, params, threshold=0.5)
-    assert [r["base_response"] for r in rows] == own
+    rows = ps.screen(tiny_backend, pairs, {"kind": cv}, 1, params, threshold=0.5, group_by="persona_id")
+    assert [r["base_response"] for r in rows] == own and [r["dataset"] for r in rows] == ["ann", "bob"]
     assert abs(rows[0]["diff_kind"]) < 1e-4 and rows[0]["flagged_traits"] == ""
     from persona_pipeline.activations import Item
 
@@ -153,3 +156,14 @@ def test_screen_on_a_tiny_model_is_zero_for_the_base_models_own_answer(tiny_back
     assert rows[1]["diff_kind"] == pytest.approx(expected, abs=1e-3)
     assert not math.isnan(rows[1]["diff_kind"]) and rows[1]["diff_kind"] != 0
     assert ps.screen_layer({"kind": cv}, None) == 1  # middle of the captured layers [0, 1]
+
+
+def test_reading_the_prompt_once_equals_reading_each_pair_whole(tiny_backend):
+    from persona_pipeline.activations import Item
+
+    chat = [{"role": "system", "content": "You are a pirate with a long backstory."}, {"role": "user", "content": "Hi"}]
+    answers = ["Arr, ahoy there matey!", "Hello.", ""]
+    shared = ps.shared_prompt_activations(tiny_backend.model, tiny_backend.tok, chat, answers, 0)
+    whole = extract(tiny_backend.model, tiny_backend.tok, [Item(chat, a) for a in answers], [0])["response_avg"][:, 0]
+    assert shared.shape == whole.shape
+    assert torch.allclose(shared, whole, atol=1e-4)

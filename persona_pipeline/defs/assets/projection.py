@@ -1,6 +1,8 @@
 """Representations group: projection onto persona vectors as a predictor of the judged trait score,
 and as a screen of the SFT set (projection difference vs the base model's own answers)."""
 
+from typing import Literal
+
 import dagster as dg
 
 from persona_pipeline import activations as act
@@ -77,8 +79,9 @@ def projection_predicts_score(
 class ScreenConfig(dg.Config):
     """Kept small on purpose (a few short generations): the same size in every profile."""
 
-    samples: int = 8  # seeded sample of sft_pairs; 0 = every pair (each pair costs seconds: long persona prompts)
+    samples: int = 4  # seeded sample of sft_pairs; 0 = every pair. ~5 s a pair on 2 CPU cores (long persona prompts)
     max_new_tokens: int = 32  # the base model's own answer to each prompt
+    group_by: Literal["source", "persona_id"] = "source"  # what counts as one dataset for the per-dataset flag
     layer: int | None = None  # default: the middle captured layer
     threshold: float = 0.5  # per-sample flag: difference > this share of the trait's pos−neg gap
     dataset_threshold: float = 0.2  # per-dataset flag: mean difference above this
@@ -92,7 +95,8 @@ class ScreenConfig(dg.Config):
     ins={"persona_vectors": dg.AssetIn(partition_mapping=ALL)},
     description="Projection-difference screen of the SFT set (persona vectors §5): per pair, (dataset answer − the "
     "base model's own answer) projected on each trait vector, in units of the trait's pos−neg gap; per-sample "
-    "flags above a threshold and per-dataset (persona) means with CI and flags. A seeded sample of pairs.",
+    "flags above a threshold and per-dataset (data source, or persona) means with CI and flags. A small seeded sample "
+    "of pairs (config samples).",
 )
 def sft_pairs_screen(
     context: dg.AssetExecutionContext,
@@ -105,7 +109,7 @@ def sft_pairs_screen(
     layer = ps.screen_layer(vectors, config.layer)
     pairs = ps.sample_pairs(sft_pairs, config.samples, config.seed)
     params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0, seed=config.seed)
-    rows = ps.screen(policy_backend(base_model), pairs, vectors, layer, params, config.threshold)
+    rows = ps.screen(policy_backend(base_model), pairs, vectors, layer, params, config.threshold, config.group_by)
     datasets = ps.dataset_flags(rows, list(vectors), config.dataset_threshold, config.seed)
     flagged = [r for r in rows if r["flagged_traits"]]
     flagged_sets = [d for d in datasets if d["flagged"]]
@@ -113,16 +117,21 @@ def sft_pairs_screen(
         {
             "layer": layer,
             "pairs": f"{len(rows)} of {len(sft_pairs)}",
+            "datasets_are": config.group_by,
             "flagged_samples": len(flagged),
             "flagged_datasets": ", ".join(f"{d['dataset']}:{d['trait']}" for d in flagged_sets) or "none",
             "datasets": md_table(datasets, limit=60),
-            "samples": md_table([{k: v for k, v in r.items() if k != "base_response"} for r in rows], limit=16),
+            "samples": md_table(
+                [{**r, "response": r["response"][:100], "base_response": r["base_response"][:100]} for r in rows],
+                limit=16,
+            ),
         }
     )
     return {
         "layer": layer,
         "threshold": config.threshold,
         "dataset_threshold": config.dataset_threshold,
+        "group_by": config.group_by,
         "pairs_total": len(sft_pairs),
         "samples": rows,
         "datasets": datasets,
