@@ -124,3 +124,37 @@ def test_judge_scores_leaderboard_and_report(materialized):
     assert "Leaderboard" in html and "Survey replication" in html and "data:image/png;base64," in html
     assert "persona_id_ngram" in html and "YES (circular)" in html  # per-evaluator table, circularity marked
     assert "http://" not in html and "https://" not in html  # one self-contained file
+
+
+def test_projection_predictor_screen_and_behavioural_interference(materialized):
+    """Issue 16 points 3 and 6 on the DAG's own outputs: r per trait × view × layer over the judged answers,
+    the SFT screen's sample and per-dataset rows, and a behavioural matrix whose diagonal is the sweep's own
+    trait-score change vs coef 0 (the same judge on the same answers)."""
+    _, assets = materialized
+    traits = sorted(p.stem for p in (assets / "persona_vectors").glob("*.json"))
+    answers = _rows(assets / "trait_responses")
+    proj = json.loads((assets / "projection_predicts_score.json").read_text())
+    assert len(proj["correlations"]) == len(traits) * 3 * 30
+    for row in proj["correlations"]:
+        scored = [a for a in answers if a["trait"] == row["trait"] and a["trait_score"] is not None]
+        assert row["n"] == len(scored) and (row["r"] is None or -1 <= row["r"] <= 1)
+        assert row["r"] is None or row["ci_low"] <= row["ci_high"]
+    assert len(proj["responses"]) == sum(a["trait_score"] is not None for a in answers)
+    screen = json.loads((assets / "sft_pairs_screen.json").read_text())
+    assert 0 < len(screen["samples"]) <= 4 and all(f"diff_{t}" in screen["samples"][0] for t in traits)
+    assert {d["trait"] for d in screen["datasets"] if d["dataset"] == "ALL"} == set(traits)
+    behaviour = json.loads((assets / "behavioural_interference.json").read_text())
+    assert behaviour["traits"] == traits and all(len(row) == len(traits) for row in behaviour["matrix"])
+    sweep = [r for r in _rows(assets / "steering_sweep") if r["condition"] == "steer"]
+    for i, t in enumerate(traits):
+        mine = [r for r in sweep if r["trait"] == t]
+        base = {(r["layer"], r["question_idx"]): r["trait_score"] for r in mine if r["rel_coef"] == 0}
+        own = [
+            r["trait_score"] - base[(r["layer"], r["question_idx"])]
+            for r in mine
+            if r["rel_coef"] > 0
+            and r["trait_score"] is not None
+            and base.get((r["layer"], r["question_idx"])) is not None
+        ]
+        diag = behaviour["matrix"][i][i]
+        assert (diag is None) == (not own) and (diag is None or abs(diag - sum(own) / len(own)) < 1e-2)
