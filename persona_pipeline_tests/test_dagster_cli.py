@@ -70,6 +70,7 @@ WARN_CHECKS = {  # the 135M judge is too weak to insist; too little data warns, 
     "rl_reward_not_below_sft",
     "role_filter_kept_rollouts",
     "trait_vectors_reliable",
+    "sft_pairs_not_trait_shifting",
 }
 
 
