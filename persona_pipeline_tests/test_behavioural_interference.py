@@ -63,3 +63,32 @@ def test_every_trait_is_scored_with_the_judge_the_sweep_uses(tiny_model_dir, tin
         assert [r["scores"][name] for r in rows] == [r["trait_score"] for r in own]
     assert all(0 <= v <= 100 for r in rows for v in r["scores"].values())
     assert rows[0]["scores"]["humorous"] > rows[1]["scores"]["humorous"]  # the joke reads funnier
+
+
+def test_asset_draws_a_matrix_with_an_empty_row(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    """The asset on real trait judges: a trait whose sweep has no coef-0 answers gets an empty (None) row,
+    drawn as blank cells, and the diagonal follows the answers (a joke under the humorous push)."""
+    import dagster as dg
+
+    from persona_pipeline.defs.assets.interference import BehaviourConfig, behavioural_interference
+    from persona_pipeline.defs.resources import ModelResource
+    from persona_pipeline.loaders import load_traits
+
+    monkeypatch.setenv("PERSONA_PIPELINE_HOME", str(tmp_path))
+    specs = [t.model_dump(mode="json") for t in load_traits(data_dir / "traits")]
+    plain, joke = "The meeting is at noon in room four.", "Why did the scarecrow win an award? He was outstanding!"
+    ask = lambda trait, coef, q, text: {"trait": trait, "condition": "steer", "layer": 3, "rel_coef": coef,
+                                        "question_idx": q, "question": "Tell me about your day.", "response": text}  # fmt: skip
+    sweep = [ask("humorous", 0.0, q, plain) for q in (0, 1)] + [ask("humorous", 0.3, q, joke) for q in (0, 1)]
+    sweep += [ask("formal", 0.3, 0, plain)]  # no unsteered answer: no baseline
+    out = behavioural_interference(
+        context=dg.build_asset_context(),
+        config=BehaviourConfig(),
+        steering_sweep=sweep,
+        trait_specs=specs,
+        judge=ModelResource(role="judge", model=str(tiny_model_dir)),
+    )
+    assert out["traits"] == ["formal", "humorous"] and out["trait_judge"] == "embedding"
+    assert out["matrix"][0] == [None, None] and out["matrix"][1][1] > 0
+    assert (tmp_path / "plots" / "trait_behaviour.png").stat().st_size > 1000
+    assert out["plots"] == {"trait_behaviour": str(tmp_path / "plots" / "trait_behaviour.png")}

@@ -167,3 +167,23 @@ def test_reading_the_prompt_once_equals_reading_each_pair_whole(tiny_backend):
     whole = extract(tiny_backend.model, tiny_backend.tok, [Item(chat, a) for a in answers], [0])["response_avg"][:, 0]
     assert shared.shape == whole.shape
     assert torch.allclose(shared, whole, atol=1e-4)
+
+
+def test_check_warns_on_flagged_samples_or_datasets_and_passes_otherwise():
+    import dagster as dg
+
+    from persona_pipeline.defs.assets.projection import sft_pairs_not_trait_shifting
+
+    clean = {
+        "threshold": 0.5,
+        "samples": [{"id": "a", "flagged_traits": ""}],
+        "datasets": [{"dataset": "ALL", "trait": "kind", "mean_diff": 0.1, "flagged": False}],
+    }
+    assert sft_pairs_not_trait_shifting(clean).passed
+    sample = {**clean, "samples": [{"id": "a", "flagged_traits": "kind"}]}
+    dataset = {**clean, "datasets": [{"dataset": "hitl", "trait": "kind", "mean_diff": 0.4, "flagged": True}]}
+    for flagged in (sample, dataset):
+        check = sft_pairs_not_trait_shifting(flagged)
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    examples = sft_pairs_not_trait_shifting(dataset).metadata["examples"]
+    assert "dataset hitl: kind mean +0.40" in getattr(examples, "value", examples)
