@@ -63,6 +63,7 @@ def contestants(
     """Every (method, persona): which model speaks, with which prompt and steering."""
     specs = {s["id"]: PersonaSpec(**s) for s in persona_specs}
     defs = definitions(persona_specs)
+    cmaes = {pid: r for pid, r in cmaes.items() if r.get("searched", True)}  # skipped personas hold no direction
     out = []
     for pid in evaluated_personas(specs):
         sim = lambda topic, turns, pid=pid: simulator_prompt(pid, defs[pid], turns, topic=topic)

@@ -134,6 +134,8 @@ def sources(home: Path) -> list[tuple[str, Path, dict[int, np.ndarray]]]:
             found.append((f"{v['trait']}{suffix}", path, _per_layer(_tensor(path, key), v["layers"], path)))
     for value_file in sorted((assets / "cmaes_steering").glob("*.json")):
         v = json.loads(value_file.read_text())
+        if not v.get("searched", True):  # a persona the profile did not search has no direction
+            continue
         path = Path(v["path"])
         found.append((f"persona-{v['persona_id']}", path, {int(v["layer"]): _tensor(path, "vector")}))
     space = assets / "persona_space.json"

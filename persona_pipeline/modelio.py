@@ -209,6 +209,29 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+CPU_DTYPE_ENV = "PERSONA_PIPELINE_CPU_DTYPE"
+CPU_DTYPES = ("float32", "bfloat16")
+
+
+def inference_options(quantize: str | None = None) -> LoadOptions:
+    """Options for loads that only generate or read activations, never train.
+
+    On a CPU the dtype is ``PERSONA_PIPELINE_CPU_DTYPE``, else the profile's ``cpu_dtype``:
+    ``float32`` (batched and single greedy output agree exactly) or ``bfloat16``, which prefills
+    and decodes ~1.7× faster on CPUs with AVX512-BF16 (bench/RESULTS.md) at the cost of that
+    exactness — the demo profile's choice; the test suite pins float32. Training always loads
+    float32; on CUDA the dtype stays automatic (bf16).
+    """
+    import os
+
+    from .settings import profile
+
+    name = os.environ.get(CPU_DTYPE_ENV, "").strip() or profile().cpu_dtype
+    if name not in CPU_DTYPES:
+        raise ValueError(f"{CPU_DTYPE_ENV}={name!r}: use one of {', '.join(CPU_DTYPES)}")
+    return LoadOptions(dtype=None if quantize or cuda_available() else name, quantize=quantize)
+
+
 def local_rank() -> int:
     """This process's GPU under ``accelerate launch`` / torchrun (0 when not distributed)."""
     import os

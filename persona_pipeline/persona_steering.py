@@ -32,6 +32,33 @@ METHODS = (
 STEERING_BASELINES = ("random_search", "mean_diff_equal", "pca", "persona_mean_diff", "persona_pca")
 
 
+def searched_personas(keys: list[str], persona_specs: list[dict], which: str) -> list[str]:
+    """The personas of ``keys`` to search: ``all``, or only ``evaluated`` ones — those the held-out
+    evaluation (``judge_scores``, the human-eval page) will test. CMA-ES with its baselines is the
+    dearest step per persona, and a direction nobody evaluates only costs time on a 2-core demo."""
+    if which == "all":
+        return list(keys)
+    from .eval_methods import evaluated_personas
+
+    chosen = set(evaluated_personas(s["id"] for s in persona_specs))
+    return [k for k in keys if k in chosen]
+
+
+def not_searched(pid: str, searched: list[str]) -> dict:
+    """The value a persona skipped by ``searched_personas`` gets: says so, holds no vector."""
+    return {
+        "persona_id": pid,
+        "searched": False,
+        "reason": "not an evaluated persona (the profile caps eval_personas; config personas='all' searches every "
+        f"persona); searched in this run: {', '.join(searched) or 'none'}",
+    }
+
+
+def searched(cmaes: dict) -> dict:
+    """Only the personas that have a CMA-ES direction (see ``not_searched``)."""
+    return {pid: r for pid, r in cmaes.items() if r.get("searched", True)}
+
+
 def _topics(spec: PersonaSpec, topics: list[Topic], n: int, seed: int, split: str = "train") -> list[str]:
     """Search topics (``seed + 7``, the train split) or held-out ones (``seed``) for one persona."""
     if split == "heldout":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -29,6 +30,7 @@ class Profile(BaseModel):
     None is filled from the field named here (``defs.assets._common.ProfileConfig``)."""
 
     name: str
+    cpu_dtype: Literal["float32", "bfloat16"] = "float32"  # generation and activation reads on a CPU (modelio.inference_options)
     # data stage: teacher dialogues (synthetic_conversations) and survey conversations
     conversations_per_persona: int
     min_turns: int
@@ -132,6 +134,7 @@ PROFILES = {
     ),
     "demo": Profile(  # every asset on 2 CPU cores in about ten minutes: a tour, not a study
         name="demo",
+        cpu_dtype="bfloat16",  # ~1.7× faster generation on this CPU (AVX512-BF16); training stays float32
         conversations_per_persona=1,
         min_turns=8,
         max_turns=8,

@@ -403,12 +403,12 @@ def retention_rows(base_path: str, questions: list[str], n: int) -> list[dict]:
     ]
 
 
-def retention_check(base: str, adapter: str, general: list, n: int) -> dict:
+def retention_check(base: str, adapter: str, general: list, n: int, max_new_tokens: int = 48) -> dict:
     """Held-out general prompts, no persona: base vs adapter answers, similarity to the written answer."""
     from .general_chat import retention
     from .policy import policy_backend
 
-    return retention(policy_backend(base), policy_backend(base, adapter), general, n)
+    return retention(policy_backend(base), policy_backend(base, adapter), general, n, max_new_tokens)
 
 
 def preventive_steer(name: str | None, layer: int | None, coef: float, mode: str, n_layers: int):

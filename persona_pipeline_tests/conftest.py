@@ -14,6 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# exact, batch-invariant greedy output (some tests compare batched with single); the demo profile runs bf16
+os.environ.setdefault("PERSONA_PIPELINE_CPU_DTYPE", "float32")
 
 
 @pytest.fixture(scope="session")

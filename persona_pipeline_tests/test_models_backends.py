@@ -96,3 +96,21 @@ def test_embedded_model_batched_greedy_equals_single(embedded_backend):
     batched = embedded_backend.complete(CHATS, p)
     assert batched == [embedded_backend.complete([c], p)[0] for c in CHATS]
     assert all(len(x.split()) >= 2 for x in batched)  # a real model says real words
+
+
+def test_inference_dtype_follows_env_then_profile(tiny_model_dir, monkeypatch):
+    """Generation loads take the CPU dtype from the env var, else the profile (demo: bf16); bad names fail."""
+    from persona_pipeline.modelio import CPU_DTYPE_ENV, inference_options
+
+    monkeypatch.delenv(CPU_DTYPE_ENV)
+    monkeypatch.setenv("PERSONA_PIPELINE_PROFILE", "demo")
+    assert inference_options().dtype == "bfloat16"
+    monkeypatch.setenv("PERSONA_PIPELINE_PROFILE", "ci")
+    assert inference_options().dtype == "float32"
+    monkeypatch.setenv(CPU_DTYPE_ENV, "bfloat16")
+    model, _ = load_model(tiny_model_dir, opts=inference_options())
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert inference_options("nf4").dtype is None  # quantised loads keep their own compute dtype
+    monkeypatch.setenv(CPU_DTYPE_ENV, "float16")
+    with pytest.raises(ValueError, match="PERSONA_PIPELINE_CPU_DTYPE='float16'"):
+        inference_options()

@@ -71,12 +71,12 @@ def _stamp(adapter: str | None) -> float:
 @functools.lru_cache(maxsize=4)
 def _local(base: str, adapter: str | None, batch_size: int, quantize: str | None, label: str, stamp: float):
     """One loaded copy per (weights, adapter) per process: teacher and assistant share it."""
-    from ..modelio import LoadOptions
+    from ..modelio import inference_options
     from .local import LocalBackend
 
     name = "smollm2-135m-instruct" if label == "embedded" else label
     if adapter:
         name += f"+{Path(adapter).name}"
     return LocalBackend.from_pretrained(
-        base, adapter, name=name, batch_size=batch_size, opts=LoadOptions(quantize=quantize)
+        base, adapter, name=name, batch_size=batch_size, opts=inference_options(quantize)
     )

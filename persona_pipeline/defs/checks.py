@@ -132,7 +132,8 @@ def _cached_lines(base_path: str, adapter: str | None, _stamp: int, rows_json: s
     from persona_pipeline.settings import home
 
     backend = make_backend(BackendSpec(model=base_path, adapter=adapter), home())
-    return tuple(next_lines(backend, json.loads(rows_json), SamplingParams(max_new_tokens=32, temperature=0)))
+    tokens = profile().persona_max_new_tokens  # a persona line's length, as the data and evaluation use
+    return tuple(next_lines(backend, json.loads(rows_json), SamplingParams(max_new_tokens=tokens, temperature=0)))
 
 
 _MODEL_INS = {"conversations": dg.AssetIn(), "persona_specs": dg.AssetIn(), "surveys": dg.AssetIn()}

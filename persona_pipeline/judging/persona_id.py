@@ -44,8 +44,10 @@ class PersonaIdClassifier:
         texts = [x for pid in self.personas for x in usable[pid]]
         labels = [pid for pid in self.personas for _ in usable[pid]]
         self.train_counts = {pid: len(usable[pid]) for pid in self.personas}
-        self.cv_accuracy = self._cross_validate(texts, labels)
-        self._vectoriser, self._model = self._fit(texts, labels)
+        # MiniLM features do not depend on the fold: embed every training line once
+        embedded = self._vectorise(None, texts) if features == "minilm" else None
+        self.cv_accuracy = self._cross_validate(texts, labels, embedded)
+        self._vectoriser, self._model = self._fit(texts, labels, embedded)
 
     def _vectorise(self, vectoriser, texts: list[str]):
         if self.features == "minilm":
@@ -54,7 +56,8 @@ class PersonaIdClassifier:
             return encode(texts).cpu().numpy()
         return vectoriser.transform(texts)
 
-    def _fit(self, texts: list[str], labels: list[str]):
+    def _fit(self, texts: list[str], labels: list[str], embedded=None):
+        """(vectoriser, model); ``embedded``: the lines' MiniLM features, already computed."""
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
@@ -63,10 +66,10 @@ class PersonaIdClassifier:
             vectoriser = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, lowercase=True)
             vectoriser.fit(texts)
         model = LogisticRegression(max_iter=2000, C=4.0, random_state=self.seed)
-        model.fit(self._vectorise(vectoriser, texts), labels)
+        model.fit(embedded if embedded is not None else self._vectorise(vectoriser, texts), labels)
         return vectoriser, model
 
-    def _cross_validate(self, texts: list[str], labels: list[str]) -> float | None:
+    def _cross_validate(self, texts: list[str], labels: list[str], embedded=None) -> float | None:
         """Stratified k-fold accuracy on the training lines (k ≤ 5; None when a persona has < 3 lines)."""
         from sklearn.model_selection import StratifiedKFold
 
@@ -75,8 +78,10 @@ class PersonaIdClassifier:
             return None
         hits = []
         for train, test in StratifiedKFold(k, shuffle=True, random_state=self.seed).split(texts, labels):
-            vectoriser, model = self._fit([texts[i] for i in train], [labels[i] for i in train])
-            pred = model.predict(self._vectorise(vectoriser, [texts[i] for i in test]))
+            fold = embedded[train] if embedded is not None else None
+            vectoriser, model = self._fit([texts[i] for i in train], [labels[i] for i in train], fold)
+            x = embedded[test] if embedded is not None else self._vectorise(vectoriser, [texts[i] for i in test])
+            pred = model.predict(x)
             hits += [p == labels[i] for p, i in zip(pred, test)]
         return float(np.mean(hits))
 

@@ -9,7 +9,7 @@ import dagster as dg
 
 from persona_pipeline import capability as cap
 from persona_pipeline.defs.assets._common import ALL, GPU, ProfileConfig, md_table
-from persona_pipeline.modelio import load_model
+from persona_pipeline.modelio import inference_options, load_model
 from persona_pipeline.settings import data_root
 
 GROUP = "evaluation"
@@ -51,7 +51,8 @@ def capability_retention(
     items = cap.select_items(cap.load_probe(folder / cap.ITEMS_FILE), config.items)
     base = base_model["path"]
     results: dict[str, cap.ProbeResult] = {}
-    model, tok = load_model(base)  # the base, then the base steered along each chosen trait's vector
+    # the base, then the base steered along each chosen trait's vector
+    model, tok = load_model(base, opts=inference_options())
     results["base"] = cap.run_probe(model, tok, items, folder, "base", config.batch_size)
     traits = config.steer_traits if config.steer_traits is not None else sorted(persona_vectors)[:1]
     for trait in traits:
@@ -61,7 +62,7 @@ def capability_retention(
         label = f"steered:{trait}@L{layer}x{config.steer_rel_coef:g}"
         results[label] = cap.run_probe(model, tok, items, folder, label, config.batch_size, [steer])
     for label, adapter in {"sft": sft_adapter["path"], "rl": rl_adapter["path"]}.items():
-        model, tok = load_model(base, adapter)
+        model, tok = load_model(base, adapter, opts=inference_options())
         results[label] = cap.run_probe(model, tok, items, folder, label, config.batch_size)
     for label, r in results.items():
         context.log.info(f"capability {label}: {r.accuracy()['accuracy']:.3f} on {r.n} items ({r.seconds:.1f} s)")

@@ -15,6 +15,7 @@ from persona_pipeline.defs.assets._common import ALL, TABLE_PLOTS, md_table, png
 from persona_pipeline.defs.assets.evaluation import GROUP
 from persona_pipeline.dialogue_drift import projection_slope
 from persona_pipeline.persona_simulator import definitions
+from persona_pipeline.persona_steering import searched
 from persona_pipeline.plots import line_plot
 from persona_pipeline.prompts import simulator_prompt
 
@@ -42,14 +43,14 @@ def drift_monitor(
     persona_space: dict,
     cmaes_steering: dict,
 ) -> list[dict]:
-    from persona_pipeline.modelio import load_model
+    from persona_pipeline.modelio import inference_options, load_model
 
     adapters = {"sft": sft_adapter["path"], "rl": rl_adapter["path"]}
     if set(config.methods) - set(adapters):
         raise ValueError(f"config methods={config.methods}: the drift monitor traces {sorted(adapters)}")
     defs, layer = definitions(persona_specs), persona_space["layer"]
     axis = vec.load_tensors(persona_space["axis_path"])["axis"][persona_space["layers"].index(layer)]
-    persona_vecs = {p: vec.load_tensors(r["path"])["vector"] for p, r in cmaes_steering.items()}
+    persona_vecs = {p: vec.load_tensors(r["path"])["vector"] for p, r in searched(cmaes_steering).items()}
     rows = []
     for method in config.methods:
         turns = [r for r in judge_scores if r["method"] == method]
@@ -57,7 +58,7 @@ def drift_monitor(
             Item(simulator_prompt(r["persona_id"], defs[r["persona_id"]], json.loads(r["history"])), r["line"])
             for r in turns
         ]
-        model, tok = load_model(base_model["path"], adapters[method])
+        model, tok = load_model(base_model["path"], adapters[method], opts=inference_options())
         acts = extract(model, tok, items, [layer])["response_avg"][:, 0]
         for r, a in zip(turns, acts):
             v = persona_vecs.get(r["persona_id"])

@@ -223,12 +223,12 @@ def activations(
     sft_adapter: dict,
     rl_adapter: dict,
 ) -> dict:
-    from persona_pipeline.modelio import load_model
+    from persona_pipeline.modelio import inference_options, load_model
 
     items, index = act.activation_items(role_transcripts, trait_responses)
     out = {}
     for key in context.partition_keys:
-        model, tok = load_model(*_checkpoint(key, base_model, sft_adapter, rl_adapter))
+        model, tok = load_model(*_checkpoint(key, base_model, sft_adapter, rl_adapter), opts=inference_options())
         layers = act.parse_layers(config.layers, len(act.decoder_layers(model)))
         tensors = act.extract(model, tok, items, layers, config.batch_size, config.response_agg)
         folder = layout().activations(key)

@@ -1,5 +1,7 @@
 """Representations group, steering half: sweeps per trait and CMA-ES per persona."""
 
+from typing import Literal
+
 import dagster as dg
 import numpy as np
 
@@ -148,6 +150,8 @@ class CmaesConfig(ProfileConfig):
     max_new_tokens: int | None = None  # None → profile (cmaes_max_new_tokens)
     vector: str = "mean_diff_response_avg"
     judge_method: PersonaJudge = "auto"  # auto: MiniLM voice judge with the local judge model, logprob with an endpoint
+    # evaluated: only the personas judge_scores tests (the profile's eval_personas); all: every partition
+    personas: Literal["evaluated", "all"] = "evaluated"
     seed: int = 0
 
 
@@ -188,7 +192,12 @@ def cmaes_steering(
         max_new_tokens=config.max_new_tokens,
     )
     n_prompts = config.prompts
-    targets = ps.targets(context.partition_keys, persona_specs, topics, n_prompts, config.seed)
+    keys = ps.searched_personas(context.partition_keys, persona_specs, config.personas)
+    out = {pid: ps.not_searched(pid, keys) for pid in context.partition_keys if pid not in keys}
+    if not keys:
+        context.log.info("no evaluated persona in this run: nothing to search")
+        return out
+    targets = ps.targets(keys, persona_specs, topics, n_prompts, config.seed)
     backend, (judge_fn, signal) = (
         policy_backend(base_model),
         ps.fitness_judge(judge, config.judge_method, persona_specs),
@@ -201,16 +210,17 @@ def cmaes_steering(
         s,
         lambda g, n: context.log.info(f"CMA-ES generation {g}/{n} done for {len(targets)} personas"),
     )
-    contrast = ps.contrast_chats(context.partition_keys, persona_specs, topics, n_prompts, config.seed)
+    contrast = ps.contrast_chats(keys, persona_specs, topics, n_prompts, config.seed)
     own = ps.persona_baselines(backend, contrast, s, context.log.warning)
     results = ps.heldout(backend, judge_fn, targets, units, s, found, own)
-    out, files = {}, {}
+    files = {}
     for t in targets:
         r = found[t.persona_id]
         path = layout().cmaes_vector(t.persona_id)
         files[t.persona_id] = {"vector": ss.weighted_vector(r["best"][1], units, s)}
         out[t.persona_id] = {
             "persona_id": t.persona_id,
+            "searched": True,
             "layer": layer,
             "alpha": s.alpha,
             "traits": traits,
@@ -226,8 +236,9 @@ def cmaes_steering(
         }
     vec.save_tensor_files(layout().cmaes_steering, files)  # every persona of this run swapped in at once
     plots: dict[str, str] = {}
-    context.add_output_metadata(_cmaes_meta(out, traits, s, plots))
-    for r in out.values():
+    done = ps.searched(out)
+    context.add_output_metadata(_cmaes_meta(done, traits, s, plots) | {"not_searched": len(out) - len(done)})
+    for r in done.values():
         r["plots"] = plots  # the convergence plot covers every persona of this run
     return out
 
