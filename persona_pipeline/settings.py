@@ -30,7 +30,8 @@ class Profile(BaseModel):
     None is filled from the field named here (``defs.assets._common.ProfileConfig``)."""
 
     name: str
-    cpu_dtype: Literal["float32", "bfloat16"] = "float32"  # generation and activation reads on a CPU (modelio.inference_options)
+    # generation and activation reads on a CPU (modelio.inference_options); training is always float32
+    cpu_dtype: Literal["float32", "bfloat16"] = "float32"
     # data stage: teacher dialogues (synthetic_conversations) and survey conversations
     conversations_per_persona: int
     min_turns: int
