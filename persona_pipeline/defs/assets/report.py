@@ -129,6 +129,16 @@ def eval_report(
             opened.add(section)
             r.section(section)
         r.image(path.read_bytes(), caption)
+    r.section(
+        "Projection and trait score",
+        "Pearson r (bootstrap 95 % CI) between a trait answer's projection onto the trait's vector and its judged "
+        "score, at the middle layer; 'heldout' uses a vector built from the trait's other questions only.",
+    ).table(projection_predicts_score["by_trait"])
+    r.section(
+        "Behavioural interference",
+        "Steering along the steered trait (coef > 0) vs its coef-0 answers: mean change of the judged trait's "
+        "0–100 score with its bootstrap 95 % CI and the number of paired answers.",
+    ).table(behavioural_interference["cells"])
     worst = sorted((x for x in judge_scores if x["adherence"] is not None), key=lambda x: x["adherence"])[:8]
     r.section(
         "Worst examples", "The lowest-adherence persona lines with the judge's reasoning (when the judge gives one)."
