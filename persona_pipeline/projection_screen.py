@@ -283,7 +283,10 @@ def screen(
     group_by="source",
 ):
     """The whole screen on a local backend: the base model answers each pair's prompt (``params``), both
-    answers are read at ``layer`` in one pass, and each pair gets its per-trait difference and flags."""
+    answers are read at ``layer`` with the prompt read once, and each pair gets its per-trait difference
+    and flags (no pairs: no rows)."""
+    if not pairs:
+        return []
     chats, data = (list(x) for x in zip(*(pair_chat(p) for p in pairs)))
     base = [backend.complete([c], params)[0] for c in chats]  # one at a time: prompt lengths vary, no padding
     data_acts, base_acts = screen_activations(backend.model, backend.tok, chats, data, base, layer)
@@ -333,6 +336,8 @@ def dataset_flags(
     for name, group in groups.items():
         for t in traits:
             vals = [r[f"diff_{t}"] for r in group]
+            if not vals:
+                continue
             lo, hi = bootstrap_ci(vals, seed=seed)
             mean = float(np.mean(vals))
             out.append(

@@ -156,6 +156,7 @@ def test_screen_on_a_tiny_model_is_zero_for_the_base_models_own_answer(tiny_back
     assert rows[1]["diff_kind"] == pytest.approx(expected, abs=1e-3)
     assert not math.isnan(rows[1]["diff_kind"]) and rows[1]["diff_kind"] != 0
     assert ps.screen_layer({"kind": cv}, None) == 1  # middle of the captured layers [0, 1]
+    assert ps.screen(tiny_backend, [], {"kind": cv}, 1, params, 0.5) == [] and ps.dataset_flags([], ["kind"], 0.2) == []
 
 
 def test_reading_the_prompt_once_equals_reading_each_pair_whole(tiny_backend):
