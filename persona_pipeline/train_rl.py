@@ -171,7 +171,7 @@ def train_rl(
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from .modelio import LoadOptions, cuda_available, load_model
+    from .modelio import LoadOptions, cuda_available, load_model, mixed_bf16
 
     if not prompts:
         raise ValueError("no RL prompts: conversations has no simulated-user dialogues")
@@ -193,7 +193,7 @@ def train_rl(
             save_strategy="no",
             report_to="none",
             seed=s.seed,
-            bf16=cuda,
+            bf16=mixed_bf16(),
             use_cpu=not cuda,
             dataloader_num_workers=0,
             gradient_checkpointing=cuda,  # TRL turns it on by default; on a CPU it only recomputes

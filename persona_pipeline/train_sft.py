@@ -220,7 +220,7 @@ def train_sft(
     import torch
     from trl import SFTConfig, SFTTrainer
 
-    from .modelio import LoadOptions, cuda_available, load_model, make_portable
+    from .modelio import LoadOptions, cuda_available, load_model, make_portable, mixed_bf16
 
     model, tok = load_model(base, opts=LoadOptions(quantize=s.quantize), trainable=True)
     train, n_drop = drop_overlong(train, tok, s.max_length)
@@ -243,7 +243,7 @@ def train_sft(
             save_strategy="no",
             report_to="none",
             seed=s.seed,
-            bf16=cuda,
+            bf16=mixed_bf16(),
             gradient_checkpointing=cuda,
             use_cpu=not cuda,
             completion_only_loss=True,
