@@ -43,12 +43,20 @@ def _forward(model, tok, encoded: list[tuple[list[int], int]], layers: list[int]
     pad = tok.pad_token_id
     input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded], device=device)
     mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in encoded], device=device)
+    with read_layers(model, layers) as store:
+        model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1)  # the residual stream is all we read
+    return torch.stack([store[layer][0] for layer in layers], dim=2).float().cpu()
+
+
+@contextlib.contextmanager
+def read_layers(model, layers: list[int]):
+    """Capture ``layers`` (yields the hooks' store) and end a forward pass run inside the block once the
+    last of them has run: the pass stops there, quietly, and the layers above cost nothing."""
     with capture(model, layers) as store, _stop_after(model, max(layers)):
         try:
-            model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1)  # the residual stream is all we read
+            yield store
         except _Captured:
             pass
-    return torch.stack([store[layer][0] for layer in layers], dim=2).float().cpu()
 
 
 class _Captured(Exception):

@@ -243,19 +243,15 @@ def shared_prompt_activations(model, tok, chat: list[dict], responses: list[str]
 
     from transformers import DynamicCache
 
-    from .activations import _Captured, _stop_after  # the same early stop extract uses
-    from .hooks import capture
+    from .activations import read_layers  # the same early stop extract uses
 
     device = next(model.parameters()).device
     text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     p_ids = tok(text, add_special_tokens=False)["input_ids"]
 
     def read(ids: list[int], cache) -> torch.Tensor:
-        with capture(model, [layer]) as store, _stop_after(model, layer):
-            try:
-                model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True)
-            except _Captured:
-                pass
+        with read_layers(model, [layer]) as store:
+            model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True)
         return store[layer][0][0].float().cpu()  # [tokens, hidden]
 
     cache = DynamicCache()
