@@ -7,6 +7,7 @@ same prompt everywhere: the unrolled SFT prompt.
 
 from __future__ import annotations
 
+import functools
 import threading
 
 from .backends import Backend, SamplingParams
@@ -45,6 +46,28 @@ def voice_judge(persona_specs: list[dict], surveys: dict | None = None) -> Voice
 def next_lines(backend: Backend, rows: list[dict], params: SamplingParams) -> list[str]:
     """``rows`` carry a ready ``prompt`` (see ``train_rl.rl_prompts``); one batched call."""
     return backend.complete([r["prompt"] for r in rows], params)
+
+
+def greedy_lines(base_path: str, adapter: str | None, rows: list[dict], tokens: int) -> list[str]:
+    """Greedy next lines of the policy (``base_path`` + ``adapter``) for ``rows``, cached per process:
+    the SFT/RL before-after reward and the models' checks read the same held-out lines, so a run
+    generates them once. A retrained adapter (new weights mtime) is a new cache key."""
+    import json
+    from pathlib import Path
+
+    weights = Path(adapter) / "adapter_model.safetensors" if adapter else None
+    stamp = weights.stat().st_mtime_ns if weights and weights.exists() else 0
+    return list(_cached_lines(base_path, adapter, stamp, json.dumps(rows, sort_keys=True), tokens))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_lines(base_path: str, adapter: str | None, _stamp: int, rows_json: str, tokens: int) -> tuple[str, ...]:
+    import json
+
+    from .policy import policy_backend
+
+    backend = policy_backend(base_path, adapter)
+    return tuple(next_lines(backend, json.loads(rows_json), SamplingParams(max_new_tokens=tokens, temperature=0)))
 
 
 def adherence(judge, rows: list[dict], lines: list[str], method: str = "logprob") -> tuple[float, list[float | None]]:

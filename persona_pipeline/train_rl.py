@@ -122,11 +122,8 @@ def make_reward(judge, method: str):
     return persona_reward
 
 
-def mean_reward(backend, rows: list[dict], judge, method: str, max_new_tokens: int) -> float:
-    """Greedy lines from ``backend`` for each prompt, scored by the same reward as training."""
-    from .backends import SamplingParams
-
-    texts = backend.complete([r["prompt"] for r in rows], SamplingParams(max_new_tokens=max_new_tokens, temperature=0))
+def mean_reward(texts: list[str], rows: list[dict], judge, method: str) -> float:
+    """The policy's greedy lines ``texts`` for ``rows``, scored by the same reward as training."""
     reward = make_reward(judge, method)
     scores = reward(None, [[{"content": t}] for t in texts], [r["spec"] for r in rows], [r["history"] for r in rows])
     return sum(scores) / len(scores)

@@ -133,3 +133,14 @@ def test_inference_loads_merge_the_adapter_into_the_weights(tiny_model_dir, tmp_
     with torch.inference_mode():
         want, got, plain = separate(ids).logits, merged(ids).logits, load_model(tiny_model_dir)[0](ids).logits
     assert torch.allclose(want, got, atol=1e-4) and not torch.allclose(want, plain, atol=1e-4)
+
+
+def test_greedy_lines_are_generated_once_per_policy(tiny_model_dir):
+    """rl_adapter's before/after reward and the models' checks share one generation of the held-out lines."""
+    from persona_pipeline.persona_simulator import _cached_lines, greedy_lines
+
+    rows = [{"prompt": c} for c in CHATS[:2]]
+    first = greedy_lines(str(tiny_model_dir), None, rows, 4)
+    hits = _cached_lines.cache_info().hits
+    assert greedy_lines(str(tiny_model_dir), None, rows, 4) == first and len(first) == 2
+    assert _cached_lines.cache_info().hits == hits + 1

@@ -1,9 +1,5 @@
 """Asset checks for the data stage: structural guarantees the trainer relies on."""
 
-import functools
-import json
-from pathlib import Path
-
 import dagster as dg
 
 from persona_pipeline.contracts import Conversation
@@ -119,21 +115,10 @@ def _heldout(conversations, persona_specs, surveys, n):
 
 
 def _lines(base_path: str, adapter: str | None, rows: list[dict]) -> list[str]:
-    """Greedy next lines; both SFT checks read the same ones, so a run generates them once."""
-    weights = Path(adapter) / "adapter_model.safetensors" if adapter else None
-    stamp = weights.stat().st_mtime_ns if weights and weights.exists() else 0  # a retrained adapter is a new key
-    return list(_cached_lines(base_path, adapter, stamp, json.dumps(rows, sort_keys=True)))
+    """Greedy next lines at a persona line's length; cached, so rl_adapter's reward and these checks share them."""
+    from persona_pipeline.persona_simulator import greedy_lines
 
-
-@functools.lru_cache(maxsize=4)
-def _cached_lines(base_path: str, adapter: str | None, _stamp: int, rows_json: str) -> tuple[str, ...]:
-    from persona_pipeline.backends import BackendSpec, SamplingParams, make_backend
-    from persona_pipeline.persona_simulator import next_lines
-    from persona_pipeline.settings import home
-
-    backend = make_backend(BackendSpec(model=base_path, adapter=adapter), home())
-    tokens = profile().persona_max_new_tokens  # a persona line's length, as the data and evaluation use
-    return tuple(next_lines(backend, json.loads(rows_json), SamplingParams(max_new_tokens=tokens, temperature=0)))
+    return greedy_lines(base_path, adapter, rows, profile().persona_max_new_tokens)
 
 
 _MODEL_INS = {"conversations": dg.AssetIn(), "persona_specs": dg.AssetIn(), "surveys": dg.AssetIn()}

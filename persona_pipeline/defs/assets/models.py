@@ -20,9 +20,8 @@ from persona_pipeline.defs.resources import ModelResource
 from persona_pipeline.general_chat import load_general_chat, training_rows
 from persona_pipeline.layout import layout
 from persona_pipeline.modelio import EMBEDDED, convert_embedded, resolve_quantize
-from persona_pipeline.persona_simulator import definitions
+from persona_pipeline.persona_simulator import definitions, greedy_lines
 from persona_pipeline.plots import line_plot
-from persona_pipeline.policy import policy_backend
 from persona_pipeline.rl_rollouts import RolloutSettings, make_rollout_func, rollout_seeds
 from persona_pipeline.settings import data_root, profile
 from persona_pipeline.train_rl import (
@@ -319,12 +318,10 @@ def rl_adapter(
             out,
             card,
         )
-    before = mean_reward(
-        policy_backend(base_model, sft_adapter["path"]), heldout, judge_backend, s.judge_method, s.max_completion_length
-    )
-    after = mean_reward(
-        policy_backend(base_model, str(out)), heldout, judge_backend, s.judge_method, s.max_completion_length
-    )
+    # the same cached greedy lines the sft/rl checks read (one generation per policy per run)
+    lines = lambda adapter: greedy_lines(base_model["path"], adapter, heldout, p.persona_max_new_tokens)
+    before = mean_reward(lines(sft_adapter["path"]), heldout, judge_backend, s.judge_method)
+    after = mean_reward(lines(str(out)), heldout, judge_backend, s.judge_method)
     terms = {k.split("/")[1]: log_curve(r.log_history, k) for k in reward_terms(r.log_history)}
     curves = line_plot({"reward": log_curve(r.log_history, "reward"), **terms}, "GRPO reward", "step", "mean reward")
     kl = line_plot({"KL": log_curve(r.log_history, "kl")}, "KL to the SFT policy", "step", "KL")
