@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from persona_pipeline.consistency import line_to_line, negated, prompt_to_line, qa_stability
 from persona_pipeline.rl_rollouts import RolloutSettings, make_rollout_func, rollout_seeds
 from persona_pipeline.train_rl import RlSettings, multiturn_rewards, train_rl
@@ -34,7 +36,11 @@ def test_prompt_to_line_and_qa_prefer_the_consistent_line():
     assert same > other
 
 
-def test_multiturn_grpo_plays_on_policy_dialogues_and_logs_every_term(tiny_model_dir, tiny_backend, tmp_path):
+@pytest.mark.parametrize("cpu_dtype", ["float32", "bfloat16"])  # bf16: mixed-precision steps, autocast rollouts
+def test_multiturn_grpo_plays_on_policy_dialogues_and_logs_every_term(
+    tiny_model_dir, tiny_backend, tmp_path, monkeypatch, cpu_dtype
+):
+    monkeypatch.setenv("PERSONA_PIPELINE_CPU_DTYPE", cpu_dtype)
     convs = dialogues()
     s = SftSettings(lora=SMALL_LORA, max_steps=1, batch_size=2, max_length=512)
     train, ev, _ = build_mixture(pairs(convs), [], s)
