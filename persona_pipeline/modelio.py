@@ -215,19 +215,23 @@ CPU_DTYPE_ENV = "PERSONA_PIPELINE_CPU_DTYPE"
 CPU_DTYPES = ("float32", "bfloat16")
 
 
-def inference_options(quantize: str | None = None) -> LoadOptions:
+def inference_options(quantize: str | None = None, exact: bool = False) -> LoadOptions:
     """Options for loads that only generate or read activations, never train.
 
-    On a CPU the dtype is ``PERSONA_PIPELINE_CPU_DTYPE``, else the profile's ``cpu_dtype``:
-    ``float32`` (batched and single greedy output agree exactly) or ``bfloat16``, which prefills
-    and decodes ~1.7× faster on CPUs with AVX512-BF16 (bench/RESULTS.md) at the cost of that
-    exactness — the demo profile's choice; the test suite pins float32. Training always loads
-    float32 (see ``mixed_bf16``); on CUDA the dtype stays automatic (bf16). An adapter is merged
-    into the weights (not under NF4).
+    On a CPU a plain base model loads in ``PERSONA_PIPELINE_CPU_DTYPE``, else the profile's
+    ``cpu_dtype``: ``float32`` (batched and single greedy output agree exactly) or ``bfloat16``,
+    which prefills and decodes ~1.7× faster on CPUs with AVX512-BF16 (bench/RESULTS.md) at the
+    cost of that exactness — the demo profile's choice; the test suite pins float32. ``exact``
+    loads stay float32: every load with an adapter (merged into the weights, ~1.4× faster than
+    base + LoRA) and every base load compared with one. A LoRA update after a few steps is
+    smaller than bf16's resolution of the weights it is added to, so in bf16 the evaluated SFT/RL
+    model would partly *be* the base, and base-vs-adapter differences would mix in the dtype's
+    (found by the ``adapter_changes_outputs`` check at 3 SFT steps). Training always loads
+    float32 (see ``mixed_bf16``). On CUDA the dtype stays automatic (bf16); no merge under NF4.
     """
     cuda = cuda_available()
-    # an adapter is folded into the weights (a NF4 base cannot take it exactly, so it stays separate there)
-    return LoadOptions(dtype=None if quantize or cuda else cpu_dtype(), quantize=quantize, merge=not quantize)
+    dtype = None if quantize or cuda else ("float32" if exact else cpu_dtype())
+    return LoadOptions(dtype=dtype, quantize=quantize, merge=not quantize)
 
 
 def cpu_dtype() -> str:

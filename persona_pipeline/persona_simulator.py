@@ -66,7 +66,7 @@ def _cached_lines(base_path: str, adapter: str | None, _stamp: int, rows_json: s
 
     from .policy import policy_backend
 
-    backend = policy_backend(base_path, adapter)
+    backend = policy_backend(base_path, adapter, exact=True)  # base and adapter lines are compared
     return tuple(next_lines(backend, json.loads(rows_json), SamplingParams(max_new_tokens=tokens, temperature=0)))
 
 

@@ -11,16 +11,18 @@ from .backends import Backend, BackendSpec, make_backend
 from .settings import home
 
 
-def policy_backend(base_model: dict | str, adapter: str | None = None) -> Backend:
-    """The policy base (a manifest with ``path``, or the path itself), optionally under a PEFT adapter."""
+def policy_backend(base_model: dict | str, adapter: str | None = None, exact: bool = False) -> Backend:
+    """The policy base (a manifest with ``path``, or the path itself), optionally under a PEFT adapter.
+    ``exact``: float32 whatever the profile's CPU dtype — for a base compared with an adapter (which is
+    always float32: ``modelio.inference_options``)."""
     path = base_model["path"] if isinstance(base_model, dict) else base_model
-    return make_backend(BackendSpec(model=path, adapter=adapter), home())
+    return make_backend(BackendSpec(model=path, adapter=adapter, exact=exact), home())
 
 
 def checkpoint_backends(base_model: dict, sft_adapter: dict, rl_adapter: dict) -> dict[str, Backend]:
-    """The three policies every evaluation compares: ``base``, ``sft`` and ``rl``."""
+    """The three policies every evaluation compares: ``base``, ``sft`` and ``rl``, in one dtype."""
     return {
-        "base": policy_backend(base_model),
+        "base": policy_backend(base_model, exact=True),
         "sft": policy_backend(base_model, sft_adapter["path"]),
         "rl": policy_backend(base_model, rl_adapter["path"]),
     }

@@ -408,7 +408,7 @@ def retention_check(base: str, adapter: str, general: list, n: int, max_new_toke
     from .general_chat import retention
     from .policy import policy_backend
 
-    return retention(policy_backend(base), policy_backend(base, adapter), general, n, max_new_tokens)
+    return retention(policy_backend(base, exact=True), policy_backend(base, adapter), general, n, max_new_tokens)
 
 
 def preventive_steer(name: str | None, layer: int | None, coef: float, mode: str, n_layers: int):

@@ -105,6 +105,7 @@ def test_inference_dtype_follows_env_then_profile(tiny_model_dir, monkeypatch):
     monkeypatch.delenv(CPU_DTYPE_ENV)
     monkeypatch.setenv("PERSONA_PIPELINE_PROFILE", "demo")
     assert inference_options().dtype == "bfloat16"
+    assert inference_options(exact=True).dtype == "float32"  # adapters, and a base compared with one
     monkeypatch.setenv("PERSONA_PIPELINE_PROFILE", "ci")
     assert inference_options().dtype == "float32"
     monkeypatch.setenv(CPU_DTYPE_ENV, "bfloat16")

@@ -36,6 +36,7 @@ class BackendSpec(BaseModel):
     quantize: str | None = Field(default_factory=lambda: os.environ.get("PERSONA_POLICY_QUANTIZE") or None)
     gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
     max_lora_rank: int | None = Field(default=None, ge=1)
+    exact: bool = False  # float32 on a CPU whatever the profile's dtype (adapters always; see inference_options)
 
 
 def make_backend(spec: BackendSpec, home: Path) -> Backend:
@@ -57,7 +58,8 @@ def make_backend(spec: BackendSpec, home: Path) -> Backend:
             base, adapter=adapter, gpu_memory_utilization=spec.gpu_memory_utilization, max_lora_rank=spec.max_lora_rank
         )
     stamp = _stamp(adapter)
-    return _local(base, adapter, spec.batch_size, resolve_quantize(spec.quantize), spec.model, stamp)
+    exact = spec.exact or adapter is not None
+    return _local(base, adapter, spec.batch_size, resolve_quantize(spec.quantize), spec.model, stamp, exact)
 
 
 def _stamp(adapter: str | None) -> float:
@@ -68,8 +70,10 @@ def _stamp(adapter: str | None) -> float:
     return weights.stat().st_mtime if weights.exists() else 0.0
 
 
-@functools.lru_cache(maxsize=4)
-def _local(base: str, adapter: str | None, batch_size: int, quantize: str | None, label: str, stamp: float):
+@functools.lru_cache(maxsize=5)  # teacher/assistant, the exact base, SFT, RL, one more
+def _local(
+    base: str, adapter: str | None, batch_size: int, quantize: str | None, label: str, stamp: float, exact: bool
+):
     """One loaded copy per (weights, adapter) per process: teacher and assistant share it."""
     from ..modelio import inference_options
     from .local import LocalBackend
@@ -78,5 +82,5 @@ def _local(base: str, adapter: str | None, batch_size: int, quantize: str | None
     if adapter:
         name += f"+{Path(adapter).name}"
     return LocalBackend.from_pretrained(
-        base, adapter, name=name, batch_size=batch_size, opts=inference_options(quantize)
+        base, adapter, name=name, batch_size=batch_size, opts=inference_options(quantize, exact)
     )

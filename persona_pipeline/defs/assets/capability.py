@@ -52,7 +52,7 @@ def capability_retention(
     base = base_model["path"]
     results: dict[str, cap.ProbeResult] = {}
     # the base, then the base steered along each chosen trait's vector
-    model, tok = load_model(base, opts=inference_options())
+    model, tok = load_model(base, opts=inference_options(exact=True))  # compared with the adapters
     results["base"] = cap.run_probe(model, tok, items, folder, "base", config.batch_size)
     traits = config.steer_traits if config.steer_traits is not None else sorted(persona_vectors)[:1]
     for trait in traits:
@@ -62,7 +62,7 @@ def capability_retention(
         label = f"steered:{trait}@L{layer}x{config.steer_rel_coef:g}"
         results[label] = cap.run_probe(model, tok, items, folder, label, config.batch_size, [steer])
     for label, adapter in {"sft": sft_adapter["path"], "rl": rl_adapter["path"]}.items():
-        model, tok = load_model(base, adapter, opts=inference_options())
+        model, tok = load_model(base, adapter, opts=inference_options(exact=True))
         results[label] = cap.run_probe(model, tok, items, folder, label, config.batch_size)
     for label, r in results.items():
         context.log.info(f"capability {label}: {r.accuracy()['accuracy']:.3f} on {r.n} items ({r.seconds:.1f} s)")

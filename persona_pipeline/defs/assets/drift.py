@@ -58,7 +58,7 @@ def drift_monitor(
             Item(simulator_prompt(r["persona_id"], defs[r["persona_id"]], json.loads(r["history"])), r["line"])
             for r in turns
         ]
-        model, tok = load_model(base_model["path"], adapters[method], opts=inference_options())
+        model, tok = load_model(base_model["path"], adapters[method], opts=inference_options(exact=True))
         acts = extract(model, tok, items, [layer])["response_avg"][:, 0]
         for r, a in zip(turns, acts):
             v = persona_vecs.get(r["persona_id"])

@@ -237,7 +237,7 @@ def survey_replication(
     runs = {
         "sft": (policy_backend(base_model, sft_adapter["path"]), "trained"),
         "rl": (policy_backend(base_model, rl_adapter["path"]), "trained"),
-        "prompt": (policy_backend(base_model), "baseline"),
+        "prompt": (policy_backend(base_model, exact=True), "baseline"),
     }
     out, table = {}, []
     for sid, raw in surveys.items():

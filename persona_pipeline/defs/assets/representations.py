@@ -228,7 +228,8 @@ def activations(
     items, index = act.activation_items(role_transcripts, trait_responses)
     out = {}
     for key in context.partition_keys:
-        model, tok = load_model(*_checkpoint(key, base_model, sft_adapter, rl_adapter), opts=inference_options())
+        base, adapter = _checkpoint(key, base_model, sft_adapter, rl_adapter)
+        model, tok = load_model(base, adapter, opts=inference_options(exact=True))  # checkpoints compared: one dtype
         layers = act.parse_layers(config.layers, len(act.decoder_layers(model)))
         tensors = act.extract(model, tok, items, layers, config.batch_size, config.response_agg)
         folder = layout().activations(key)
