@@ -470,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     room.add_argument("--simulator", choices=("auto", *ADAPTERS), default="auto", help="adapter proposing candidates")
     room.add_argument("--max-tokens", type=int, default=96, help="longest assistant answer / candidate")
     room.set_defaults(fn=_writing_room)
-    mat = sub.add_parser("materialize", help="materialise assets in dependency order, one Dagster run per partition set")
+    mat = sub.add_parser(
+        "materialize", help="materialise assets in dependency order, one Dagster run per partition set"
+    )
     mat.add_argument("--select", default="*", help="asset selection, e.g. '*' or 'persona_vectors*' (comma-separated)")
     mat.add_argument(
         "--job", choices=list(NAMED_JOBS), help="a named job instead of --select (its stages run in dependency order)"
