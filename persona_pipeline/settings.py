@@ -148,7 +148,7 @@ PROFILES = {
         sft_eval_rows=8,
         sft_max_length=512,  # the persona prompt + history is long: at 384 most held-out rows do not fit
         survey_answer_tokens=24,
-        survey_eval_items=6,
+        survey_eval_items=4,
         retention_prompts=4,
         rl_max_steps=3,  # multi-turn GRPO steps (~50 s each on 2 cores, prompt prefill-bound) are the demo's dearest item
         rl_num_generations=4,  # with temperature 1.0: groups carry reward variance
@@ -177,10 +177,10 @@ PROFILES = {
         eval_personas=2,
         eval_topics=1,
         eval_turns=10,
-        eval_persona_tokens=10,
-        eval_assistant_tokens=10,
+        eval_persona_tokens=8,
+        eval_assistant_tokens=8,
         human_eval_items=1,
-        capability_items=24,  # stratified subset of the shipped 116: a tour; the asset says when n is too small to claim
+        capability_items=16,  # stratified subset of the shipped 116: a tour; the asset says when n is too small to claim
     ),
     "full": Profile(
         name="full",
