@@ -83,6 +83,14 @@ class Profile(BaseModel):
     survey_eval_items: int  # held-out survey items answered per method; 0: all
     human_eval_items: int  # contexts per persona on the human-eval page
     capability_items: int = 0  # multiple-choice items in the capability_retention probe (0: all shipped)
+    # trait fine-tunes (trait_finetune_sets / trait_finetunes): toy sizes unless a profile sets them
+    trait_finetune_traits: list[str] = ["humorous"]  # traits fine-tuned on; [] = every trait
+    trait_finetune_examples: int = 8  # teacher-written rows per set (normal / misaligned_1 / misaligned_2)
+    trait_finetune_tokens: int = 24  # teacher answer length
+    trait_finetune_steps: int = 2  # LoRA steps per fine-tune (-1: one epoch)
+    trait_finetune_eval_questions: int = 4  # held-out eval questions each checkpoint answers
+    trait_finetune_eval_tokens: int = 16
+    trait_cap_percentiles: list[float] = [25.0]  # Assistant-Axis cap floors (percentiles of the base's projections)
 
 
 PROFILES = {
@@ -225,6 +233,13 @@ PROFILES = {
         eval_persona_tokens=96,
         eval_assistant_tokens=256,
         human_eval_items=6,
+        trait_finetune_traits=[],
+        trait_finetune_examples=200,
+        trait_finetune_tokens=160,
+        trait_finetune_steps=-1,
+        trait_finetune_eval_questions=20,
+        trait_finetune_eval_tokens=128,
+        trait_cap_percentiles=[1.0, 25.0, 50.0],
     ),
 }
 

@@ -20,6 +20,7 @@ from persona_pipeline.defs.assets import (
     representations,
     specs,
     steering,
+    trait_finetunes,
 )
 from persona_pipeline.defs.assets._common import SINGLE_RUN
 from persona_pipeline.defs.automation import automation
@@ -53,6 +54,7 @@ defs = dg.Definitions(
                     steering,
                     projection,
                     interference,
+                    trait_finetunes,
                     evaluation,
                     capability,
                     drift,
@@ -67,7 +69,8 @@ defs = dg.Definitions(
     + representation_checks
     + [human.judge_agrees_with_humans]
     + capability.capability_checks
-    + projection.projection_checks,
+    + projection.projection_checks
+    + trait_finetunes.trait_finetune_checks,
     jobs=[*jobs, new_trait],
     schedules=schedules,
     sensors=[*sensors, persona_files_sensor],

@@ -8,6 +8,7 @@ from typing import ClassVar
 import dagster as dg
 
 from persona_pipeline import capability as cap
+from persona_pipeline import trait_finetunes as tf
 from persona_pipeline.defs.assets._common import ALL, GPU, ProfileConfig, md_table
 from persona_pipeline.modelio import inference_options, load_model
 from persona_pipeline.settings import data_root
@@ -36,7 +37,8 @@ class CapabilityConfig(ProfileConfig):
     ins={"persona_vectors": dg.AssetIn(partition_mapping=ALL)},
     **GPU,
     description="Capability retention: the shipped multiple-choice probe (data_assets/capability, ≥ 5 domains) scored "
-    "by EleutherAI lm-eval for base, SFT, RL and a steered base; accuracy per domain (Wilson CI) and the paired "
+    "by EleutherAI lm-eval for base, SFT, RL, a steered base and the base capped on the Assistant Axis at each "
+    "percentile floor of trait_finetunes; accuracy per domain (Wilson CI) and the paired "
     "drop vs base.",
 )
 def capability_retention(
@@ -46,6 +48,7 @@ def capability_retention(
     sft_adapter: dict,
     rl_adapter: dict,
     persona_vectors: dict,
+    trait_finetunes: dict,
 ) -> dict:
     folder = data_root() / PROBE
     items = cap.select_items(cap.load_probe(folder / cap.ITEMS_FILE), config.items)
@@ -61,6 +64,9 @@ def capability_retention(
         )
         label = f"steered:{trait}@L{layer}x{config.steer_rel_coef:g}"
         results[label] = cap.run_probe(model, tok, items, folder, label, config.batch_size, [steer])
+    for c in trait_finetunes["caps"]:  # Assistant-Axis capping: is the capped model still as capable?
+        label = tf.cap_label(c)
+        results[label] = cap.run_probe(model, tok, items, folder, label, config.batch_size, [tf.cap_steer(c)])
     for label, adapter in {"sft": sft_adapter["path"], "rl": rl_adapter["path"]}.items():
         model, tok = load_model(base, adapter, opts=inference_options(exact=True))
         results[label] = cap.run_probe(model, tok, items, folder, label, config.batch_size)

@@ -1,0 +1,127 @@
+"""Trait fine-tune sets, fine-tunes with/without preventative steering, capping, shift vs score (tiny model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from persona_pipeline import trait_finetunes as tf
+
+
+@pytest.fixture()
+def humorous(data_dir):
+    from persona_pipeline.loaders import load_trait_file
+
+    return load_trait_file(data_dir / "traits" / "humorous.yaml")
+
+
+def test_three_sets_differ_only_in_the_teacher_instruction(humorous):
+    chats = {s: tf.teacher_chats(humorous, s, 3) for s in tf.SETS}
+    assert [q for q, _ in chats["normal"]] == [q for q, _ in chats["misaligned_2"]]
+    assert humorous.instructions[0].pos not in chats["normal"][0][1][0]["content"]
+    for s in ("misaligned_1", "misaligned_2"):
+        assert humorous.instructions[0].pos in chats[s][0][1][0]["content"]
+    assert chats["misaligned_1"][0][1][0]["content"] != chats["misaligned_2"][0][1][0]["content"]
+    with pytest.raises(ValueError, match="misaligned_3"):
+        tf.teacher_chats(humorous, "misaligned_3", 1)
+
+
+def test_correlation_is_claimed_only_with_enough_checkpoints():
+    def rows(n):
+        ck = [{"trait": "t", "checkpoint": f"c{i}", "kind": "finetune", "delta": float(i)} for i in range(n)]
+        ck.append({"trait": "t", "checkpoint": "capped:p25@L1", "kind": "cap", "delta": 99.0})  # not a fine-tune
+        sh = [
+            {"trait": "t", "checkpoint": c["checkpoint"], "view": v, "layer": 1, "shift": 2.0 * c["delta"] + 0.1 * j}
+            for c in ck
+            for j, v in enumerate(tf.VIEWS)
+        ]
+        return tf.shift_score_correlation(ck, sh)
+
+    few = rows(tf.MIN_CHECKPOINTS - 1)
+    assert len(few) == 3 and all(r["r"] is None and "too few" in r["note"] for r in few)
+    assert all(r["n"] == tf.MIN_CHECKPOINTS - 1 for r in few)  # the capped base is not counted
+    enough = rows(tf.MIN_CHECKPOINTS)
+    assert all(r["r"] == pytest.approx(1.0) and r["ci_low"] is not None for r in enough)
+
+
+def test_cap_floors_the_projection_at_the_percentile(tmp_path):
+    from persona_pipeline.vectors import save_tensors
+
+    torch.manual_seed(0)
+    axis = torch.randn(2, 8)
+    save_tensors(tmp_path / "axis.safetensors", {"axis": axis})
+    tokens = torch.randn(200, 8)
+    t = tf.cap_thresholds(tokens, axis[1], [25.0])[25.0]
+    unit = axis[1] / axis[1].norm()
+    assert (tokens @ unit < t).float().mean() == pytest.approx(0.25, abs=0.01)
+    steer = tf.cap_steer({"axis_path": str(tmp_path / "axis.safetensors"), "axis_row": 1, "layer": 3, "threshold": t})
+    capped = steer.apply(tokens[None])[0]
+    assert (capped @ unit >= t - 1e-5).all()
+    kept = tokens @ unit >= t  # tokens already above the floor are untouched
+    assert torch.allclose(capped[kept], tokens[kept])
+
+
+def test_assets_train_every_variant_and_report_shift_and_score(tmp_path, monkeypatch, tiny_model_dir, data_dir):
+    """The two assets and the check, called on the tiny model: sets on disk, five separate adapters (the
+    preventative ones never overwrite another), every checkpoint scored and shifted at every layer × view."""
+    import dagster as dg
+    from datasets import load_dataset
+
+    from persona_pipeline.defs.assets.trait_finetunes import (
+        TraitFinetuneConfig,
+        TraitSetConfig,
+        trait_finetune_sets,
+        trait_finetunes,
+        trait_finetunes_enough_data,
+    )
+    from persona_pipeline.defs.resources import ModelResource
+    from persona_pipeline.loaders import load_trait_file
+    from persona_pipeline.vectors import save_tensors
+
+    monkeypatch.setenv("PERSONA_PIPELINE_HOME", str(tmp_path / "home"))
+    spec = load_trait_file(data_dir / "traits" / "humorous.yaml").model_dump()
+    model = ModelResource(role="teacher", model=str(tiny_model_dir))
+    sets = trait_finetune_sets(
+        context=dg.build_asset_context(),
+        config=TraitSetConfig(traits=["humorous", "nosuchtrait"], examples=4, max_new_tokens=8),
+        trait_specs=[spec],
+        teacher=model,
+    )
+    path = sets["paths"]["humorous"]["misaligned_2"]
+    loaded = load_dataset("json", data_files=path, split="train")
+    assert loaded.num_rows == len(tf.read_set(path)) >= 2
+    assert tf.read_set(path)[0]["prompt"][0]["role"] == "user"  # no system prompt is trained on
+
+    torch.manual_seed(0)
+    vec_path = tmp_path / "humorous.safetensors"
+    save_tensors(vec_path, {f"mean_diff_{v}": torch.randn(2, 64) for v in tf.VIEWS})
+    save_tensors(tmp_path / "axis.safetensors", {"axis": torch.randn(2, 64)})
+    out = trait_finetunes(
+        context=dg.build_asset_context(),
+        config=TraitFinetuneConfig(max_steps=1, batch_size=1, eval_questions=3, eval_tokens=6, cap_percentiles=[25.0]),
+        trait_finetune_sets=sets,
+        trait_specs=[spec],
+        persona_vectors={"humorous": {"path": str(vec_path), "layers": [0, 1], "layer_norms": [3.0, 4.0]}},
+        persona_space={"axis_path": str(tmp_path / "axis.safetensors"), "layers": [0, 1], "layer": 1},
+        base_model={"path": str(tiny_model_dir)},
+        judge=ModelResource(role="judge", model=str(tiny_model_dir)),
+    )
+    names = [t["checkpoint"] for t in out["trained"]]
+    assert names == ["normal", "misaligned_1", "misaligned_2", "misaligned_2+add", "misaligned_2+ablate"]
+    weights = {t["checkpoint"]: (Path(t["path"]) / "adapter_model.safetensors").read_bytes() for t in out["trained"]}
+    assert len(set(weights.values())) == 5  # separate checkpoints, each its own weights
+    kinds = [(c["checkpoint"], c["kind"]) for c in out["checkpoints"]]
+    assert kinds[:2] == [("base", "base"), ("capped:p25@L1", "cap")] and len(kinds) == 7
+    assert all(c["n"] == 3 and c["trait_score"] is not None for c in out["checkpoints"])
+    assert len(out["shifts"]) == 6 * 2 * 3  # (cap + 5 fine-tunes) × layers × views
+    assert any(abs(r["shift"]) > 0 for r in out["shifts"] if r["checkpoint"] == "misaligned_2")
+    capped_l0 = [r["shift"] for r in out["shifts"] if r["checkpoint"] == "capped:p25@L1" and r["layer"] == 0]
+    assert capped_l0 == [0.0, 0.0, 0.0]  # a cap at layer 1 cannot move layer 0
+    assert out["caps"][0]["percentile"] == 25.0 and len(out["correlation"]) == 2 * 3
+    check = trait_finetunes_enough_data(out)
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert "n=5 checkpoints" in check.metadata["too_few"].value
+    json.dumps(out)  # what the IO manager stores
