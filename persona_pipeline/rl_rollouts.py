@@ -103,33 +103,28 @@ def play_contexts(
     return dialogues
 
 
-def sample_group(model, tok, chats: list[list[dict]], g: int, max_new_tokens: int, temperature: float):
-    """``g`` sampled completions per chat: (prompt ids per chat, completion ids per row, chat-major)."""
-    import torch
+def sample_group(policy, chats: list[list[dict]], g: int, max_new_tokens: int, temperature: float):
+    """``g`` sampled completions per chat: (prompt ids per chat, completion ids per row, chat-major).
 
-    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
-    tok.padding_side = "left"
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(next(model.parameters()).device)
-    with torch.inference_mode():
-        out = model.generate(
-            **enc,
-            do_sample=True,
-            temperature=temperature,
-            top_p=1.0,
-            top_k=0,
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=g,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-    prompt_ids = [ids[m.bool()].tolist() for ids, m in zip(enc["input_ids"], enc["attention_mask"])]
+    Through the policy's backend, so each copy prefills only past the context it played (prefix cache)."""
+    tok = policy.tok
+    rows = [c for c in chats for _ in range(g)]
+    gen = dict(  # noqa: C408 - reads as generate()'s keyword list
+        do_sample=True,
+        temperature=temperature,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     completions = []
-    for row in out[:, enc["input_ids"].shape[1] :].tolist():
+    for row in policy.generate_ids(rows, gen):
         cut = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
         completions.append(
             [t for t in row[:cut] if t != tok.pad_token_id or t == tok.eos_token_id] or [tok.eos_token_id]
         )
-    return prompt_ids, completions
+    return [policy.token_ids(c) for c in chats], completions
 
 
 def probe_answers(
@@ -179,7 +174,7 @@ def make_rollout_func(seeds: list[dict], definitions: dict[str, str], assistant:
                     simulator_prompt(x["persona_id"], definitions[x["persona_id"]], d) for x, d in zip(groups, contexts)
                 ]
                 prompt_ids, completion_ids = sample_group(
-                    model, tok, chats, g, trainer.args.max_completion_length, trainer.args.temperature
+                    policy, chats, g, trainer.args.max_completion_length, trainer.args.temperature
                 )
                 decoded = tok.batch_decode(completion_ids, skip_special_tokens=True)
                 lines = [clean_persona_line(t, "")[0] for t in decoded]
