@@ -56,7 +56,8 @@ def build_chats(n: int) -> list[list[dict]]:
 def load_embedded(batch_size: int) -> LocalBackend:
     base = default_base_dir(home())
     convert_embedded(base)  # a no-op once converted
-    return LocalBackend.from_pretrained(base, name="smollm2-135m-instruct", batch_size=batch_size)
+    # batching alone: one-at-a-time calls would otherwise reuse the prefixes of earlier ones (bench/prefix_cache.py)
+    return LocalBackend.from_pretrained(base, name="smollm2-135m-instruct", batch_size=batch_size, prefix_cache=False)
 
 
 def count_tokens(backend: LocalBackend, texts: list[str]) -> int:

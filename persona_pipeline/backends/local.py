@@ -27,11 +27,13 @@ class LocalBackend:
         self.prefix = pc.PrefixStore() if on else None
 
     @classmethod
-    def from_pretrained(cls, base, adapter=None, name: str | None = None, batch_size: int = 32, opts=None):
+    def from_pretrained(
+        cls, base, adapter=None, name: str | None = None, batch_size: int = 32, opts=None, prefix_cache=None
+    ):
         from ..modelio import LoadOptions, load_model
 
         model, tok = load_model(base, adapter, opts or LoadOptions())
-        return cls(model, tok, name=name or str(base), batch_size=batch_size)
+        return cls(model, tok, name=name or str(base), batch_size=batch_size, prefix_cache=prefix_cache)
 
     @contextlib.contextmanager
     def steered(self, steers: list):
