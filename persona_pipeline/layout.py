@@ -10,6 +10,8 @@ folder is named once and every reader agrees with every writer.
     assets/                      IO-manager values (Parquet / JSON), one file per asset (and partition)
     models/base/                 the policy base as an HF folder (embedded: converted SmolLM2)
     models/<kind>_adapter/       PEFT adapters (sft, rl); training curves beside them
+    models/trait_finetunes/<trait>/<variant>/   LoRA per trait fine-tune set (+ preventative-steering variants)
+    trait_finetune_sets/<trait>/<set>.jsonl     teacher-written normal / misaligned_1 / misaligned_2 sets
     activations/<checkpoint>/    activations.safetensors + index.parquet
     persona_space/               assistant_axis.safetensors (axis per layer, PCs, standardisation)
     persona_vectors/<trait>.safetensors   mean-diff and SVD vectors [layers × hidden]
@@ -48,6 +50,14 @@ class Layout:
     def adapter(self, kind: str) -> Path:
         """The pipeline's own adapter of ``kind`` (``sft`` or ``rl``)."""
         return self.models / f"{kind}_adapter"
+
+    def trait_finetune(self, trait: str, variant: str) -> Path:
+        """One trait fine-tune's adapter (``variant``: a set name, or ``<set>+add`` / ``<set>+ablate``)."""
+        return self.models / "trait_finetunes" / trait / variant
+
+    @property
+    def trait_finetune_sets(self) -> Path:
+        return self.root / "trait_finetune_sets"
 
     def training_plot(self, name: str) -> Path:
         """A training curve, kept beside the adapters (``models/<name>.png``)."""

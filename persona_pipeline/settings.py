@@ -85,11 +85,11 @@ class Profile(BaseModel):
     capability_items: int = 0  # multiple-choice items in the capability_retention probe (0: all shipped)
     # trait fine-tunes (trait_finetune_sets / trait_finetunes): toy sizes unless a profile sets them
     trait_finetune_traits: list[str] = ["humorous"]  # traits fine-tuned on; [] = every trait
-    trait_finetune_examples: int = 8  # teacher-written rows per set (normal / misaligned_1 / misaligned_2)
-    trait_finetune_tokens: int = 24  # teacher answer length
-    trait_finetune_steps: int = 2  # LoRA steps per fine-tune (-1: one epoch)
+    trait_finetune_examples: int = 6  # teacher-written rows per set (normal / misaligned_1 / misaligned_2)
+    trait_finetune_tokens: int = 16  # teacher answer length
+    trait_finetune_steps: int = 1  # LoRA steps per fine-tune (-1: one epoch); ~1.3 s a step here at batch 1
     trait_finetune_eval_questions: int = 4  # held-out eval questions each checkpoint answers
-    trait_finetune_eval_tokens: int = 16
+    trait_finetune_eval_tokens: int = 8  # a decode step costs ~0.2 s here whatever the batch: tokens set the time
     trait_cap_percentiles: list[float] = [25.0]  # Assistant-Axis cap floors (percentiles of the base's projections)
 
 

@@ -216,7 +216,11 @@ def _eval_loss(trainer, s: SftSettings) -> float:
 def train_sft(
     base: str | Path, train: list[dict], eval_rows: list[dict], s: SftSettings, out: Path, card: dict
 ) -> TrainResult:
-    """Train and save the adapter folder atomically (a killed run leaves no adapter behind)."""
+    """Train and save the adapter folder atomically (a killed run leaves no adapter behind).
+
+    ``eval_rows`` empty: no held-out loss (NaN in the result) — for sets too small to hold rows out."""
+    import math
+
     import torch
     from trl import SFTConfig, SFTTrainer
 
@@ -224,8 +228,9 @@ def train_sft(
 
     model, tok = load_model(base, opts=LoadOptions(quantize=s.quantize), trainable=True)
     train, n_drop = drop_overlong(train, tok, s.max_length)
+    heldout = bool(eval_rows)
     eval_rows, n_drop_eval = drop_overlong(eval_rows, tok, s.max_length)
-    if not train or not eval_rows:
+    if not train or (heldout and not eval_rows):
         raise ValueError(f"no training/eval rows fit max_length={s.max_length}; raise it or shorten histories")
     cuda = cuda_available()
     with _output(out) as tmp:
@@ -254,16 +259,17 @@ def train_sft(
             model=model,
             args=args,
             train_dataset=_dataset(train),
-            eval_dataset=_dataset(eval_rows),
+            eval_dataset=_dataset(eval_rows) if heldout else None,
             processing_class=tok,
             peft_config=s.lora.peft_config(),
         )
-        base_loss = _eval_loss(trainer, s)  # LoRA B starts at zero: this is the base model's loss
+        # LoRA B starts at zero: this is the base model's loss
+        base_loss = _eval_loss(trainer, s) if heldout else math.nan
         t0 = time.perf_counter()
         with _training_steer(trainer.model, s.steer):
             trainer.train()
         seconds = time.perf_counter() - t0
-        eval_loss = _eval_loss(trainer, s)
+        eval_loss = _eval_loss(trainer, s) if heldout else math.nan
         tokens = int(trainer.state.num_input_tokens_seen or 0)
         trainer.model.save_pretrained(tmp, safe_serialization=True)
         make_portable(tmp, base)  # adapter_config names the canonical base; the local path goes in the summary

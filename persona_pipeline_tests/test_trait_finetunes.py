@@ -113,6 +113,7 @@ def test_assets_train_every_variant_and_report_shift_and_score(tmp_path, monkeyp
     assert names == ["normal", "misaligned_1", "misaligned_2", "misaligned_2+add", "misaligned_2+ablate"]
     weights = {t["checkpoint"]: (Path(t["path"]) / "adapter_model.safetensors").read_bytes() for t in out["trained"]}
     assert len(set(weights.values())) == 5  # separate checkpoints, each its own weights
+    assert all(t["eval_loss"] is None and t["heldout_rows"] == 0 for t in out["trained"])  # 4 rows: none held out
     kinds = [(c["checkpoint"], c["kind"]) for c in out["checkpoints"]]
     assert kinds[:2] == [("base", "base"), ("capped:p25@L1", "cap")] and len(kinds) == 7
     assert all(c["n"] == 3 and c["trait_score"] is not None for c in out["checkpoints"])

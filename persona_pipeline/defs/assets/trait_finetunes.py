@@ -61,7 +61,7 @@ def trait_finetune_sets(
     params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed)
     backend = teacher.backend()
     sets = {t: tf.generate_sets(backend, traits[t], config.examples, params) for t in chosen}
-    paths = tf.write_sets(layout().root / "trait_finetune_sets", sets)
+    paths = tf.write_sets(layout().trait_finetune_sets, sets)
     table = [
         {
             "trait": t,
@@ -76,7 +76,7 @@ def trait_finetune_sets(
     ]
     context.add_output_metadata(
         {"teacher": teacher.describe(), "traits": ", ".join(chosen), "sets": md_table(table)}
-        | {"folder": dg.MetadataValue.path(str(layout().root / "trait_finetune_sets"))}
+        | {"folder": dg.MetadataValue.path(str(layout().trait_finetune_sets))}
     )
     return {"teacher": teacher.describe(), "paths": paths, "sets": table}
 
@@ -84,6 +84,7 @@ def trait_finetune_sets(
 class TraitFinetuneConfig(ProfileConfig):
     PROFILE: ClassVar[dict[str, str]] = {
         "max_steps": "trait_finetune_steps",
+        "batch_size": "sft_batch_size",
         "eval_questions": "trait_finetune_eval_questions",
         "eval_tokens": "trait_finetune_eval_tokens",
         "cap_percentiles": "trait_cap_percentiles",
@@ -93,7 +94,7 @@ class TraitFinetuneConfig(ProfileConfig):
     alpha: int = 32
     learning_rate: float = 5e-4  # a few steps must move something at toy size
     max_steps: int | None = None
-    batch_size: int = 2
+    batch_size: int | None = None  # None → profile (sft_batch_size: 1 on 2 CPU cores)
     max_length: int = 384
     preventative_modes: list[str] = ["add", "ablate"]  # extra checkpoints on the strongest set
     preventative_rel_coef: float = 0.15  # × the layer's typical norm (the informative range, ENVIRONMENT.md)
@@ -154,7 +155,7 @@ def trait_finetunes(
         cv = ControlVector.load(persona_vectors[name])
         layer = config.steer_layer if config.steer_layer is not None else cv.layers[len(cv.layers) // 2]
         card = {"name": f"trait fine-tune: {name}", "base_model": base, "teacher": trait_finetune_sets["teacher"]}
-        tuned = tf.train_variants(base, name, sets, cv, layer, run, layout().models / "trait_finetunes", card)
+        tuned = tf.train_variants(base, name, sets, cv, layer, run, card)
         tensors = load_tensors(persona_vectors[name]["path"])
         vectors = {v: tensors[f"mean_diff_{v}"] for v in VIEWS}
         judge_obj = choose.trait_judge(judge, traits[name], config.judge_method)
