@@ -140,6 +140,10 @@ PROFILES = {
         eval_assistant_tokens=16,
         human_eval_items=1,
         capability_items=20,
+        trait_finetune_examples=4,  # every code path of the trait fine-tunes, at the smallest size
+        trait_finetune_tokens=8,
+        trait_finetune_eval_questions=2,
+        trait_finetune_eval_tokens=6,
     ),
     "demo": Profile(  # every asset on 2 CPU cores in about ten minutes: a tour, not a study
         name="demo",

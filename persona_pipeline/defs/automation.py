@@ -152,9 +152,12 @@ JOBS = [
             "projection_predicts_score",
             "sft_pairs_screen",
             "behavioural_interference",
+            "trait_finetune_sets",
+            "trait_finetunes",
         ),
         "Persona vectors, steering sweeps, interference (cosine and behavioural), fine-tuning shift, projection vs "
-        "trait score and the SFT-set projection screen, per trait.",
+        "trait score, the SFT-set projection screen, per trait; trait fine-tunes (with / without preventative "
+        "steering) and Assistant-Axis capping.",
         True,
     ),
     _job("representations_personas", _keys("cmaes_steering"), "CMA-ES steering per persona.", True),
