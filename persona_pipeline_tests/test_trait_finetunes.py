@@ -126,3 +126,31 @@ def test_assets_train_every_variant_and_report_shift_and_score(tmp_path, monkeyp
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert "n=5 checkpoints" in check.metadata["too_few"].value
     json.dumps(out)  # what the IO manager stores
+
+
+def check_stored_run(assets: Path) -> None:
+    """What a whole-DAG run stores: the three sets, five separate adapters, every checkpoint scored and shifted
+    at every captured layer × view, a capped model that capability_retention probed too."""
+    sets = json.loads((assets / "trait_finetune_sets.json").read_text())
+    for by_set in sets["paths"].values():
+        assert sorted(by_set) == sorted(tf.SETS) and all(tf.read_set(p) for p in by_set.values())
+    out = json.loads((assets / "trait_finetunes.json").read_text())
+    trained = {(t["trait"], t["checkpoint"]) for t in out["trained"]}
+    assert len(trained) == 5 * len(sets["paths"]) and all(
+        (Path(t["path"]) / "adapter_model.safetensors").exists() for t in out["trained"]
+    )
+    layers = json.loads(next((assets / "persona_vectors").glob("*.json")).read_text())["layers"]
+    for c in out["checkpoints"]:
+        assert c["trait_score"] is not None and 0 <= c["trait_score"] <= 100
+        if c["kind"] != "base":
+            got = {(r["view"], r["layer"]) for r in out["shifts"] if r["checkpoint"] == c["checkpoint"]}
+            assert got == {(v, x) for v in tf.VIEWS for x in layers}
+    assert len(out["correlation"]) == 3 * len(layers)
+    capability = json.loads((assets / "capability_retention.json").read_text())
+    assert {tf.cap_label(c) for c in out["caps"]} <= set(capability["models"])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_whole_dag_stores_trait_finetunes_and_capped_capability(materialized):
+    check_stored_run(materialized[1])
