@@ -209,17 +209,23 @@ def score_summary(scores: list[float | None], base: list[float | None] | None, s
 
 def shift_score_correlation(checkpoints: list[dict], shifts: list[dict], seed: int = 0) -> list[dict]:
     """Pearson r (bootstrap CI over checkpoints, ``n``) of projection shift with trait-score change, per view ×
-    layer, pooled over every fine-tuned checkpoint given. Below ``MIN_CHECKPOINTS`` no r is claimed."""
+    layer: per trait (as persona vectors reports it), and pooled over traits (``trait`` = ``all``) when there
+    are several. Below ``MIN_CHECKPOINTS`` fine-tuned checkpoints no r is claimed and the note says so."""
     tuned = [c for c in checkpoints if c["kind"] == "finetune" and c.get("delta") is not None]
     at = {(r["trait"], r["checkpoint"], r["view"], r["layer"]): r["shift"] for r in shifts}
     keys = sorted({(r["view"], r["layer"]) for r in shifts}, key=lambda k: (VIEWS.index(k[0]), k[1]))
+    traits = sorted({c["trait"] for c in tuned})
+    groups = [(t, [c for c in tuned if c["trait"] == t]) for t in traits] + (
+        [("all", tuned)] if len(traits) > 1 else []
+    )
     rows = []
-    for view, layer in keys:
-        x = [at.get((c["trait"], c["checkpoint"], view, layer)) for c in tuned]
-        r = pearson_ci(x, [c["delta"] for c in tuned], MIN_CHECKPOINTS, seed=seed)
-        if r["r"] is None and r["n"] < MIN_CHECKPOINTS:
-            r["note"] = f"n={r['n']} checkpoints: too few (< {MIN_CHECKPOINTS}) to claim a correlation"
-        rows.append({"view": view, "layer": layer, **r})
+    for group, members in groups:
+        for view, layer in keys:
+            x = [at.get((c["trait"], c["checkpoint"], view, layer)) for c in members]
+            r = pearson_ci(x, [c["delta"] for c in members], MIN_CHECKPOINTS, seed=seed)
+            if r["r"] is None and r["n"] < MIN_CHECKPOINTS:
+                r["note"] = f"n={r['n']} checkpoints: too few (< {MIN_CHECKPOINTS}) to claim a correlation"
+            rows.append({"trait": group, "view": view, "layer": layer, **r})
     return rows
 
 

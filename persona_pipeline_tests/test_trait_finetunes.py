@@ -45,6 +45,24 @@ def test_correlation_is_claimed_only_with_enough_checkpoints():
     assert all(r["n"] == tf.MIN_CHECKPOINTS - 1 for r in few)  # the capped base is not counted
     enough = rows(tf.MIN_CHECKPOINTS)
     assert all(r["r"] == pytest.approx(1.0) and r["ci_low"] is not None for r in enough)
+    # two traits of 3 checkpoints each: too few per trait, enough pooled
+    ck = [
+        {"trait": t, "checkpoint": f"c{i}", "kind": "finetune", "delta": float(i + 3 * k)}
+        for k, t in enumerate("tu")
+        for i in range(3)
+    ]
+    sh = [
+        {
+            "trait": c["trait"],
+            "checkpoint": c["checkpoint"],
+            "view": "prompt_last",
+            "layer": 1,
+            "shift": c["delta"] ** 2,
+        }
+        for c in ck
+    ]
+    by = {r["trait"]: r for r in tf.shift_score_correlation(ck, sh)}
+    assert by["t"]["r"] is None and by["u"]["r"] is None and by["all"]["n"] == 6 and by["all"]["r"] > 0.9
 
 
 def test_cap_floors_the_projection_at_the_percentile(tmp_path):
@@ -145,7 +163,8 @@ def check_stored_run(assets: Path) -> None:
         if c["kind"] != "base":
             got = {(r["view"], r["layer"]) for r in out["shifts"] if r["checkpoint"] == c["checkpoint"]}
             assert got == {(v, x) for v in tf.VIEWS for x in layers}
-    assert len(out["correlation"]) == 3 * len(layers)
+    groups = len(sets["paths"]) + (len(sets["paths"]) > 1)  # per trait, and pooled when there are several
+    assert len(out["correlation"]) == 3 * len(layers) * groups
     capability = json.loads((assets / "capability_retention.json").read_text())
     assert {tf.cap_label(c) for c in out["caps"]} <= set(capability["models"])
 
