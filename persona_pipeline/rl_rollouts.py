@@ -179,11 +179,12 @@ def make_rollout_func(seeds: list[dict], definitions: dict[str, str], assistant:
                 decoded = tok.batch_decode(completion_ids, skip_special_tokens=True)
                 lines = [clean_persona_line(t, "")[0] for t in decoded]
                 probe = PROBES[step % len(PROBES)]
-                reference = probe_answers(policy, [(x, []) for x in groups], definitions, probe, s.probe_tokens)
                 rows = [
                     (groups[i // g], [*contexts[i // g], {"role": "user", "content": t}]) for i, t in enumerate(lines)
                 ]
-                answers = probe_answers(policy, rows, definitions, probe, s.probe_tokens)
+                # one call: the answer before the dialogue (the reference) and after each completion
+                said = probe_answers(policy, [(x, []) for x in groups] + rows, definitions, probe, s.probe_tokens)
+                reference, answers = said[: len(groups)], said[len(groups) :]
         finally:
             model.train(was_training)
         per_row = lambda values: [values[i // g] for i in range(len(completion_ids))]

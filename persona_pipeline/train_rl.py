@@ -166,8 +166,9 @@ def train_rl(
     """``reward_fn``: a TRL reward function (``make_reward``) or a list (``multiturn_rewards``);
     ``rollout_func``: multi-turn on-policy generation (``rl_rollouts.make_rollout_func``), else TRL's own."""
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
+    from .grpo_shared_prompt import trainer_class
     from .modelio import LoadOptions, cuda_available, load_model, mixed_bf16
 
     if not prompts:
@@ -195,7 +196,7 @@ def train_rl(
             dataloader_num_workers=0,
             gradient_checkpointing=cuda,  # TRL turns it on by default; on a CPU it only recomputes
         )
-        trainer = GRPOTrainer(
+        trainer = trainer_class()(  # TRL's GRPOTrainer, each group's shared prompt read once
             model=model,
             reward_funcs=reward_fn,
             args=args,

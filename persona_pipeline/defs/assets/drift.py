@@ -17,6 +17,7 @@ from persona_pipeline.dialogue_drift import projection_slope
 from persona_pipeline.persona_simulator import definitions
 from persona_pipeline.persona_steering import searched
 from persona_pipeline.plots import line_plot
+from persona_pipeline.policy import policy_backend
 from persona_pipeline.prompts import simulator_prompt
 
 
@@ -43,8 +44,6 @@ def drift_monitor(
     persona_space: dict,
     cmaes_steering: dict,
 ) -> list[dict]:
-    from persona_pipeline.modelio import inference_options, load_model
-
     adapters = {"sft": sft_adapter["path"], "rl": rl_adapter["path"]}
     if set(config.methods) - set(adapters):
         raise ValueError(f"config methods={config.methods}: the drift monitor traces {sorted(adapters)}")
@@ -58,8 +57,8 @@ def drift_monitor(
             Item(simulator_prompt(r["persona_id"], defs[r["persona_id"]], json.loads(r["history"])), r["line"])
             for r in turns
         ]
-        model, tok = load_model(base_model["path"], adapters[method], opts=inference_options(exact=True))
-        acts = extract(model, tok, items, [layer])["response_avg"][:, 0]
+        policy = policy_backend(base_model, adapters[method])  # the copy judge_scores loaded in this run, if any
+        acts = extract(policy.model, policy.tok, items, [layer])["response_avg"][:, 0]
         for r, a in zip(turns, acts):
             v = persona_vecs.get(r["persona_id"])
             rows.append(

@@ -178,7 +178,7 @@ def sft_adapter(
     r = train_sft_processes(base_model["path"], train, eval_rows, s, out, card, config.num_processes)
     png = line_plot({"train loss": log_curve(r.log_history, "loss")}, "SFT loss", "step", "loss")
     p = profile()
-    kept = retention_check(base_model["path"], str(out), general, p.check_prompts, max(24, p.assistant_max_new_tokens))
+    kept = retention_check(base_model["path"], str(out), general, p.check_prompts, p.assistant_max_new_tokens)
     plots: dict[str, str] = {}
     context.add_output_metadata(
         {
