@@ -170,6 +170,9 @@ def train_rl(
 
     from .grpo_shared_prompt import trainer_class
     from .modelio import LoadOptions, cuda_available, load_model, mixed_bf16
+    from .trl_scoring import score_labelled_positions_only
+
+    score_labelled_positions_only()  # where a group shares no prompt, TRL's own pass scores completions only
 
     if not prompts:
         raise ValueError("no RL prompts: conversations has no simulated-user dialogues")

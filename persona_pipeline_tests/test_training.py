@@ -251,3 +251,28 @@ def test_the_sft_job_trains_under_accelerate_launch(tiny_model_dir, tmp_path):
     assert (out / "adapter_model.safetensors").exists()
     result = json.loads((tmp_path / "adapter.result.json").read_text())
     assert result["train_tokens"] > 0 and result["eval_loss"] > 0
+
+
+def test_scoring_labelled_positions_only_leaves_sft_losses_unchanged(tiny_model_dir, tmp_path):
+    """TRL's fused head made compact on CPUs (persona_pipeline.trl_scoring): the same losses as scoring every position."""
+    import trl.trainer.utils as tu
+
+    from persona_pipeline.trl_scoring import score_labelled_positions_only
+
+    ps = pairs(dialogues())
+    s = SftSettings(lora=SMALL_LORA, max_steps=2, batch_size=2, learning_rate=5e-3, max_length=512, eval_fraction=0.3)
+    train, ev, _ = build_mixture(ps, [], s)
+    assert score_labelled_positions_only() and score_labelled_positions_only()  # idempotent
+    compact = tu._use_triton
+    assert compact(torch.device("cpu"))
+    losses = {}
+    try:
+        for name, switch in (("every", compact.original), ("labelled", compact)):
+            tu._use_triton = switch
+            with pytest.MonkeyPatch.context() as mp:  # train_sft switches it on; keep this run's choice
+                mp.setattr("persona_pipeline.trl_scoring.score_labelled_positions_only", lambda: True)
+                r = train_sft(tiny_model_dir, train, ev, s, tmp_path / name, {})
+            losses[name] = [h["loss"] for h in r.log_history if "loss" in h] + [r.base_eval_loss, r.eval_loss]
+    finally:
+        tu._use_triton = compact
+    assert losses["every"] == pytest.approx(losses["labelled"], rel=1e-4)
