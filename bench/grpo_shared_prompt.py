@@ -27,8 +27,8 @@ def _group(tok, group: int, tokens: int):
         {"role": "assistant", "content": "Sure!"},
     ]
     chat = simulator_prompt(spec.id, spec.definition(compact=True), history)
-    prompt = tok.apply_chat_template(chat, tokenize=True, add_generation_prompt=True)
-    prompt = prompt["input_ids"] if isinstance(prompt, dict) else prompt
+    text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    prompt = tok(text, add_special_tokens=False)["input_ids"]
     g = torch.Generator().manual_seed(0)
     done = torch.randint(100, 20000, (group, tokens), generator=g)
     ids = torch.cat([torch.tensor([prompt]).expand(group, -1), done], dim=1)
