@@ -2,7 +2,8 @@
 
 Paths come from env vars with repo-local defaults; sizes come from a named
 profile (``PERSONA_PIPELINE_PROFILE``): ``demo`` fits 2 CPU cores, ``ci`` is the
-smallest run that still exercises every code path, ``full`` is for GPUs.
+smallest run that still exercises every code path, ``study`` is the demo with its
+experiments sized for confidence intervals (≤ 60 min on 2 CPU cores), ``full`` is for GPUs.
 """
 
 from __future__ import annotations
@@ -83,11 +84,15 @@ class Profile(BaseModel):
     survey_eval_items: int  # held-out survey items answered per method; 0: all
     human_eval_items: int  # contexts per persona on the human-eval page
     capability_items: int = 0  # multiple-choice items in the capability_retention probe (0: all shipped)
+    capability_finetune_sets: list[
+        str
+    ] = []  # trait fine-tune sets whose LoRAs also take the probe (study: the strongest)
     # trait fine-tunes (trait_finetune_sets / trait_finetunes): toy sizes unless a profile sets them
     trait_finetune_traits: list[str] = ["humorous"]  # traits fine-tuned on; [] = every trait
     trait_finetune_examples: int = 6  # teacher-written rows per set (normal / misaligned_1 / misaligned_2)
     trait_finetune_tokens: int = 16  # teacher answer length
     trait_finetune_steps: int = 1  # LoRA steps per fine-tune (-1: one epoch); ~1.3 s a step here at batch 1
+    trait_finetune_snapshots: int = 0  # evenly spaced intermediate adapters per fine-tune (extra checkpoints)
     trait_finetune_eval_questions: int = 4  # held-out eval questions each checkpoint answers
     trait_finetune_eval_tokens: int = 8  # a decode step costs ~0.2 s here whatever the batch: tokens set the time
     trait_cap_percentiles: list[float] = [25.0]  # Assistant-Axis cap floors (percentiles of the base's projections)
@@ -140,6 +145,7 @@ PROFILES = {
         eval_assistant_tokens=16,
         human_eval_items=1,
         capability_items=20,
+        capability_finetune_sets=["misaligned_2"],
         trait_finetune_examples=4,  # every code path of the trait fine-tunes, at the smallest size
         trait_finetune_tokens=8,
         trait_finetune_eval_questions=2,
@@ -247,6 +253,33 @@ PROFILES = {
     ),
 }
 
+PROFILES["study"] = Profile(  # the demo DAG, with the experiments big enough for their shapes to show or not
+    **{
+        **PROFILES["demo"].model_dump(),
+        "name": "study",
+        "conversations_per_persona": 2,
+        "sft_max_steps": 60,
+        "trait_instruction_pairs": 3,  # 3 pairs × 10 questions: 30 paired pos/neg answers per trait
+        "trait_questions": 10,
+        "trait_max_new_tokens": 20,
+        "sweep_coefs": [0.0, 0.05, 0.1, 0.2, 0.3],  # ≥ 5 points inside the informative range (ENVIRONMENT.md)
+        "sweep_questions": 20,
+        "eval_personas": 0,  # every persona, two held-out topics each: 16 paired test dialogues a method
+        "eval_topics": 2,
+        "eval_persona_tokens": 12,
+        "eval_assistant_tokens": 12,
+        "capability_items": 60,
+        "capability_finetune_sets": ["misaligned_2"],  # with and without preventative steering, on capability
+        "trait_finetune_traits": ["humorous", "optimistic"],
+        "trait_finetune_examples": 24,
+        "trait_finetune_tokens": 24,
+        "trait_finetune_steps": -1,  # one epoch over each set
+        "trait_finetune_snapshots": 1,  # a mid-training adapter too: 10 fine-tuned checkpoints per trait
+        "trait_finetune_eval_questions": 20,
+        "trait_finetune_eval_tokens": 16,
+        "trait_cap_percentiles": [10.0, 25.0, 50.0],
+    }
+)
 
 # What people run, by name (`persona-pipeline materialize --job NAME`): asset selections that
 # `runplan` splits into one Dagster run per partition set, in dependency order.

@@ -30,6 +30,7 @@ from scipy.stats import spearmanr
 from .backends import SamplingParams
 from .control_vector import push
 from .hooks import Steer
+from .stats import rounded
 
 # ---------------------------------------------------------------- sweeps
 
@@ -140,10 +141,13 @@ def cell(summary: list[dict], layer: int, coef: float) -> float | None:
 def sweep_result(trait: str, rows: list[dict], layers: list[int], min_coherence: float, reliable: bool) -> dict:
     """One trait's sweep in a line: the best coherent point, the coef→trait rank correlation at the best
     (or middle) layer, the unsteered score there, and the prompt-only baseline on the same questions."""
+    from .study import monotonicity
+
     summary = summarise_sweep(rows)
     best = best_point(summary, min_coherence)
     layer = best["layer"] if best else layers[len(layers) // 2]
     prompt = [r for r in rows if r["condition"] == "prompt"]
+    mono = monotonicity(rows, layer)
     return {
         "trait": trait,
         "vector_reliable": reliable,
@@ -151,6 +155,10 @@ def sweep_result(trait: str, rows: list[dict], layers: list[int], min_coherence:
         "best_coef": best and best["rel_coef"],
         "best_trait": best and round(best["trait"], 1),
         "rank_corr": rank_correlation(summary, layer),
+        # the same over every answer, CI resampling questions (the cell means above hide the spread)
+        "rho_answers": rounded(mono["rho"], 3),
+        "rho_ci": f"[{rounded(mono['ci_low'], 2)}, {rounded(mono['ci_high'], 2)}]",
+        "questions": mono["questions"],
         "unsteered": cell(summary, layer, 0.0),
         "prompt_only": mean(r["trait_score"] for r in prompt),
         "prompt_coherence": mean(r["coherence"] for r in prompt),

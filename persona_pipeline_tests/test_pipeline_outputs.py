@@ -124,6 +124,11 @@ def test_judge_scores_leaderboard_and_report(materialized):
     assert "Leaderboard" in html and "Survey replication" in html and "data:image/png;base64," in html
     assert "persona_id_ngram" in html and "YES (circular)" in html  # per-evaluator table, circularity marked
     assert "http://" not in html and "https://" not in html  # one self-contained file
+    assert "Shapes: what appears on this model" in html and "Trait fine-tunes" in html
+    shapes = json.loads((assets / "eval_report.json").read_text())["shapes"]
+    assert {r["shape"] for r in shapes} >= {"steering monotonicity", "pos − neg separation", "SFT vs prompt-only"}
+    # the ci run is tiny: no shape may claim anything from 2 dialogues or a couple of questions
+    assert all(r["verdict"].startswith(("too little data", "undefined")) for r in shapes if r["n"] < 5)
 
 
 def test_projection_predictor_screen_and_behavioural_interference(materialized):

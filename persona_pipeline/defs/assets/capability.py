@@ -20,9 +20,10 @@ PROBE = "capability"  # data_assets/capability/: probe.jsonl + the lm-eval task
 class CapabilityConfig(ProfileConfig):
     """Which models take the probe; ``items`` defaults to the active profile's."""
 
-    PROFILE: ClassVar[dict[str, str]] = {"items": "capability_items"}
+    PROFILE: ClassVar[dict[str, str]] = {"items": "capability_items", "finetune_sets": "capability_finetune_sets"}
 
     items: int | None = None  # None → profile.capability_items (0: every shipped item)
+    finetune_sets: list[str] | None = None  # trait fine-tune sets whose final LoRAs take the probe; [] → none
     steer_traits: list[str] | None = None  # None → the first trait with a persona vector; [] → no steered model
     steer_rel_coef: float = 0.2  # × the layer's typical residual norm (the informative range is ~0.05–0.3)
     steer_layer: int | None = None  # None → the middle captured layer
@@ -37,9 +38,9 @@ class CapabilityConfig(ProfileConfig):
     ins={"persona_vectors": dg.AssetIn(partition_mapping=ALL)},
     **GPU,
     description="Capability retention: the shipped multiple-choice probe (data_assets/capability, ≥ 5 domains) scored "
-    "by EleutherAI lm-eval for base, SFT, RL, a steered base and the base capped on the Assistant Axis at each "
-    "percentile floor of trait_finetunes; accuracy per domain (Wilson CI) and the paired "
-    "drop vs base.",
+    "by EleutherAI lm-eval for base, SFT, RL, a steered base, the base capped on the Assistant Axis at each "
+    "percentile floor of trait_finetunes and (per profile) the trait fine-tunes with and without preventative "
+    "steering; accuracy per domain (Wilson CI) and the paired drop vs base.",
 )
 def capability_retention(
     context: dg.AssetExecutionContext,
@@ -67,6 +68,11 @@ def capability_retention(
     for c in trait_finetunes["caps"]:  # Assistant-Axis capping: is the capped model still as capable?
         label = tf.cap_label(c)
         results[label] = cap.run_probe(model, tok, items, folder, label, config.batch_size, [tf.cap_steer(c)])
+    # trait fine-tunes (with / without preventative steering): one PEFT wrapper of the base, LoRAs switched in
+    tuned = [t for t in trait_finetunes["trained"] if t["set"] in config.finetune_sets and "@" not in t["checkpoint"]]
+    for t, peft in tf._with_adapters(model, tuned):
+        label = f"finetune:{t['trait']}:{t['checkpoint']}"
+        results[label] = cap.run_probe(peft, tok, items, folder, label, config.batch_size)
     for label, adapter in {"sft": sft_adapter["path"], "rl": rl_adapter["path"]}.items():
         model, tok = load_model(base, adapter, opts=inference_options(exact=True))
         results[label] = cap.run_probe(model, tok, items, folder, label, config.batch_size)

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from persona_pipeline import study
+from persona_pipeline import trait_finetunes as tf
 from persona_pipeline.defs.assets._common import ALL, TABLE_PLOTS, md_table, sweep_plot
 from persona_pipeline.defs.assets.evaluation import GROUP
 from persona_pipeline.layout import layout
@@ -54,6 +56,7 @@ def plot_files(inputs: list[dict], sweep_traits) -> list[tuple[str, Path, str]]:
     ins={
         "steering_sweep": dg.AssetIn(partition_mapping=ALL),
         "cmaes_steering": dg.AssetIn(partition_mapping=ALL),
+        "trait_responses": dg.AssetIn(partition_mapping=ALL),
     },
     deps=["finetuning_shift", "drift_monitor"],
     description="One self-contained HTML report: leaderboard, per-persona breakdown, consistency curves, training "
@@ -72,6 +75,8 @@ def eval_report(
     projection_predicts_score: dict,
     steering_sweep: list[dict],
     cmaes_steering: dict,
+    trait_responses: list[dict],
+    trait_finetunes: dict,
 ) -> dict:
     sweep_traits = {r["trait"] for r in steering_sweep}
     plots = plot_files(
@@ -139,6 +144,8 @@ def eval_report(
         "Steering along the steered trait (coef > 0) vs its coef-0 answers: mean change of the judged trait's "
         "0–100 score with its bootstrap 95 % CI and the number of paired answers.",
     ).table(behavioural_interference["cells"])
+    shapes = _shapes(r, steering_sweep, trait_responses, projection_predicts_score, trait_finetunes, leaderboard)
+    _trait_finetune_tables(r, trait_finetunes)
     worst = sorted((x for x in judge_scores if x["adherence"] is not None), key=lambda x: x["adherence"])[:8]
     r.section(
         "Worst examples", "The lowest-adherence persona lines with the judge's reasoning (when the judge gives one)."
@@ -165,6 +172,60 @@ def eval_report(
             "url": dg.MetadataValue.url(path.as_uri()),
             "leaderboard": md_table(overall),
             "bytes": path.stat().st_size,
+            "shapes": md_table(shapes),
+            "shapes_tally": json.dumps(study.tally(shapes)),
         }
     )
-    return {"path": str(path)}
+    return {"path": str(path), "shapes": shapes, "trait_judge": trait_finetunes.get("judge")}
+
+
+def _by_trait(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        out.setdefault(row["trait"], []).append(row)
+    return out
+
+
+def _shapes(r: Report, sweep, responses, projection, finetunes, leaderboard) -> list[dict]:
+    """The study table (``persona_pipeline.study``): does each of the papers' shapes appear here, CI and n."""
+    shapes = study.shape_table(
+        _by_trait(sweep), _by_trait(responses), projection, finetunes, leaderboard, tf.MIN_CHECKPOINTS
+    )
+    r.section(
+        "Shapes: what appears on this model",
+        f"Each of the persona-vectors / Assistant-Axis headline shapes with its 95 % CI and n. Trait scores come "
+        f"from the trait judge ({finetunes.get('judge', 'n/a')}); SFT vs prompt-only from the persona-id "
+        "classifiers, which no method was optimised on. 'appears' = CI clear of 0 in the papers' direction; "
+        "'not shown' = CI spans 0; 'too little data' = below the row's minimum n (the demo profile is a tour: "
+        "run the study profile for claims).",
+    ).table(shapes)
+    return shapes
+
+
+def _trait_finetune_tables(r: Report, finetunes: dict) -> None:
+    """Trait fine-tunes: each checkpoint's trait score (Δ vs base), and the shift–score r at the middle layer."""
+    keep = (
+        "trait",
+        "checkpoint",
+        "kind",
+        "trait_score",
+        "ci_low",
+        "ci_high",
+        "delta",
+        "delta_ci_low",
+        "delta_ci_high",
+        "n",
+    )
+    r.section(
+        "Trait fine-tunes",
+        "LoRA fine-tunes on teacher-written normal / misaligned_1 / misaligned_2 sets (the strongest also under "
+        "preventative add / ablate steering) and the base capped on the Assistant Axis: judged trait score of "
+        "each model's own answers to held-out questions, Δ vs base paired by question (bootstrap 95 % CI).",
+    ).table([{k: c.get(k) for k in keep} for c in finetunes.get("checkpoints", [])])
+    layers = sorted({c["layer"] for c in finetunes.get("correlation", [])})
+    mid = layers[len(layers) // 2] if layers else None
+    r.section(
+        "Fine-tuning shift vs trait change",
+        "Pearson r across fine-tuned checkpoints between the projection shift on the trait vector and the "
+        "trait-score change, per view, at the middle layer (every layer is in the asset).",
+    ).table([c for c in finetunes.get("correlation", []) if c["layer"] == mid])
