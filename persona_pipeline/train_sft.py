@@ -58,6 +58,7 @@ class SftSettings:
     logging_steps: int = 2
     seed: int = 0
     steer: PreventiveSteer | None = None  # training-time (preventative) steering
+    snapshot_steps: tuple[int, ...] = ()  # optimizer steps whose adapter is also kept, under snapshots/step-<N>
 
 
 @dataclass
@@ -164,6 +165,33 @@ class TrainResult:
     seconds: float
     tokens_per_second: float
     dropped_overlong: int
+    snapshots: list[int] = field(default_factory=list)  # steps saved under snapshots/step-<N>
+
+
+def snapshot_dir(adapter: Path, step: int) -> Path:
+    """Where the adapter of optimizer step ``step`` is kept inside a fine-tune's folder."""
+    return Path(adapter) / "snapshots" / f"step-{step}"
+
+
+def _snapshot_callback(steps: tuple[int, ...], folder: Path, base: str | Path, saved: list[int]):
+    """Keep the adapter at the chosen optimizer steps, like the final one (safetensors, portable config).
+
+    They go inside the atomic output folder, so a killed run leaves no snapshot behind either."""
+    from transformers import TrainerCallback
+
+    from .modelio import make_portable
+
+    wanted = set(steps)
+
+    class Snapshots(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step in wanted and state.global_step not in saved:
+                path = snapshot_dir(folder, state.global_step)
+                model.save_pretrained(path, safe_serialization=True)
+                make_portable(path, base)
+                saved.append(state.global_step)
+
+    return Snapshots()
 
 
 def _training_steer(model, steer: PreventiveSteer | None):
@@ -199,6 +227,7 @@ def settings_from_doc(doc: dict) -> SftSettings:
         raise ValueError("preventative steering is not supported with num_processes > 1; train in-process")
     raw_lora = doc.pop("lora")
     lora = LoraSettings(**{**raw_lora, "target_modules": tuple(raw_lora["target_modules"])})
+    doc["snapshot_steps"] = tuple(doc.get("snapshot_steps", ()))
     return SftSettings(lora=lora, **doc)
 
 
@@ -265,6 +294,9 @@ def train_sft(
             processing_class=tok,
             peft_config=s.lora.peft_config(),
         )
+        saved: list[int] = []
+        if s.snapshot_steps:
+            trainer.add_callback(_snapshot_callback(tuple(s.snapshot_steps), tmp, base, saved))
         # LoRA B starts at zero: this is the base model's loss
         base_loss = _eval_loss(trainer, s) if heldout else math.nan
         t0 = time.perf_counter()
@@ -284,6 +316,7 @@ def train_sft(
             seconds,
             tokens / seconds if seconds else 0.0,
             n_drop + n_drop_eval,
+            sorted(saved),
         )
         write_json(
             tmp / "training_summary.json",
@@ -325,6 +358,7 @@ persona's next line.
 - quantisation: {s.quantize or "none (full precision base)"}
 - lr={s.learning_rate}, epochs={s.epochs}, max_steps={s.max_steps}, batch={s.batch_size}×{s.grad_accum}, max_length={s.max_length}
 - mixture weights: {s.weights}
+- snapshots at steps: {", ".join(map(str, r.snapshots)) or "none"}
 - preventative steering: {f"{s.steer.mode} at layer {s.steer.layer}, coef {s.steer.coef}" if s.steer else "none"}
 - held-out loss: base {r.base_eval_loss:.4f} → adapter {r.eval_loss:.4f}
 - {r.train_tokens} training tokens in {r.seconds:.0f} s ({r.tokens_per_second:.0f} tok/s)

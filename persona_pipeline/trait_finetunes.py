@@ -210,7 +210,9 @@ def score_summary(scores: list[float | None], base: list[float | None] | None, s
 def shift_score_correlation(checkpoints: list[dict], shifts: list[dict], seed: int = 0) -> list[dict]:
     """Pearson r (bootstrap CI over checkpoints, ``n``) of projection shift with trait-score change, per view ×
     layer: per trait (as persona vectors reports it), and pooled over traits (``trait`` = ``all``) when there
-    are several. Below ``MIN_CHECKPOINTS`` fine-tuned checkpoints no r is claimed and the note says so."""
+    are several. Below ``MIN_CHECKPOINTS`` fine-tuned checkpoints no r is claimed and the note says so; where
+    intermediate snapshots (``<variant>@step<N>``) are among them the note says how many, since snapshots of one
+    fine-tune share its data and are not independent points."""
     tuned = [c for c in checkpoints if c["kind"] == "finetune" and c.get("delta") is not None]
     at = {(r["trait"], r["checkpoint"], r["view"], r["layer"]): r["shift"] for r in shifts}
     keys = sorted({(r["view"], r["layer"]) for r in shifts}, key=lambda k: (VIEWS.index(k[0]), k[1]))
@@ -225,8 +227,17 @@ def shift_score_correlation(checkpoints: list[dict], shifts: list[dict], seed: i
             r = pearson_ci(x, [c["delta"] for c in members], MIN_CHECKPOINTS, seed=seed)
             if r["r"] is None and r["n"] < MIN_CHECKPOINTS:
                 r["note"] = f"n={r['n']} checkpoints: too few (< {MIN_CHECKPOINTS}) to claim a correlation"
+            snaps = sum(1 for c, s in zip(members, x) if s is not None and is_snapshot(c["checkpoint"]))
+            if snaps:
+                said = f"includes {snaps} intermediate snapshots (not independent of their fine-tunes)"
+                r["note"] = "; ".join(filter(None, [r["note"], said]))
             rows.append({"trait": group, "view": view, "layer": layer, **r})
     return rows
+
+
+def is_snapshot(checkpoint: str) -> bool:
+    """An intermediate adapter of a fine-tune (``<variant>@step<N>``), not a separately trained one."""
+    return "@step" in checkpoint
 
 
 # --------------------------------------------------------------------------- Assistant-Axis capping
@@ -264,6 +275,26 @@ class FinetuneRun:
     eval_questions: int
     eval_params: SamplingParams
     batch_size: int = 16
+    snapshots: int = 0  # evenly spaced intermediate adapters kept per fine-tune, each read as a checkpoint
+
+
+def total_steps(train_rows: int, sft) -> int:
+    """Optimizer steps ``train_sft`` will take: ``max_steps`` when set, else its epochs over the rows (as the
+    transformers Trainer counts them: batches per epoch, over gradient accumulation, rounded up)."""
+    import math
+
+    if sft.max_steps > 0:
+        return sft.max_steps
+    per_epoch = max(1, math.ceil(math.ceil(train_rows / sft.batch_size) / sft.grad_accum))
+    return math.ceil(sft.epochs * per_epoch)
+
+
+def snapshot_steps(total: int, k: int) -> tuple[int, ...]:
+    """Up to ``k`` distinct steps evenly spaced strictly inside (0, ``total``): where the intermediate
+    adapters are kept. Fewer (or none) when the run is too short to have ``k`` distinct inner steps."""
+    if k <= 0 or total < 2:
+        return ()
+    return tuple(sorted({round(total * (i + 1) / (k + 1)) for i in range(k)} & set(range(1, total))))
 
 
 def train_variants(
@@ -278,10 +309,16 @@ def train_variants(
     """One LoRA per variant at ``layout().trait_finetune(trait, variant)`` (written atomically by ``train_sft``).
 
     ``steer_vector`` is the trait's ``ControlVector`` (response-average view); preventative steering pushes
-    ``preventative_rel_coef`` × the layer's typical norm along it (``add``) or removes it (``ablate``)."""
+    ``preventative_rel_coef`` × the layer's typical norm along it (``add``) or removes it (``ablate``).
+
+    ``run.snapshots`` > 0 also keeps that many evenly spaced intermediate adapters of each fine-tune
+    (``snapshot_steps``) and returns a row for each (``<variant>@step<N>``, ``step`` N; the final row has the total),
+    so ``evaluate_trait`` reads them as fine-tuned checkpoints like any other. They give the shift–score
+    correlation more points without training more models, but the snapshots of one fine-tune are not independent
+    (same data, same trajectory): the correlation's n overstates the evidence, and its note says so."""
     import dataclasses
 
-    from .train_sft import PreventiveSteer, train_sft
+    from .train_sft import PreventiveSteer, snapshot_dir, train_sft
 
     out = []
     for v in variants(run.preventative):
@@ -291,21 +328,28 @@ def train_variants(
             coef = run.preventative_rel_coef * steer_vector.layer_norm(layer)
             steer = PreventiveSteer(steer_vector.direction(layer), layer, coef, v.steer)
         path = layout().trait_finetune(trait, v.name)
-        r = train_sft(base, train, held, dataclasses.replace(run.sft, steer=steer), path, {**card, "variant": v.name})
-        out.append(
-            {
-                "trait": trait,
-                "checkpoint": v.name,
-                "set": v.set_name,
-                "preventative": v.steer or "none",
-                "path": str(path),
-                "train_rows": len(train),
-                "heldout_rows": len(held),
-                "base_eval_loss": rounded(r.base_eval_loss),  # None: set too small to hold rows out
-                "eval_loss": rounded(r.eval_loss),
-                "seconds": round(r.seconds, 1),
-            }
-        )
+        total = total_steps(len(train), run.sft)
+        sft = dataclasses.replace(run.sft, steer=steer, snapshot_steps=snapshot_steps(total, run.snapshots))
+        r = train_sft(base, train, held, sft, path, {**card, "variant": v.name})
+        row = {
+            "trait": trait,
+            "checkpoint": v.name,
+            "set": v.set_name,
+            "preventative": v.steer or "none",
+            "path": str(path),
+            "step": max((h.get("step", 0) for h in r.log_history), default=0) or total,  # as trained
+            "train_rows": len(train),
+            "heldout_rows": len(held),
+            "base_eval_loss": rounded(r.base_eval_loss),  # None: set too small to hold rows out
+            "eval_loss": rounded(r.eval_loss),
+            "seconds": round(r.seconds, 1),
+        }
+        out.append(row)
+        # snapshots train_sft actually reached (rows dropped as overlong can shorten the run)
+        out += [
+            {**row, "checkpoint": f"{v.name}@step{n}", "path": str(snapshot_dir(path, n)), "step": n}
+            for n in r.snapshots
+        ]
     return out
 
 

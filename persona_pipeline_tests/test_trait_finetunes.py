@@ -65,6 +65,69 @@ def test_correlation_is_claimed_only_with_enough_checkpoints():
     assert by["t"]["r"] is None and by["u"]["r"] is None and by["all"]["n"] == 6 and by["all"]["r"] > 0.9
 
 
+def test_snapshot_steps_are_distinct_inner_steps_and_survive_the_job_file():
+    from persona_pipeline.train_sft import SftSettings, _settings_doc, settings_from_doc
+
+    assert tf.snapshot_steps(10, 4) == (2, 4, 6, 8)
+    assert tf.snapshot_steps(3, 2) == (1, 2)
+    assert tf.snapshot_steps(2, 3) == (1,)  # too short for three distinct inner steps
+    assert tf.snapshot_steps(1, 2) == () and tf.snapshot_steps(10, 0) == ()
+    assert all(0 < n < 97 for n in tf.snapshot_steps(97, 20)) and len(tf.snapshot_steps(97, 20)) == 20
+    assert tf.total_steps(7, SftSettings(max_steps=5, batch_size=2)) == 5
+    assert tf.total_steps(7, SftSettings(max_steps=-1, batch_size=2)) == 4  # one epoch of 4 batches
+    assert tf.total_steps(7, SftSettings(max_steps=-1, batch_size=2, grad_accum=3, epochs=2)) == 4
+    s = SftSettings(snapshot_steps=(2, 5))
+    assert settings_from_doc(_settings_doc(s)).snapshot_steps == (2, 5)
+
+
+def test_correlation_note_counts_snapshots():
+    ck = [
+        {"trait": "t", "checkpoint": c, "kind": "finetune", "delta": float(i)} for i, c in enumerate(["a", "a@step1"])
+    ]
+    sh = [{"trait": "t", "checkpoint": c["checkpoint"], "view": "prompt_last", "layer": 0, "shift": 1.0} for c in ck]
+    (row,) = tf.shift_score_correlation(ck, sh)
+    assert "too few" in row["note"] and "includes 1 intermediate snapshots" in row["note"]
+
+
+def test_snapshots_are_loadable_adapters_read_as_checkpoints(tmp_path, monkeypatch, tiny_model_dir):
+    """snapshots=2 over a 3-step fine-tune: adapters at steps 1 and 2 inside each fine-tune's folder, rows named
+    ``<variant>@step<N>``, loadable with PEFT like the final adapter, and not the final adapter's weights."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from persona_pipeline.backends import SamplingParams
+    from persona_pipeline.train_sft import LoraSettings, SftSettings
+
+    monkeypatch.setenv("PERSONA_PIPELINE_HOME", str(tmp_path / "home"))
+    rows = [
+        {"prompt": [{"role": "user", "content": f"Question {i}?"}], "completion": [{"role": "assistant", "content": a}]}
+        for i, a in enumerate(["Ha, a joke.", "Plainly, no.", "A pun, then."])
+    ]
+    sft = SftSettings(LoraSettings(4, 8, 0.0), learning_rate=5e-3, max_steps=3, batch_size=1, max_length=64)
+    run = tf.FinetuneRun(sft, [], 0.15, 2, SamplingParams(max_new_tokens=4), snapshots=2)
+    out = tf.train_variants(str(tiny_model_dir), "humorous", {s: rows for s in tf.SETS}, None, 0, run, {})
+    names = [r["checkpoint"] for r in out]
+    assert names[:3] == ["normal", "normal@step1", "normal@step2"] and len(out) == 9
+    assert [r["step"] for r in out[:3]] == [3, 1, 2]
+    final, first = out[0], out[1]
+    assert Path(first["path"]) == Path(final["path"]) / "snapshots" / "step-1"
+    assert first["set"] == final["set"] and first["preventative"] == "none"
+    config = {r["checkpoint"]: json.loads((Path(r["path"]) / "adapter_config.json").read_text()) for r in out[:2]}
+    assert config["normal@step1"] == config["normal"]  # same (portable) config as the final adapter
+    w_final = load_file(Path(final["path"]) / "adapter_model.safetensors")
+    w_snap = load_file(Path(first["path"]) / "adapter_model.safetensors")
+    assert w_final.keys() == w_snap.keys()
+    assert any(not torch.equal(w_final[k], w_snap[k]) for k in w_final)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft = PeftModel.from_pretrained(base, first["path"])
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.isfinite(peft(ids).logits).all()
+    # every checkpoint, snapshots included, switched in as evaluate_trait does
+    seen = [t["checkpoint"] for t, _ in tf._with_adapters(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)]
+    assert seen == names
+
+
 def test_cap_floors_the_projection_at_the_percentile(tmp_path):
     from persona_pipeline.vectors import save_tensors
 

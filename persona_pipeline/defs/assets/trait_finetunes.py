@@ -84,6 +84,7 @@ def trait_finetune_sets(
 class TraitFinetuneConfig(ProfileConfig):
     PROFILE: ClassVar[dict[str, str]] = {
         "max_steps": "trait_finetune_steps",
+        "snapshots": "trait_finetune_snapshots",
         "batch_size": "sft_batch_size",
         "eval_questions": "trait_finetune_eval_questions",
         "eval_tokens": "trait_finetune_eval_tokens",
@@ -94,6 +95,7 @@ class TraitFinetuneConfig(ProfileConfig):
     alpha: int = 32
     learning_rate: float = 5e-4  # a few steps must move something at toy size
     max_steps: int | None = None
+    snapshots: int | None = None  # intermediate adapters per fine-tune, read as extra (non-independent) checkpoints
     batch_size: int | None = None  # None → profile (sft_batch_size: 1 on 2 CPU cores)
     max_length: int = 384
     preventative_modes: list[str] = ["add", "ablate"]  # extra checkpoints on the strongest set
@@ -116,7 +118,14 @@ class TraitFinetuneConfig(ProfileConfig):
             seed=self.seed,
         )
         params = SamplingParams(max_new_tokens=self.eval_tokens, temperature=0, seed=self.seed)
-        return tf.FinetuneRun(sft, self.preventative_modes, self.preventative_rel_coef, self.eval_questions, params)
+        return tf.FinetuneRun(
+            sft,
+            self.preventative_modes,
+            self.preventative_rel_coef,
+            self.eval_questions,
+            params,
+            snapshots=self.snapshots,
+        )
 
 
 @dg.asset(
