@@ -96,6 +96,7 @@ class Profile(BaseModel):
     trait_finetune_eval_questions: int = 4  # held-out eval questions each checkpoint answers
     trait_finetune_eval_tokens: int = 8  # a decode step costs ~0.2 s here whatever the batch: tokens set the time
     trait_cap_percentiles: list[float] = [25.0]  # Assistant-Axis cap floors (percentiles of the base's projections)
+    trait_cap_layers: int = 1  # layers capped, from the axis layer on (the paper caps a band of layers)
 
 
 PROFILES = {
@@ -146,6 +147,7 @@ PROFILES = {
         human_eval_items=1,
         capability_items=20,
         capability_finetune_sets=["misaligned_2"],
+        trait_cap_layers=2,  # the multi-layer cap path
         trait_finetune_examples=4,  # every code path of the trait fine-tunes, at the smallest size
         trait_finetune_tokens=8,
         trait_finetune_eval_questions=2,
@@ -250,6 +252,7 @@ PROFILES = {
         trait_finetune_eval_questions=20,
         trait_finetune_eval_tokens=128,
         trait_cap_percentiles=[1.0, 25.0, 50.0],
+        trait_cap_layers=8,
     ),
 }
 
@@ -278,6 +281,7 @@ PROFILES["study"] = Profile(  # the demo DAG, with the experiments big enough fo
         "trait_finetune_eval_questions": 20,
         "trait_finetune_eval_tokens": 16,
         "trait_cap_percentiles": [10.0, 25.0, 50.0],
+        "trait_cap_layers": 4,  # layers 15-18 of 30 on the 135M model
     }
 )
 

@@ -249,17 +249,56 @@ def cap_thresholds(tokens: torch.Tensor, axis: torch.Tensor, percentiles: list[f
     return {p: float(np.percentile(proj, p)) for p in percentiles}
 
 
-def cap_steer(cap: dict) -> Steer:
-    """The capping intervention one ``caps`` entry describes: keep the projection onto the Assistant Axis at
-    ``layer`` ≥ ``threshold`` (the assistant end), every position."""
+def cap_layers(axis: dict, layers: list[int]) -> list[int]:
+    """The capped layers: ``axis["n_layers"]`` consecutive read layers from the axis layer on (the paper caps a
+    band of middle-to-late layers, not one), each with its own axis row and floor."""
+    chosen = [x for x in layers if x >= axis["layer"] and x in axis["axis_layers"]][: axis.get("n_layers", 1)]
+    if not chosen:
+        raise ValueError(f"trait_finetunes: no read layer at or after the axis layer {axis['layer']} to cap")
+    return chosen
+
+
+def plan_caps(axis: dict, tokens: torch.Tensor, layers: list[int]) -> list[dict]:
+    """One ``caps`` entry per percentile: per capped layer, the floor at that percentile of the base's per-token
+    projections onto that layer's axis row (``tokens``: [tokens × ``layers`` × hidden])."""
     from .vectors import load_tensors
 
-    axis = load_tensors(cap["axis_path"])["axis"][cap["axis_row"]]
-    return Steer(vector=axis, layer=cap["layer"], mode="cap", threshold=cap["threshold"], cap_below=True)
+    axis_rows = load_tensors(axis["axis_path"])["axis"]
+    capped = cap_layers(axis, layers)
+    rows = [axis["axis_layers"].index(x) for x in capped]
+    floors = [
+        cap_thresholds(tokens[:, layers.index(x)], axis_rows[r], axis["percentiles"]) for x, r in zip(capped, rows)
+    ]
+    return [
+        {
+            "axis_path": axis["axis_path"],
+            "percentile": p,
+            "layers": capped,
+            "axis_rows": rows,
+            "thresholds": [round(f[p], 4) for f in floors],
+        }
+        for p in axis["percentiles"]
+    ]
+
+
+def cap_steers(cap: dict) -> list[Steer]:
+    """The capping intervention one ``caps`` entry describes: at each capped layer keep the projection onto that
+    layer's Assistant-Axis row ≥ its floor (the assistant end), every position. Reads the one-layer entries
+    older runs stored (``layer`` / ``axis_row`` / ``threshold``) too."""
+    from .vectors import load_tensors
+
+    axis = load_tensors(cap["axis_path"])["axis"]
+    layers = cap.get("layers") or [cap["layer"]]
+    rows, floors = cap.get("axis_rows") or [cap["axis_row"]], cap.get("thresholds") or [cap["threshold"]]
+    return [
+        Steer(vector=axis[r], layer=x, mode="cap", threshold=t, cap_below=True) for x, r, t in zip(layers, rows, floors)
+    ]
 
 
 def cap_label(cap: dict) -> str:
-    return f"capped:p{cap['percentile']:g}@L{cap['layer']}"
+    layers = cap.get("layers") or [cap["layer"]]
+    span = f"L{layers[0]}" if len(layers) == 1 else f"L{layers[0]}-{layers[-1]}"
+    return f"capped:p{cap['percentile']:g}@{span}"
 
 
 # --------------------------------------------------------------------------- one trait, end to end
@@ -376,7 +415,7 @@ def evaluate_trait(
 
     Projections are read on fixed texts — the trait's eval questions with the *base* model's answers — so a
     shift is the weights' doing, not the new answers'. Trait scores are each model's own answers, judged.
-    ``caps`` None: thresholds come from this trait's base tokens (``axis``: path, row, layer, percentiles)."""
+    ``caps`` None: floors come from this trait's base tokens (``axis``: see ``plan_caps``)."""
     from .backends.local import LocalBackend
     from .modelio import inference_options, load_model
 
@@ -392,16 +431,13 @@ def evaluate_trait(
     rows = [{"trait": name, "checkpoint": "base", "kind": "base", **score_summary(base_scores, None)}]
     shifts: list[dict] = []
     if caps is None and axis is not None:
-        found = cap_thresholds(tokens[:, layers.index(axis["layer"])], _axis_row(axis), axis["percentiles"])
-        caps = [{**axis, "percentile": p, "threshold": round(t, 4)} for p, t in found.items()]
-        for c in caps:
-            c.pop("percentiles")
+        caps = plan_caps(axis, tokens, layers)
     for cap in caps or []:
-        _, scores, proj, _ = _read(backend, chats, fixed, layers, units, run, judge, [cap_steer(cap)])
+        _, scores, proj, _ = _read(backend, chats, fixed, layers, units, run, judge, cap_steers(cap))
         label = cap_label(cap)
         rows.append({"trait": name, "checkpoint": label, "kind": "cap", **score_summary(scores, base_scores)})
         shifts += [{"trait": name, **r} for r in shift_rows(label, proj, base_proj, layers)]
-    for t, model in _with_adapters(backend.model, tuned):  # one base in memory, each LoRA switched in
+    for t, model in with_adapters(backend.model, tuned):  # one base in memory, each LoRA switched in
         tuned_backend = LocalBackend(model, backend.tok, name=t["checkpoint"], prefix_cache=False)
         _, scores, proj, _ = _read(tuned_backend, chats, fixed, layers, units, run, judge)
         rows.append(
@@ -411,7 +447,7 @@ def evaluate_trait(
     return rows, shifts, caps or []
 
 
-def _with_adapters(model, tuned: list[dict]):
+def with_adapters(model, tuned: list[dict]):
     """Yield (checkpoint, model under its LoRA): the adapters are loaded into one PEFT wrapper of the base and
     switched, not merged into reloaded copies (~2.5 s a checkpoint on 2 CPU cores; unmerged LoRA is float32 like
     the base, so the comparison stays in one dtype). The base is wrapped in place: read it before."""
@@ -426,12 +462,6 @@ def _with_adapters(model, tuned: list[dict]):
         peft.set_adapter(f"a{i}")
         peft.eval()
         yield t, peft
-
-
-def _axis_row(axis: dict) -> torch.Tensor:
-    from .vectors import load_tensors
-
-    return load_tensors(axis["axis_path"])["axis"][axis["axis_row"]]
 
 
 def at_layer(shifts: list[dict], trait: str, checkpoint: str, layer: int) -> dict[str, float]:

@@ -137,7 +137,7 @@ def test_asset_and_check_on_the_tiny_model(tiny_model_dir, tiny_lora, tmp_path):
         sft_adapter={"path": str(tiny_lora)},
         rl_adapter={"path": str(tiny_lora)},
         persona_vectors=vectors,
-        trait_finetunes={"caps": []},  # capped models: test_trait_finetunes
+        trait_finetunes={"caps": [], "trained": []},  # capped models: test_trait_finetunes
     )
     assert list(out["models"]) == ["base", "steered:humorous@L1x0.2", "sft", "rl"]
     assert out["n"] == 12 and out["notes"]

@@ -124,25 +124,33 @@ def test_snapshots_are_loadable_adapters_read_as_checkpoints(tmp_path, monkeypat
     ids = torch.tensor([[1, 2, 3]])
     assert torch.isfinite(peft(ids).logits).all()
     # every checkpoint, snapshots included, switched in as evaluate_trait does
-    seen = [t["checkpoint"] for t, _ in tf._with_adapters(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)]
+    seen = [t["checkpoint"] for t, _ in tf.with_adapters(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)]
     assert seen == names
 
 
-def test_cap_floors_the_projection_at_the_percentile(tmp_path):
+def test_cap_floors_the_projection_at_the_percentile_on_every_capped_layer(tmp_path):
     from persona_pipeline.vectors import save_tensors
 
     torch.manual_seed(0)
-    axis = torch.randn(2, 8)
+    axis = torch.randn(4, 8)  # a row per axis layer 10..13
     save_tensors(tmp_path / "axis.safetensors", {"axis": axis})
-    tokens = torch.randn(200, 8)
-    t = tf.cap_thresholds(tokens, axis[1], [25.0])[25.0]
-    unit = axis[1] / axis[1].norm()
-    assert (tokens @ unit < t).float().mean() == pytest.approx(0.25, abs=0.01)
-    steer = tf.cap_steer({"axis_path": str(tmp_path / "axis.safetensors"), "axis_row": 1, "layer": 3, "threshold": t})
-    capped = steer.apply(tokens[None])[0]
-    assert (capped @ unit >= t - 1e-5).all()
-    kept = tokens @ unit >= t  # tokens already above the floor are untouched
-    assert torch.allclose(capped[kept], tokens[kept])
+    tokens = torch.randn(200, 3, 8)  # tokens × read layers (11, 12, 13) × hidden
+    spec = {"axis_path": str(tmp_path / "axis.safetensors"), "axis_layers": [10, 11, 12, 13], "layer": 12}
+    (cap,) = tf.plan_caps({**spec, "n_layers": 5, "percentiles": [25.0]}, tokens, [11, 12, 13])
+    assert cap["layers"] == [12, 13] and cap["axis_rows"] == [2, 3]  # from the axis layer on, as many as exist
+    assert tf.cap_label(cap) == "capped:p25@L12-13"
+    for j, steer in enumerate(tf.cap_steers(cap)):
+        layer_tokens, unit = tokens[:, 1 + j], axis[2 + j] / axis[2 + j].norm()
+        assert steer.layer == cap["layers"][j]
+        assert (layer_tokens @ unit < cap["thresholds"][j]).float().mean() == pytest.approx(0.25, abs=0.01)
+        capped = steer.apply(layer_tokens[None])[0]
+        assert (capped @ unit >= cap["thresholds"][j] - 1e-4).all()
+        kept = layer_tokens @ unit >= cap["thresholds"][j]  # tokens already above the floor are untouched
+        assert torch.allclose(capped[kept], layer_tokens[kept])
+    old = {"axis_path": spec["axis_path"], "axis_row": 2, "layer": 12, "threshold": 0.5, "percentile": 25.0}
+    assert [s.layer for s in tf.cap_steers(old)] == [12] and tf.cap_label(old) == "capped:p25@L12"  # older runs
+    with pytest.raises(ValueError, match="no read layer"):
+        tf.plan_caps({**spec, "layer": 14, "percentiles": [25.0]}, tokens, [11, 12, 13])
 
 
 def test_assets_train_every_variant_and_report_shift_and_score(tmp_path, monkeypatch, tiny_model_dir, data_dir):

@@ -67,10 +67,10 @@ def capability_retention(
         results[label] = cap.run_probe(model, tok, items, folder, label, config.batch_size, [steer])
     for c in trait_finetunes["caps"]:  # Assistant-Axis capping: is the capped model still as capable?
         label = tf.cap_label(c)
-        results[label] = cap.run_probe(model, tok, items, folder, label, config.batch_size, [tf.cap_steer(c)])
+        results[label] = cap.run_probe(model, tok, items, folder, label, config.batch_size, tf.cap_steers(c))
     # trait fine-tunes (with / without preventative steering): one PEFT wrapper of the base, LoRAs switched in
     tuned = [t for t in trait_finetunes["trained"] if t["set"] in config.finetune_sets and "@" not in t["checkpoint"]]
-    for t, peft in tf._with_adapters(model, tuned):
+    for t, peft in tf.with_adapters(model, tuned):
         label = f"finetune:{t['trait']}:{t['checkpoint']}"
         results[label] = cap.run_probe(peft, tok, items, folder, label, config.batch_size)
     for label, adapter in {"sft": sft_adapter["path"], "rl": rl_adapter["path"]}.items():

@@ -89,6 +89,7 @@ class TraitFinetuneConfig(ProfileConfig):
         "eval_questions": "trait_finetune_eval_questions",
         "eval_tokens": "trait_finetune_eval_tokens",
         "cap_percentiles": "trait_cap_percentiles",
+        "cap_layers": "trait_cap_layers",
     }
 
     r: int = 16
@@ -104,6 +105,7 @@ class TraitFinetuneConfig(ProfileConfig):
     eval_questions: int | None = None
     eval_tokens: int | None = None
     cap_percentiles: list[float] | None = None  # [] → no capped models
+    cap_layers: int | None = None  # consecutive layers capped from the Assistant Axis layer on
     judge_method: FilterJudge = "auto"
     seed: int = 0
 
@@ -152,8 +154,9 @@ def trait_finetunes(
     run, base = config.run(), base_model["path"]
     axis = {
         "axis_path": persona_space["axis_path"],
-        "axis_row": persona_space["layers"].index(persona_space["layer"]),
+        "axis_layers": persona_space["layers"],  # the axis has a row per one of these layers
         "layer": persona_space["layer"],
+        "n_layers": config.cap_layers,
         "percentiles": config.cap_percentiles,
     }
     trained, checkpoints, shifts, caps = [], [], [], None
