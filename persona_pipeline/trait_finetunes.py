@@ -384,9 +384,10 @@ def train_variants(
             "seconds": round(r.seconds, 1),
         }
         out.append(row)
-        # snapshots train_sft actually reached (rows dropped as overlong can shorten the run)
+        # snapshots train_sft actually reached (rows dropped as overlong can shorten the run); held-out loss is
+        # measured after training only, so a snapshot has none
         out += [
-            {**row, "checkpoint": f"{v.name}@step{n}", "path": str(snapshot_dir(path, n)), "step": n}
+            {**row, "checkpoint": f"{v.name}@step{n}", "path": str(snapshot_dir(path, n)), "step": n, "eval_loss": None}
             for n in r.snapshots
         ]
     return out
