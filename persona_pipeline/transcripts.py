@@ -166,12 +166,21 @@ def score_answers(rows: list[dict], trait: Trait, judge, choice: str, backend) -
 
 
 def trait_separation(rows: list[dict]) -> dict:
-    """Mean trait score of positive vs negative answers; ``separates`` only when positive scores higher."""
+    """Mean trait score of positive vs negative answers; ``separates`` only when positive scores higher and, once
+    there are enough questions to say (``study.MIN_QUESTIONS``), the paired difference's 95 % CI (resampling
+    questions) is clear of 0 — a higher mean alone is a coin flip when the judge cannot tell them apart."""
+    from .stats import rounded
+    from .study import MIN_QUESTIONS, separation
+
     pos = mean_score([r["trait_score"] for r in rows if r["polarity"] == "pos"])
     neg = mean_score([r["trait_score"] for r in rows if r["polarity"] == "neg"])
+    paired = separation(rows)
+    sized = paired["questions"] >= MIN_QUESTIONS
     return {
         "pos_trait": pos,
         "neg_trait": neg,
         "coherence": mean_score([r["coherence"] for r in rows]),
-        "separates": pos is not None and neg is not None and pos > neg,
+        "diff_ci": [rounded(paired["ci_low"], 2), rounded(paired["ci_high"], 2)],
+        "paired_questions": paired["questions"],
+        "separates": pos is not None and neg is not None and pos > neg and (not sized or paired["ci_low"] > 0),
     }

@@ -261,7 +261,9 @@ def vector_issues(separation: dict, pair_stats: dict) -> list[str]:
     issues = []
     if not separation["separates"]:
         issues.append(
-            f"positive answers do not score above negative ones ({separation['pos_trait']} vs {separation['neg_trait']})"
+            f"positive answers do not reliably score above negative ones ({separation['pos_trait']} vs {separation['neg_trait']}"
+            + (f"; paired Δ 95% CI {separation['diff_ci']}" if separation.get("diff_ci") else "")
+            + ")"
         )
     if pair_stats.get("fallback"):
         issues.append(f"filter kept {pair_stats['kept']}/{pair_stats['pairs']} pairs; fell back to all pairs")

@@ -78,3 +78,26 @@ def test_shape_table_reads_every_asset_and_tallies():
     assert by["shift–score r"]["verdict"].startswith("too little data") and "L15" in by["shift–score r"]["note"]
     assert by["SFT vs prompt-only"]["verdict"] == "not shown (CI spans 0)" and by["SFT vs prompt-only"]["n"] == 16
     assert study.tally(table)["steering monotonicity"] == {"appears": 1}
+
+
+def test_trait_separation_needs_a_paired_ci_clear_of_zero_once_there_are_enough_questions():
+    from persona_pipeline.transcripts import trait_separation
+
+    def rows(questions: int, gap: float, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        out = []
+        for q in range(questions):
+            noise = rng.normal(0, 10)  # pos − neg differs by question around ``gap``
+            out += [
+                {"polarity": "pos", "question_idx": q, "instruction_idx": 0, "sample_idx": 0,
+                 "trait_score": 50 + gap + noise, "coherence": 90.0},
+                {"polarity": "neg", "question_idx": q, "instruction_idx": 0, "sample_idx": 0,
+                 "trait_score": 50.0, "coherence": 90.0},
+            ]  # fmt: skip
+        return out
+
+    weak = trait_separation(rows(10, 1.0))
+    assert weak["pos_trait"] > weak["neg_trait"] and weak["diff_ci"][0] <= 0 and not weak["separates"]
+    assert trait_separation(rows(10, 20.0))["separates"]
+    few = trait_separation(rows(2, 1.0))  # too few questions for a CI to mean anything: the means decide
+    assert few["paired_questions"] == 2 and few["separates"] == (few["pos_trait"] > few["neg_trait"])

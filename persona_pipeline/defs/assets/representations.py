@@ -177,8 +177,8 @@ def trait_responses(
     for t in table:
         if not t["separates"]:
             context.log.warning(
-                f"trait {t['trait']}: positive answers score {t['pos_trait']} ≤ negative {t['neg_trait']}; "
-                "its persona vector will be flagged unreliable"
+                f"trait {t['trait']}: positive answers do not reliably score above negative ones ({t['pos_trait']} "
+                f"vs {t['neg_trait']}, paired Δ 95% CI {t['diff_ci']}); its persona vector will be flagged unreliable"
             )
     context.add_output_metadata(
         {
